@@ -1,0 +1,421 @@
+"""The scikit-learn facade: parameters, fit / score / predict, thresholds."""
+
+from __future__ import annotations
+
+import os
+from numbers import Integral, Real
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.utils import check_random_state
+from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils.validation import check_is_fitted
+
+from skuniad.io import check_images, iter_batches
+from skuniad.nn.backbone import FrozenBackbone
+from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
+from skuniad.training import (
+    autocast,
+    extract_features,
+    reconstruction_maps,
+    resolve_device,
+    resolve_precision,
+    train_reconstruction,
+)
+
+_MAD_TO_SIGMA = 1.4826
+_AUTO_SIGMAS = 3.0
+
+
+class UniADDetector(OutlierMixin, BaseEstimator):
+    """UniAD: one reconstruction model for the normal images of many categories.
+
+    A frozen ImageNet CNN turns each image into a 14 x 14 grid of multi-scale
+    feature tokens; a neighbor-masked transformer with layer-wise queries
+    learns to rebuild them from normal images only. Where it cannot, the
+    image is anomalous: the per-location reconstruction error is the anomaly
+    map and its 16 x 16-pooled maximum the image score (You et al., NeurIPS
+    2022).
+
+    Parameters
+    ----------
+    backbone : str, default="tf_efficientnet_b4.aa_in1k"
+        timm model name (optionally with a pretrained tag) supporting
+        ``features_only``. ``"tf_efficientnet_lite0"`` is fast on CPUs and has
+        bundled offline weights.
+    backbone_weights : {"imagenet"} or path or None, default="imagenet"
+        ``"imagenet"``: weights bundled in an installed package, else timm's
+        pretrained weights (cache or hub). A path: a state-dict file. None:
+        random weights, for tests only. Missing weights raise an error listing
+        these options; there is no silent random fallback.
+    out_indices : tuple of int, default=(0, 1, 2, 3)
+        Backbone stages whose features are aligned and concatenated.
+    image_size : int, default=224
+        Images are resized (aspect not kept) to ``image_size`` squared.
+    hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward : int
+        Transformer shape (256, 8, 4, 4, 1024 as in the paper).
+    dropout : float, default=0.1
+    neighbor_size : int or None, default=7
+        Odd window hidden around each query by the neighbor mask; None
+        disables the mask.
+    jitter_scale : float, default=20.0
+        Feature jitter strength ``alpha``.
+    jitter_prob : float, default=1.0
+        Probability of jittering a training batch.
+    max_epochs : int, default=1000
+    batch_size : int, default=8
+    learning_rate : float, default=1e-4
+    weight_decay : float, default=1e-4
+    grad_clip : float, default=0.1
+        Gradient-norm clip. The learning rate drops x 0.1 after 80 % of
+        ``max_epochs``.
+    contamination : "auto" or float in (0, 0.5], default="auto"
+        Sets ``offset_`` and ``pixel_threshold_`` from the training images.
+        ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
+        the median training value. A float: that fraction of training images
+        falls on the anomalous side, as in ``IsolationForest``.
+    device : str, default="auto"
+        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
+        ``"cuda:1"``...; resolved in ``fit``.
+    precision : {"auto", "bf16", "fp32"}, default="auto"
+        ``"auto"``: bf16 autocast on CUDA and on CPUs with AVX-512/AMX bf16,
+        fp32 elsewhere.
+    random_state : int, RandomState instance or None, default=None
+        Seeds shuffling, jitter, dropout and initialisation. With an int,
+        CPU fits are bit-identical.
+    verbose : int, default=0
+        > 0 shows progress bars and one line per epoch with the loss.
+
+    Attributes
+    ----------
+    offset_ : float
+        ``decision_function = score_samples - offset_``.
+    pixel_threshold_ : float
+        Anomaly-map value above which ``predict_masks`` marks a pixel. Set so
+        that the per-image maximum of the training maps stays below it (same
+        rule as ``offset_``): a normal image should get an empty mask.
+    n_epochs_ : int
+        Epochs actually trained (fewer than ``max_epochs`` after Ctrl-C).
+    loss_curve_ : list of float
+        Mean training loss of each epoch.
+    model_ : torch.nn.Module
+        The trained reconstruction network (:class:`skuniad.nn.UniADReconstruction`).
+    backbone_ : torch.nn.Module
+        The frozen feature extractor (:class:`skuniad.nn.FrozenBackbone`).
+    feature_shape_ : tuple of int
+        ``(C, h, w)`` of the aligned feature map.
+    device_ : torch.device
+        Where the networks run.
+
+    See Also
+    --------
+    sklearn.ensemble.IsolationForest : the outlier-detector contract followed here.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from skuniad import UniADDetector
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.integers(0, 255, size=(4, 32, 32, 3), dtype=np.uint8)
+    >>> det = UniADDetector(backbone="tf_efficientnet_lite0", backbone_weights=None,
+    ...                     image_size=64, hidden_dim=32, num_heads=2, dim_feedforward=64,
+    ...                     num_encoder_layers=1, num_decoder_layers=1, neighbor_size=1,
+    ...                     max_epochs=1, random_state=0)
+    >>> det.fit(X).predict(X).shape
+    (4,)
+    """
+
+    _parameter_constraints: dict = {
+        "backbone": [str],
+        "backbone_weights": [str, os.PathLike, None],
+        "out_indices": [tuple, list],
+        "image_size": [Interval(Integral, 32, None, closed="left")],
+        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
+        "num_heads": [Interval(Integral, 1, None, closed="left")],
+        "num_encoder_layers": [Interval(Integral, 0, None, closed="left")],
+        "num_decoder_layers": [Interval(Integral, 1, None, closed="left")],
+        "dim_feedforward": [Interval(Integral, 1, None, closed="left")],
+        "dropout": [Interval(Real, 0, 1, closed="left")],
+        "neighbor_size": [Interval(Integral, 1, None, closed="left"), None],
+        "jitter_scale": [Interval(Real, 0, None, closed="left")],
+        "jitter_prob": [Interval(Real, 0, 1, closed="both")],
+        "max_epochs": [Interval(Integral, 1, None, closed="left")],
+        "batch_size": [Interval(Integral, 1, None, closed="left")],
+        "learning_rate": [Interval(Real, 0, None, closed="neither")],
+        "weight_decay": [Interval(Real, 0, None, closed="left")],
+        "grad_clip": [Interval(Real, 0, None, closed="neither")],
+        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "device": [str],
+        "precision": [StrOptions({"auto", "bf16", "fp32"})],
+        "random_state": ["random_state"],
+        "verbose": ["verbose"],
+    }
+
+    def __init__(
+        self,
+        *,
+        backbone="tf_efficientnet_b4.aa_in1k",
+        backbone_weights="imagenet",
+        out_indices=(0, 1, 2, 3),
+        image_size=224,
+        hidden_dim=256,
+        num_heads=8,
+        num_encoder_layers=4,
+        num_decoder_layers=4,
+        dim_feedforward=1024,
+        dropout=0.1,
+        neighbor_size=7,
+        jitter_scale=20.0,
+        jitter_prob=1.0,
+        max_epochs=1000,
+        batch_size=8,
+        learning_rate=1e-4,
+        weight_decay=1e-4,
+        grad_clip=0.1,
+        contamination="auto",
+        device="auto",
+        precision="auto",
+        random_state=None,
+        verbose=0,
+    ):
+        self.backbone = backbone
+        self.backbone_weights = backbone_weights
+        self.out_indices = out_indices
+        self.image_size = image_size
+        self.hidden_dim = hidden_dim
+        self.num_heads = num_heads
+        self.num_encoder_layers = num_encoder_layers
+        self.num_decoder_layers = num_decoder_layers
+        self.dim_feedforward = dim_feedforward
+        self.dropout = dropout
+        self.neighbor_size = neighbor_size
+        self.jitter_scale = jitter_scale
+        self.jitter_prob = jitter_prob
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.learning_rate = learning_rate
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.contamination = contamination
+        self.device = device
+        self.precision = precision
+        self.random_state = random_state
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ fit
+    @_fit_context(prefer_skip_nested_validation=True)
+    def fit(self, X, y=None):
+        """Train on normal images of any categories mixed together.
+
+        Parameters
+        ----------
+        X : array (n, H, W[, C]) or list of arrays, PIL images or paths
+            Normal images only.
+        y : ignored
+            Present for API consistency (unsupervised).
+
+        Returns
+        -------
+        self : UniADDetector
+        """
+        X = check_images(X)
+        self._check_architecture()
+        device = resolve_device(self.device)
+        amp_dtype = resolve_precision(self.precision, device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), self.backbone_weights)
+            backbone.to(device).to(memory_format=torch.channels_last)
+            features = extract_features(
+                backbone,
+                X,
+                image_size=self.image_size,
+                batch_size=max(self.batch_size, 32),
+                device=device,
+                amp_dtype=amp_dtype,
+                verbose=self.verbose,
+            )
+            channels, height, width = features.shape[1:]
+            model = UniADReconstruction(
+                channels,
+                (height, width),
+                hidden_dim=self.hidden_dim,
+                num_heads=self.num_heads,
+                num_encoder_layers=self.num_encoder_layers,
+                num_decoder_layers=self.num_decoder_layers,
+                dim_feedforward=self.dim_feedforward,
+                dropout=self.dropout,
+                neighbor_size=self.neighbor_size,
+                jitter_scale=self.jitter_scale,
+                jitter_prob=self.jitter_prob,
+            )
+            curve = train_reconstruction(
+                model,
+                features,
+                max_epochs=self.max_epochs,
+                batch_size=self.batch_size,
+                learning_rate=self.learning_rate,
+                weight_decay=self.weight_decay,
+                grad_clip=self.grad_clip,
+                device=device,
+                amp_dtype=amp_dtype,
+                verbose=self.verbose,
+            )
+        self.backbone_ = backbone
+        self.model_ = model
+        self.device_ = device
+        self.feature_shape_ = (int(channels), int(height), int(width))
+        self.loss_curve_ = curve
+        self.n_epochs_ = len(curve)
+        self._calibrate_features(features)
+        return self
+
+    def _check_architecture(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"hidden_dim={self.hidden_dim} must be divisible by num_heads={self.num_heads}"
+            )
+        if self.neighbor_size is not None and self.neighbor_size % 2 == 0:
+            raise ValueError(f"neighbor_size must be odd, got {self.neighbor_size}")
+        if len(self.out_indices) == 0:
+            raise ValueError("out_indices must name at least one backbone stage")
+
+    def _calibrate_features(self, features: torch.Tensor) -> None:
+        """Set ``offset_`` and ``pixel_threshold_`` from the training features."""
+        scores, maps = reconstruction_maps(
+            self.model_,
+            features,
+            image_size=self.image_size,
+            batch_size=max(self.batch_size, 32),
+            device=self.device_,
+            amp_dtype=self._amp_dtype(),
+        )
+        # bilinear upsampling with align_corners=True keeps the token maxima
+        self.offset_ = -_anomalous_side(scores, self.contamination)
+        self.pixel_threshold_ = _anomalous_side(maps.reshape(len(maps), -1).max(1),
+                                                self.contamination)
+
+    def _amp_dtype(self):
+        return resolve_precision(self.precision, self.device_)
+
+    # ------------------------------------------------------------ inference
+    def _infer(self, X, keep_maps: bool):
+        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
+        check_is_fitted(self, "model_")
+        X = check_images(X)
+        device, amp_dtype = self.device_, self._amp_dtype()
+        scores, maps, sizes = [], [], []
+        self.model_.eval()
+        for images, batch_sizes in iter_batches(
+            X, self.image_size, self.backbone_.mean, self.backbone_.std, max(self.batch_size, 32)
+        ):
+            with torch.inference_mode(), autocast(device, amp_dtype):
+                features = self.backbone_(images.to(device, memory_format=torch.channels_last))
+                reconstruction = self.model_(features)
+            batch_maps = anomaly_map(features, reconstruction, self.image_size)
+            scores.append(image_score(batch_maps).cpu().numpy())
+            if keep_maps:
+                maps.append(batch_maps.cpu().numpy())
+            sizes.extend(batch_sizes)
+        return (
+            np.concatenate(scores).astype(np.float64),
+            np.concatenate(maps) if keep_maps else None,
+            sizes,
+        )
+
+    def score_samples(self, X) -> np.ndarray:
+        """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
+
+        The image score is the maximum of the 16 x 16 average-pooled anomaly
+        map at model resolution.
+
+        Returns
+        -------
+        scores : ndarray of shape (n_samples,)
+        """
+        scores, _, _ = self._infer(X, keep_maps=False)
+        return -scores
+
+    def decision_function(self, X) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative = anomalous."""
+        return self.score_samples(X) - self.offset_
+
+    def predict(self, X) -> np.ndarray:
+        """+1 for normal images, -1 for anomalous ones (int)."""
+        return np.where(self.decision_function(X) < 0, -1, 1).astype(int)
+
+    def anomaly_maps(self, X, size="input"):
+        """Per-pixel anomaly maps, HIGHER = MORE ANOMALOUS.
+
+        Parameters
+        ----------
+        X : images
+        size : {"input", "model"}, default="input"
+            ``"input"``: each image's own size; an array (n, H, W) when all
+            images share a size, else a list of (H, W) arrays. ``"model"``:
+            (n, image_size, image_size).
+        """
+        if size not in ("input", "model"):
+            raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+        _, maps, sizes = self._infer(X, keep_maps=True)
+        if size == "model":
+            return maps
+        return _resize_maps(maps, sizes)
+
+    def predict_masks(self, X, threshold=None):
+        """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
+
+        ``threshold=None`` uses ``pixel_threshold_``.
+        """
+        check_is_fitted(self, "model_")
+        threshold = self.pixel_threshold_ if threshold is None else float(threshold)
+        maps = self.anomaly_maps(X, size="input")
+        if isinstance(maps, list):
+            return [m > threshold for m in maps]
+        return maps > threshold
+
+    def score(self, X, y) -> float:
+        """Image AUROC of the anomaly score against ``y``.
+
+        ``y`` may use 1 = anomalous / 0 = normal, or sklearn's -1 = outlier /
+        +1 = inlier; both are understood. This makes ``GridSearchCV`` select
+        by AUROC with no ``scoring`` argument.
+        """
+        from skuniad.metrics import as_anomaly_labels, image_auroc
+
+        return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.input_tags.string = True
+        tags.non_deterministic = self.random_state is None
+        return tags
+
+
+def _anomalous_side(values: np.ndarray, contamination) -> float:
+    """Threshold on anomaly-oriented ``values`` (higher = more anomalous)."""
+    values = np.asarray(values, dtype=np.float64)
+    if contamination == "auto":
+        median = np.median(values)
+        spread = _MAD_TO_SIGMA * np.median(np.abs(values - median))
+        return float(median + _AUTO_SIGMAS * spread)
+    return float(np.quantile(values, 1.0 - contamination))
+
+
+def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int]]):
+    tensor = torch.from_numpy(maps).unsqueeze(1)
+    if len(set(sizes)) == 1:
+        size = sizes[0]
+        if tuple(maps.shape[1:]) == size:
+            return maps
+        return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
+    return [
+        F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[0, 0].numpy()
+        for i, s in enumerate(sizes)
+    ]

@@ -1,0 +1,245 @@
+"""Turning any accepted ``X`` into model-ready image tensors.
+
+Accepted everywhere: an array ``(n, H, W, 3)``, ``(n, H, W, 4)`` or
+``(n, H, W)``; a list of ``(H, W[, 1|3|4])`` arrays of any sizes; a list of
+PIL images; a list of file paths. uint8 is scaled by 1/255, uint16 by
+1/65535, floats must lie in [0, 1]. Grayscale becomes RGB, alpha is dropped,
+palette and CMYK images are converted. Every error names the offending
+index (and file).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+MIN_IMAGE_SIDE = 8
+_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+class ImageLoadError(ValueError):
+    """An input image is missing, unreadable or not an image."""
+
+
+def check_images(X) -> Sequence:
+    """Validate the container ``X`` and return it as an indexable sequence.
+
+    Cheap checks only (types, shapes, dtypes, that files exist); pixels are
+    read lazily by :func:`read_image`.
+    """
+    if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
+        raise TypeError("sparse matrices are not images; pass a dense array or a list of images")
+    if isinstance(X, (str, Path)):
+        raise TypeError(f"X must be a list of images or paths, not a single path {str(X)!r}")
+    if isinstance(X, Image.Image):
+        raise TypeError("X must be a list of images; wrap a single PIL image in a list")
+    if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim not in (3, 4):
+            raise ValueError(
+                f"an image array X must be (n, H, W) or (n, H, W, channels); got shape {X.shape}"
+            )
+        if X.shape[0] == 0:
+            raise ValueError("X is empty: no images given")
+        _check_array(X[0], 0)
+        _check_values(X, "X")
+        return X
+    if not isinstance(X, Sequence) and not (isinstance(X, np.ndarray) and X.dtype == object):
+        raise TypeError(
+            f"X must be an image array or a list of arrays, PIL images or paths; got {type(X)!r}"
+        )
+    if len(X) == 0:
+        raise ValueError("X is empty: no images given")
+    kinds = {_kind(item, i) for i, item in enumerate(X)}
+    if len(kinds) > 1:
+        first = _kind(X[0], 0)
+        index = next(i for i, item in enumerate(X) if _kind(item, i) != first)
+        raise TypeError(
+            f"X mixes {first} and {_kind(X[index], index)} items (first at index {index}); "
+            "use one kind of input per call"
+        )
+    for i, item in enumerate(X):
+        if isinstance(item, np.ndarray):
+            _check_array(item, i)
+            _check_values(item, f"image {i}")
+        elif isinstance(item, (str, Path)):
+            path = Path(item)
+            if path.is_dir():
+                raise ImageLoadError(f"image {i}: {path} is a directory, not an image file")
+            if not path.exists():
+                raise ImageLoadError(f"image {i}: file not found: {path}")
+    return X
+
+
+def _kind(item, index: int) -> str:
+    if isinstance(item, np.ndarray):
+        return "array"
+    if isinstance(item, Image.Image):
+        return "PIL image"
+    if isinstance(item, (str, Path)):
+        return "path"
+    raise TypeError(
+        f"image {index} has unsupported type {type(item).__name__}; "
+        "expected a numpy array, a PIL image or a file path"
+    )
+
+
+def _check_array(image: np.ndarray, index: int) -> None:
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (3, 4)):
+        raise ValueError(
+            f"image {index} has shape {image.shape}; expected (H, W), (H, W, 1), (H, W, 3) "
+            "or (H, W, 4), channels last"
+        )
+    if min(image.shape[:2]) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"image {index} is {image.shape[0]}x{image.shape[1]} pixels; images must be at "
+            f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
+    if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
+        raise TypeError(f"image {index} has non-numeric dtype {image.dtype}")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise TypeError(f"image {index} has complex dtype {image.dtype}")
+
+
+def _check_values(array: np.ndarray, what: str) -> None:
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all():
+            raise ValueError(f"{what} contains NaN or infinite values")
+        low, high = float(array.min()), float(array.max())
+        if low < 0 or high > 1:
+            raise ValueError(
+                f"{what} is a float image with values in [{low:.3g}, {high:.3g}]; float images "
+                "must lie in [0, 1] (divide 8-bit data by 255 or pass it as uint8)"
+            )
+    elif array.dtype not in (np.uint8, np.uint16, bool) and array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"{what} has {array.dtype} values in [{low}, {high}]; integer images must be "
+                "8-bit (0-255) unless their dtype is uint16"
+            )
+
+
+def to_float_rgb(image: np.ndarray) -> np.ndarray:
+    """A checked array image as float32 RGB ``(H, W, 3)`` in [0, 1]."""
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype == np.uint16:
+        out = image.astype(np.float32) / 65535.0
+    elif np.issubdtype(image.dtype, np.floating):
+        out = image.astype(np.float32, copy=False)
+    elif image.dtype == bool:
+        out = image.astype(np.float32)
+    else:
+        out = image.astype(np.float32) / 255.0
+    if out.ndim == 2:
+        out = np.repeat(out[..., None], 3, axis=-1)
+    return out[..., :3]
+
+
+def read_image(item, index: int, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+    """Decode one input into float32 RGB ``(h, w, 3)`` and its original size ``(H, W)``.
+
+    ``max_side`` lets huge files be decoded at a reduced scale (bounded
+    memory); the returned original size is always the full one.
+    """
+    if isinstance(item, np.ndarray):
+        return to_float_rgb(item), item.shape[:2]
+    if isinstance(item, Image.Image):
+        return _pil_to_array(item, index, max_side, None)
+    path = Path(item)
+    try:
+        with Image.open(path) as img:
+            return _pil_to_array(img, index, max_side, path)
+    except FileNotFoundError:
+        raise ImageLoadError(f"image {index}: file not found: {path}") from None
+    except IsADirectoryError:
+        raise ImageLoadError(f"image {index}: {path} is a directory, not an image file") from None
+    except UnidentifiedImageError:
+        raise ImageLoadError(f"image {index}: {path} is not a readable image file") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageLoadError):
+            raise
+        raise ImageLoadError(f"image {index}: cannot decode {path}: {exc}") from None
+
+
+def _pil_to_array(img: Image.Image, index: int, max_side: int | None, path: Path | None):
+    where = f"image {index}" + (f" ({path})" if path else "")
+    width, height = img.size
+    if min(width, height) < MIN_IMAGE_SIDE:
+        raise ValueError(
+            f"{where} is {height}x{width} pixels; images must be at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
+    if max_side is not None and img.format == "JPEG":
+        img.draft("RGB", (max_side, max_side))
+    if img.mode in _SIXTEEN_BIT_MODES:
+        array = np.asarray(img)
+        scale = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        array = np.clip(array.astype(np.float32) / scale, 0, 1)
+        return to_float_rgb(array), (height, width)
+    if max_side is not None:
+        factor = min(img.size) // (2 * max_side)
+        if factor > 1:
+            img = img.reduce(factor)
+    if img.mode not in ("RGB", "L"):
+        img = img.convert("RGB")  # palette, alpha, CMYK, 1-bit, ...
+    array = np.asarray(img)
+    return to_float_rgb(array), (height, width)
+
+
+def resize(image: np.ndarray, size: int) -> torch.Tensor:
+    """Float RGB ``(h, w, 3)`` -> ``(3, size, size)`` tensor, bilinear with antialiasing."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).unsqueeze(0)
+    if tensor.shape[-2:] != (size, size):
+        tensor = F.interpolate(
+            tensor, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
+    return tensor[0].clamp_(0, 1)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Resized, normalised images from any accepted ``X`` (after :func:`check_images`)."""
+
+    def __init__(self, X: Sequence, image_size: int, mean, std) -> None:
+        self.X = X
+        self.image_size = image_size
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.X)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        image, original = read_image(self.X[index], index, max_side=self.image_size)
+        tensor = (resize(image, self.image_size) - self.mean) / self.std
+        return tensor, torch.tensor(original)
+
+
+def iter_batches(
+    X: Sequence, image_size: int, mean, std, batch_size: int
+) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
+    """Yield ``(images (B, 3, S, S), original sizes)`` in order.
+
+    Files are decoded in DataLoader worker processes when there are enough of
+    them to be worth it, so decoding overlaps with the model.
+    """
+    dataset = ImageDataset(X, image_size, mean, std)
+    reads_files = len(X) > 0 and isinstance(X[0], (str, Path))
+    workers = min(2, os.cpu_count() or 1) if reads_files and len(X) > 2 * batch_size else 0
+    loader = torch.utils.data.DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        num_workers=workers,
+        persistent_workers=False,
+    )
+    for images, sizes in loader:
+        yield images, [tuple(int(v) for v in s) for s in sizes]

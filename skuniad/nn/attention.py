@@ -1,0 +1,109 @@
+"""Neighbor mask and the masked multi-head attention that uses it."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def neighbor_mask(height: int, width: int, neighbor_size: int) -> torch.Tensor:
+    """Which keys each query may attend to on a ``height x width`` token grid.
+
+    UniAD hides, for every query position, the ``neighbor_size x neighbor_size``
+    window centred on it (its own position included, clipped at the borders),
+    so that a token cannot be rebuilt by copying itself or its neighbours.
+
+    Parameters
+    ----------
+    height, width : int
+        Token grid size (14 x 14 for a 224 px input at stride 16).
+    neighbor_size : int
+        Odd window size ``k`` (7 in the paper).
+
+    Returns
+    -------
+    allowed : torch.Tensor of bool, shape (height * width, height * width)
+        ``allowed[q, k]`` is True when query ``q`` may see key ``k``. Positions
+        are flattened row-major. This is the boolean ``attn_mask`` convention
+        of :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+    Raises
+    ------
+    ValueError
+        If the window is not a positive odd integer or hides every key of some
+        query (the softmax would have nothing to attend to).
+    """
+    if height < 1 or width < 1:
+        raise ValueError(f"grid must be at least 1x1, got {height}x{width}")
+    if neighbor_size < 1 or neighbor_size % 2 == 0:
+        raise ValueError(f"neighbor_size must be a positive odd integer, got {neighbor_size}")
+    half = neighbor_size // 2
+    rows = torch.arange(height).repeat_interleave(width)
+    cols = torch.arange(width).repeat(height)
+    near_rows = (rows[:, None] - rows[None, :]).abs() <= half
+    near_cols = (cols[:, None] - cols[None, :]).abs() <= half
+    allowed = ~(near_rows & near_cols)
+    if not bool(allowed.any(dim=1).all()):
+        raise ValueError(
+            f"neighbor_size={neighbor_size} hides every key of some query on a "
+            f"{height}x{width} grid; use a window smaller than the grid "
+            f"(at most {2 * max(height, width) - 3}) or neighbor_size=None"
+        )
+    return allowed
+
+
+class MaskedMultiheadAttention(nn.Module):
+    """Multi-head attention with a fixed boolean mask, batch first.
+
+    Parameters are laid out exactly as :class:`torch.nn.MultiheadAttention`
+    (``in_proj_weight`` stacks the query, key and value projections), which is
+    also the reference UniAD checkpoint layout. The attention itself runs in
+    :func:`torch.nn.functional.scaled_dot_product_attention`; the mask is
+    passed in, never rebuilt here.
+
+    Parameters
+    ----------
+    embed_dim : int
+        Token width.
+    num_heads : int
+        Number of heads; must divide ``embed_dim``.
+    dropout : float
+        Dropout on the attention weights while training.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}")
+        self.embed_dim = embed_dim
+        self.num_heads = num_heads
+        self.dropout = dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
+        self.out_proj = nn.Linear(embed_dim, embed_dim)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Attend ``query`` (B, Lq, E) to ``key``/``value`` (B, Lk, E)."""
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        batch, length, _ = query.shape
+        heads = self.num_heads
+
+        def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+            return F.linear(x, w, b).view(batch, -1, heads, self.embed_dim // heads).transpose(1, 2)
+
+        out = F.scaled_dot_product_attention(
+            split(query, w_q, b_q),
+            split(key, w_k, b_k),
+            split(value, w_v, b_v),
+            attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))

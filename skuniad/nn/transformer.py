@@ -1,0 +1,217 @@
+"""UniAD's reconstruction network: encoder, layer-wise-query decoder, scores."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from skuniad.nn.attention import MaskedMultiheadAttention, neighbor_mask
+from skuniad.nn.jitter import feature_jitter
+
+
+class PositionEmbedding2d(nn.Module):
+    """Learned, factorised 2-D position embedding (column half, row half)."""
+
+    def __init__(self, height: int, width: int, dim: int) -> None:
+        super().__init__()
+        self.row_embed = nn.Embedding(height, dim // 2)
+        self.col_embed = nn.Embedding(width, dim - dim // 2)
+        nn.init.uniform_(self.row_embed.weight)
+        nn.init.uniform_(self.col_embed.weight)
+
+    def forward(self) -> torch.Tensor:
+        """Return the (height * width, dim) table, positions row-major."""
+        height, width = self.row_embed.num_embeddings, self.col_embed.num_embeddings
+        cols = self.col_embed.weight.unsqueeze(0).expand(height, -1, -1)
+        rows = self.row_embed.weight.unsqueeze(1).expand(-1, width, -1)
+        return torch.cat([cols, rows], dim=-1).flatten(0, 1)
+
+
+class FeedForward(nn.Module):
+    """Linear, ReLU, dropout, linear, dropout (named as in the reference)."""
+
+    def __init__(self, dim: int, hidden: int, dropout: float) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(dim, hidden)
+        self.linear2 = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+
+
+class EncoderLayer(nn.Module):
+    """Masked self-attention then FFN, each followed by add & LayerNorm."""
+
+    def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
+        super().__init__()
+        self.self_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, dim_feedforward, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None):
+        q = x + pos
+        x = self.norm1(x + self.dropout(self.self_attn(q, q, x, mask)))
+        return self.norm2(x + self.ffn(x))
+
+
+class DecoderLayer(nn.Module):
+    """Layer-wise-query decoder layer.
+
+    Each layer starts from its own learned queries (``layer_queries``):
+    attention 1 reads the encoder output, attention 2 reads the previous
+    decoder layer's output (the encoder output for the first layer).
+    """
+
+    def __init__(
+        self, dim: int, num_tokens: int, num_heads: int, dim_feedforward: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.layer_queries = nn.Parameter(torch.empty(num_tokens, dim))
+        self.self_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
+        self.multihead_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
+        self.ffn = FeedForward(dim, dim_feedforward, dropout)
+        self.norm1 = nn.LayerNorm(dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.norm3 = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(
+        self,
+        memory: torch.Tensor,
+        previous: torch.Tensor,
+        pos: torch.Tensor,
+        mask: torch.Tensor | None,
+    ) -> torch.Tensor:
+        queries = self.layer_queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        x = self.norm1(
+            queries + self.dropout(self.self_attn(queries + pos, memory + pos, memory, mask))
+        )
+        x = self.norm2(
+            x + self.dropout(self.multihead_attn(x + pos, previous + pos, previous, mask))
+        )
+        return self.norm3(x + self.ffn(x))
+
+
+class UniADReconstruction(nn.Module):
+    """The trainable part of UniAD: rebuilds feature tokens from a masked view.
+
+    Parameters
+    ----------
+    in_channels : int
+        Feature channels ``C`` of the aligned backbone map.
+    grid_size : tuple of int
+        Token grid ``(h, w)`` (14 x 14 for 224 px input).
+    hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward, dropout
+        Transformer shape; defaults are the paper's.
+    neighbor_size : int or None
+        Window of the neighbor mask; None disables masking.
+    jitter_scale, jitter_prob : float
+        Feature jittering, applied in training mode only.
+
+    Notes
+    -----
+    Input and output are feature maps ``(B, C, h, w)``. The neighbor mask is a
+    buffer built once here. With ``in_channels=272`` on 14 x 14 and the
+    defaults the module has 7,717,392 parameters, as the reference.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        grid_size: tuple[int, int] = (14, 14),
+        *,
+        hidden_dim: int = 256,
+        num_heads: int = 8,
+        num_encoder_layers: int = 4,
+        num_decoder_layers: int = 4,
+        dim_feedforward: int = 1024,
+        dropout: float = 0.1,
+        neighbor_size: int | None = 7,
+        jitter_scale: float = 20.0,
+        jitter_prob: float = 1.0,
+    ) -> None:
+        super().__init__()
+        height, width = grid_size
+        self.grid_size = (height, width)
+        self.jitter_scale = jitter_scale
+        self.jitter_prob = jitter_prob
+        mask = None if neighbor_size is None else neighbor_mask(height, width, neighbor_size)
+        self.register_buffer("neighbor_mask", mask, persistent=False)
+        self.input_proj = nn.Linear(in_channels, hidden_dim)
+        self.pos_embed = PositionEmbedding2d(height, width, hidden_dim)
+        self.encoder = nn.ModuleList(
+            EncoderLayer(hidden_dim, num_heads, dim_feedforward, dropout)
+            for _ in range(num_encoder_layers)
+        )
+        self.decoder = nn.ModuleList(
+            DecoderLayer(hidden_dim, height * width, num_heads, dim_feedforward, dropout)
+            for _ in range(num_decoder_layers)
+        )
+        self.decoder_norm = nn.LayerNorm(hidden_dim)
+        self.output_proj = nn.Linear(hidden_dim, in_channels)
+        self._reset_parameters()
+
+    def _reset_parameters(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, MaskedMultiheadAttention):
+                nn.init.xavier_uniform_(module.in_proj_weight)
+                nn.init.zeros_(module.in_proj_bias)
+            elif isinstance(module, DecoderLayer):
+                nn.init.normal_(module.layer_queries)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Reconstruct ``features`` (B, C, h, w); jitter the input when training."""
+        batch, channels, height, width = features.shape
+        if (height, width) != self.grid_size:
+            raise ValueError(
+                f"feature grid {height}x{width} does not match the model's "
+                f"{self.grid_size[0]}x{self.grid_size[1]}"
+            )
+        tokens = features.flatten(2).transpose(1, 2)
+        if self.training:
+            tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
+        x = self.input_proj(tokens)
+        pos = self.pos_embed().unsqueeze(0)
+        mask = self.neighbor_mask
+        memory = x
+        for layer in self.encoder:
+            memory = layer(memory, pos, mask)
+        out = memory
+        for layer in self.decoder:
+            out = layer(memory, out, pos, mask)
+        out = self.output_proj(self.decoder_norm(out))
+        return out.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def anomaly_map(
+    features: torch.Tensor, reconstruction: torch.Tensor, size: int | tuple[int, int] | None
+) -> torch.Tensor:
+    """Per-location reconstruction error, higher = more anomalous.
+
+    The L2 norm over channels of ``reconstruction - features`` (B, C, h, w),
+    upsampled bilinearly (``align_corners=True``) to ``size`` when given.
+    Returns (B, H, W).
+    """
+    error = (reconstruction.float() - features.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
+    if size is not None:
+        error = F.interpolate(error, size=size, mode="bilinear", align_corners=True)
+    return error[:, 0]
+
+
+def image_score(maps: torch.Tensor, window: int = 16) -> torch.Tensor:
+    """UniAD's MVTec image score: max of the ``window`` x ``window`` average-pooled map.
+
+    ``maps`` is (B, H, W) at model resolution; stride 1, no padding. Maps
+    smaller than the window are pooled over their whole extent.
+    """
+    height, width = maps.shape[-2:]
+    kernel = (min(window, height), min(window, width))
+    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=kernel, stride=1)
+    return pooled.flatten(1).amax(dim=1)
