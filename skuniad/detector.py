@@ -296,8 +296,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         )
         # bilinear upsampling with align_corners=True keeps the token maxima
         self.offset_ = -_anomalous_side(scores, self.contamination)
-        self.pixel_threshold_ = _anomalous_side(maps.reshape(len(maps), -1).max(1),
-                                                self.contamination)
+        self.pixel_threshold_ = _anomalous_side(
+            maps.reshape(len(maps), -1).max(1), self.contamination
+        )
 
     def _amp_dtype(self):
         return resolve_precision(self.precision, self.device_)

@@ -144,9 +144,7 @@ def train_reconstruction(
                 scheduler.step()
                 curve.append(float(total) / n)
                 finished = copy.deepcopy(model.state_dict())
-                progress.update(
-                    task, advance=1, description=f"training (loss {curve[-1]:.4f})"
-                )
+                progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
                 if verbose > 0:
                     progress.console.print(
                         f"epoch {epoch + 1}/{max_epochs}  loss {curve[-1]:.5f}  "

@@ -78,7 +78,8 @@ class FrozenBackbone(nn.Module):
             stages = self.body(images)
             size = stages[-1].shape[-2:]
             aligned = [
-                s if s.shape[-2:] == size
+                s
+                if s.shape[-2:] == size
                 else F.interpolate(s, size=size, mode="bilinear", align_corners=True)
                 for s in stages
             ]

@@ -1,0 +1,72 @@
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from skuniad.nn.attention import MaskedMultiheadAttention, neighbor_mask
+
+grids = st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 3, 5, 7, 9]))
+
+
+def _window_count(i: int, j: int, height: int, width: int, k: int) -> int:
+    half = k // 2
+    rows = min(i + half, height - 1) - max(i - half, 0) + 1
+    cols = min(j + half, width - 1) - max(j - half, 0) + 1
+    return rows * cols
+
+
+@settings(max_examples=60, deadline=None)
+@given(grids)
+def test_mask_hides_exactly_the_clipped_window(grid):
+    height, width, k = grid
+    n = height * width
+    fits = any(
+        _window_count(i, j, height, width, k) < n for i in range(height) for j in range(width)
+    )
+    all_hidden_somewhere = any(
+        _window_count(i, j, height, width, k) == n for i in range(height) for j in range(width)
+    )
+    if all_hidden_somewhere:
+        with pytest.raises(ValueError, match="hides every key"):
+            neighbor_mask(height, width, k)
+        return
+    assert fits
+    allowed = neighbor_mask(height, width, k)
+    assert allowed.shape == (n, n) and allowed.dtype == torch.bool
+    assert not allowed.diagonal().any(), "a query must never see its own position"
+    assert torch.equal(allowed, allowed.T)
+    for q in range(n):
+        i, j = divmod(q, width)
+        assert int((~allowed[q]).sum()) == _window_count(i, j, height, width, k)
+        hidden = (~allowed[q]).view(height, width).nonzero()
+        assert (hidden - torch.tensor([i, j])).abs().max() <= k // 2
+    assert allowed.any(dim=1).all()
+
+
+def test_mask_on_paper_grid_leaves_147_keys_to_interior_queries():
+    allowed = neighbor_mask(14, 14, 7)
+    assert int(allowed[7 * 14 + 7].sum()) == 196 - 49
+    assert int(allowed[0].sum()) == 196 - 16
+
+
+@pytest.mark.parametrize("k", [0, 2, -1])
+def test_mask_rejects_even_or_nonpositive_window(k):
+    with pytest.raises(ValueError, match="odd"):
+        neighbor_mask(5, 5, k)
+
+
+def test_masked_attention_matches_torch_multihead_attention():
+    torch.manual_seed(0)
+    ours = MaskedMultiheadAttention(16, 4).eval()
+    ref = torch.nn.MultiheadAttention(16, 4, batch_first=True).eval()
+    with torch.no_grad():
+        torch.nn.init.normal_(ours.in_proj_weight)
+        torch.nn.init.normal_(ours.in_proj_bias)
+    ref.load_state_dict(ours.state_dict())
+    q, k, v = (torch.randn(2, 9, 16) for _ in range(3))
+    allowed = neighbor_mask(3, 3, 1)
+    float_mask = torch.zeros(9, 9).masked_fill(~allowed, float("-inf"))
+    expected, _ = ref(q, k, v, attn_mask=float_mask)
+    torch.testing.assert_close(ours(q, k, v, allowed), expected, atol=1e-5, rtol=1e-5)
+    weights = ref(q, k, v, attn_mask=float_mask)[1]
+    assert (weights[:, allowed.logical_not()] == 0).all(), "masked keys get zero weight"

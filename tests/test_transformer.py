@@ -1,0 +1,123 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
+
+
+def _small(**kwargs):
+    params = dict(
+        hidden_dim=16,
+        num_heads=2,
+        num_encoder_layers=2,
+        num_decoder_layers=2,
+        dim_feedforward=32,
+        dropout=0.0,
+        neighbor_size=3,
+    )
+    params.update(kwargs)
+    return UniADReconstruction(8, (5, 5), **params)
+
+
+def test_paper_configuration_has_reference_parameter_count():
+    model = UniADReconstruction(272, (14, 14))
+    assert sum(p.numel() for p in model.parameters()) == 7_717_392
+    parts = {
+        "input_proj": 69_888,
+        "output_proj": 69_904,
+        "pos_embed": 3_584,
+        "encoder.0": 789_760,
+        "decoder.0": 1_103_616,
+        "decoder_norm": 512,
+    }
+    for prefix, count in parts.items():
+        got = sum(p.numel() for n, p in model.named_parameters() if n.startswith(prefix + "."))
+        assert got == count, prefix
+
+
+def test_neighbor_mask_is_a_buffer_built_once():
+    model = _small()
+    mask = model.neighbor_mask
+    assert "neighbor_mask" in dict(model.named_buffers())
+    assert "neighbor_mask" not in model.state_dict()  # derived from the config, not stored
+    model(torch.randn(2, 8, 5, 5))
+    assert model.neighbor_mask is mask
+    assert int((~mask[12]).sum()) == 9
+
+
+def test_initialisation_follows_the_reference():
+    torch.manual_seed(0)
+    model = _small()
+    for name, param in model.named_parameters():
+        if name.endswith("bias") and "norm" not in name:
+            assert torch.count_nonzero(param) == 0, name
+    pos = model.pos_embed.row_embed.weight
+    assert 0 <= pos.min() and pos.max() < 1
+    queries = torch.cat([layer.layer_queries.detach().flatten() for layer in model.decoder])
+    assert abs(float(queries.std()) - 1) < 0.1
+    bound = (6 / (16 + 8)) ** 0.5  # xavier-uniform for a 8 -> 16 Linear
+    assert model.input_proj.weight.abs().max() <= bound
+
+
+def test_position_embedding_is_column_then_row_half():
+    model = _small()
+    table = model.pos_embed()
+    row, col = 2, 3
+    expected = torch.cat(
+        [model.pos_embed.col_embed.weight[col], model.pos_embed.row_embed.weight[row]]
+    )
+    torch.testing.assert_close(table[row * 5 + col], expected)
+
+
+def test_reconstruction_ignores_the_hidden_window_of_each_token():
+    # With the neighbor mask, a token's own input never reaches its own output.
+    torch.manual_seed(0)
+    model = _small(num_encoder_layers=0, num_decoder_layers=1).eval()
+    x = torch.randn(1, 8, 5, 5)
+    y = x.clone()
+    y[0, :, 2, 2] += 5.0
+    out_x, out_y = model(x), model(y)
+    # the changed token's own output and its window see no difference
+    torch.testing.assert_close(out_x[0, :, 1:4, 1:4], out_y[0, :, 1:4, 1:4])
+    assert not torch.allclose(out_x[0, :, 0, 0], out_y[0, :, 0, 0])
+
+
+def test_every_decoder_layer_restarts_from_its_own_queries():
+    torch.manual_seed(0)
+    model = _small(num_decoder_layers=2).eval()
+    x = torch.randn(2, 8, 5, 5)
+    base = model(x)
+    with torch.no_grad():
+        model.decoder[1].layer_queries.add_(1.0)
+    assert not torch.allclose(model(x), base)
+
+
+def test_forward_rejects_wrong_grid():
+    with pytest.raises(ValueError, match="grid 4x4"):
+        _small()(torch.randn(1, 8, 4, 4))
+
+
+def test_anomaly_map_is_channel_l2_upsampled_with_aligned_corners():
+    features = torch.randn(2, 6, 4, 4)
+    recon = torch.randn(2, 6, 4, 4)
+    token = ((recon - features) ** 2).sum(1).sqrt()
+    torch.testing.assert_close(anomaly_map(features, recon, None), token)
+    up = anomaly_map(features, recon, 64)
+    assert up.shape == (2, 64, 64)
+    torch.testing.assert_close(up[:, 0, 0], token[:, 0, 0])
+    torch.testing.assert_close(up[:, -1, -1], token[:, -1, -1])
+    torch.testing.assert_close(up.amax((1, 2)), token.amax((1, 2)))
+
+
+def test_image_score_is_max_of_16px_average_pool():
+    maps = torch.rand(3, 40, 40)
+    best = torch.stack(
+        [
+            torch.stack(
+                [m[i : i + 16, j : j + 16].mean() for i in range(25) for j in range(25)]
+            ).max()
+            for m in maps
+        ]
+    )
+    torch.testing.assert_close(image_score(maps), best)
+    assert F.avg_pool2d(maps[:1, None], 16, 1).amax() == image_score(maps[:1])[0]
