@@ -1,0 +1,143 @@
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from PIL import Image
+
+from skuniad.io import ImageLoadError, check_images, iter_batches, read_image, to_float_rgb
+
+
+def _batch(X, size=32):
+    images, sizes = next(iter_batches(check_images(X), size, (0, 0, 0), (1, 1, 1), 64))
+    return images, sizes
+
+
+_ELEMENTS = {
+    np.uint8: st.integers(0, 255),
+    np.uint16: st.integers(0, 65535),
+    np.float32: st.floats(0, 1, width=32),
+    np.float64: st.floats(0, 1),
+    np.bool_: st.booleans(),
+}
+
+
+@st.composite
+def valid_images(draw):
+    dtype = draw(st.sampled_from(list(_ELEMENTS)))
+    shape = draw(
+        st.one_of(
+            st.tuples(st.integers(8, 20), st.integers(8, 20)),
+            st.tuples(st.integers(8, 20), st.integers(8, 20), st.sampled_from([1, 3, 4])),
+        )
+    )
+    return draw(hnp.arrays(dtype, shape, elements=_ELEMENTS[dtype]))
+
+
+@settings(max_examples=40, deadline=None)
+@given(valid_images())
+def test_any_valid_array_becomes_rgb_in_unit_range(image):
+    rgb = to_float_rgb(image)
+    assert rgb.shape == image.shape[:2] + (3,) and rgb.dtype == np.float32
+    assert 0 <= rgb.min() and rgb.max() <= 1
+    tensor, sizes = _batch([image])
+    assert tensor.shape == (1, 3, 32, 32) and sizes == [image.shape[:2]]
+    assert 0 <= float(tensor.min()) and float(tensor.max()) <= 1
+
+
+def test_dtypes_of_the_same_picture_agree():
+    rng = np.random.default_rng(0)
+    u8 = rng.integers(0, 256, size=(20, 24, 3), dtype=np.uint8)
+    variants = [u8, u8.astype(np.float64) / 255, u8.astype(np.uint16) * 257, u8.astype(np.int64)]
+    tensors = [_batch([v])[0] for v in variants]
+    for t in tensors[1:]:
+        torch.testing.assert_close(t, tensors[0], atol=1e-6, rtol=0)
+
+
+def test_gray_is_replicated_and_alpha_dropped():
+    gray = np.arange(16 * 16, dtype=np.uint8).reshape(16, 16)
+    rgba = np.dstack([gray, gray, gray, np.zeros_like(gray)])
+    assert np.array_equal(to_float_rgb(gray)[..., 1], gray / np.float32(255))
+    assert np.array_equal(to_float_rgb(rgba), to_float_rgb(gray))
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "P", "CMYK", "L", "I;16", "1", "LA"])
+def test_pil_modes_and_files_are_converted_not_rejected(tmp_path, mode):
+    base = Image.fromarray(np.random.default_rng(0).integers(0, 256, (16, 20, 3), np.uint8))
+    if mode == "I;16":
+        img = Image.fromarray(np.full((16, 20), 65535, np.uint16))
+    else:
+        img = base.convert(mode)
+    image, size = read_image(img, 0)
+    assert image.shape == (16, 20, 3) and size == (16, 20)
+    if mode == "I;16":
+        assert np.allclose(image, 1.0)
+    suffix = ".tiff" if mode == "CMYK" else ".png"
+    path = tmp_path / f"x{suffix}"
+    img.save(path)
+    from_file, _ = read_image(path, 0)
+    assert from_file.shape == (16, 20, 3)
+
+
+def test_large_jpeg_is_decoded_at_reduced_scale(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (3000, 2000), (200, 10, 10)).save(path)
+    image, size = read_image(path, 0, max_side=64)
+    assert size == (2000, 3000)
+    assert max(image.shape[:2]) <= 500
+    assert abs(float(image[..., 0].mean()) - 200 / 255) < 0.02
+
+
+@pytest.mark.parametrize(
+    ("X", "error", "match"),
+    [
+        ([], ValueError, "empty"),
+        (np.zeros((0, 16, 16, 3), np.uint8), ValueError, "empty"),
+        (np.zeros((16, 16), np.uint8), ValueError, r"\(n, H, W\)"),
+        (np.zeros((2, 16, 16, 5), np.uint8), ValueError, "channels last"),
+        (np.full((2, 16, 16), np.nan), ValueError, "NaN"),
+        (np.full((2, 16, 16), np.inf), ValueError, "NaN or infinite"),
+        (np.full((2, 16, 16), 3.0), ValueError, r"\[0, 1\]"),
+        (np.full((2, 16, 16), 300, np.int32), ValueError, "8-bit"),
+        ([np.zeros((1, 1), np.uint8)], ValueError, "at least"),
+        ([np.zeros((0, 5), np.uint8)], ValueError, "at least"),
+        ([np.zeros((16, 16), np.uint8), "a.png"], TypeError, "mixes array and path"),
+        ([np.zeros((16, 16), np.uint8), 3], TypeError, "image 1 has unsupported type int"),
+        ("image.png", TypeError, "single path"),
+        (5, TypeError, "must be an image array"),
+    ],
+)
+def test_bad_inputs_get_clear_errors(X, error, match):
+    with pytest.raises(error, match=match):
+        check_images(X)
+
+
+def test_sparse_matrix_is_refused():
+    sparse = pytest.importorskip("scipy.sparse")
+    with pytest.raises(TypeError, match="sparse"):
+        check_images(sparse.csr_matrix(np.eye(16)))
+
+
+def test_file_errors_name_the_file(tmp_path):
+    (tmp_path / "dir.png").mkdir()
+    with pytest.raises(ImageLoadError, match="dir.png is a directory"):
+        check_images([tmp_path / "dir.png"])
+    with pytest.raises(ImageLoadError, match="missing.png"):
+        check_images([str(tmp_path / "missing.png")])
+    text = tmp_path / "notes.png"
+    text.write_text("hello")
+    with pytest.raises(ImageLoadError, match="image 0: .*notes.png is not a readable image"):
+        read_image(text, 0)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(good)
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:60])
+    with pytest.raises(ImageLoadError, match="truncated.png"):
+        read_image(truncated, 3)
+
+
+def test_mixed_sizes_keep_their_original_sizes():
+    X = [np.zeros((16, 30), np.uint8), np.zeros((40, 20, 3), np.uint8)]
+    images, sizes = _batch(X)
+    assert images.shape == (2, 3, 32, 32) and sizes == [(16, 30), (40, 20)]
