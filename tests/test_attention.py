@@ -67,6 +67,11 @@ def test_masked_attention_matches_torch_multihead_attention():
     allowed = neighbor_mask(3, 3, 1)
     float_mask = torch.zeros(9, 9).masked_fill(~allowed, float("-inf"))
     expected, _ = ref(q, k, v, attn_mask=float_mask)
-    torch.testing.assert_close(ours(q, k, v, allowed), expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours(q, k, v, float_mask), expected, atol=1e-5, rtol=1e-5)
+    ours.train()
+    ours.dropout = 0.0  # same maths on the explicit (training) path
+    ours_train = MaskedMultiheadAttention(16, 4, dropout=1e-9).train()
+    ours_train.load_state_dict(ours.state_dict())
+    torch.testing.assert_close(ours_train(q, k, v, float_mask), expected, atol=1e-5, rtol=1e-5)
     weights = ref(q, k, v, attn_mask=float_mask)[1]
     assert (weights[:, allowed.logical_not()] == 0).all(), "masked keys get zero weight"

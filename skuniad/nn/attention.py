@@ -6,6 +6,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skuniad.nn.dropout import fast_dropout
+
+
+def attention_bias(allowed: torch.Tensor) -> torch.Tensor:
+    """Additive logits bias for a boolean ``allowed`` mask: 0 where allowed, -inf elsewhere."""
+    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+
 
 def neighbor_mask(height: int, width: int, neighbor_size: int) -> torch.Tensor:
     """Which keys each query may attend to on a ``height x width`` token grid.
@@ -58,9 +65,11 @@ class MaskedMultiheadAttention(nn.Module):
 
     Parameters are laid out exactly as :class:`torch.nn.MultiheadAttention`
     (``in_proj_weight`` stacks the query, key and value projections), which is
-    also the reference UniAD checkpoint layout. The attention itself runs in
-    :func:`torch.nn.functional.scaled_dot_product_attention`; the mask is
-    passed in, never rebuilt here.
+    also the reference UniAD checkpoint layout. Like it, dropout acts on the
+    attention weights. Without dropout (inference) the attention runs in the
+    fused :func:`torch.nn.functional.scaled_dot_product_attention`; with it,
+    in plain matmul/softmax form with :func:`fast_dropout`, which is faster on
+    CPUs than SDPA's own dropout. The mask is passed in, never rebuilt here.
 
     Parameters
     ----------
@@ -88,9 +97,13 @@ class MaskedMultiheadAttention(nn.Module):
         query: torch.Tensor,
         key: torch.Tensor,
         value: torch.Tensor,
-        attn_mask: torch.Tensor | None = None,
+        attn_bias: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Attend ``query`` (B, Lq, E) to ``key``/``value`` (B, Lk, E)."""
+        """Attend ``query`` (B, Lq, E) to ``key``/``value`` (B, Lk, E).
+
+        ``attn_bias`` (Lq, Lk) is added to the attention logits: 0 where a
+        key may be seen, -inf where it is hidden.
+        """
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
         batch, length, _ = query.shape
@@ -99,11 +112,13 @@ class MaskedMultiheadAttention(nn.Module):
         def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return F.linear(x, w, b).view(batch, -1, heads, self.embed_dim // heads).transpose(1, 2)
 
-        out = F.scaled_dot_product_attention(
-            split(query, w_q, b_q),
-            split(key, w_k, b_k),
-            split(value, w_v, b_v),
-            attn_mask=attn_mask,
-            dropout_p=self.dropout if self.training else 0.0,
-        )
+        q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
+        if self.training and self.dropout > 0:
+            logits = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
+            if attn_bias is not None:
+                logits = logits + attn_bias
+            weights = fast_dropout(logits.softmax(dim=-1), self.dropout)
+            out = weights.to(v.dtype) @ v
+        else:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))

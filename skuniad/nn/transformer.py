@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from skuniad.nn.attention import MaskedMultiheadAttention, neighbor_mask
+from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neighbor_mask
+from skuniad.nn.dropout import FastDropout
 from skuniad.nn.jitter import feature_jitter
 
 
@@ -35,7 +36,7 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
@@ -50,7 +51,7 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(dim, dim_feedforward, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None):
         q = x + pos
@@ -77,7 +78,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = FastDropout(dropout)
 
     def forward(
         self,
@@ -115,7 +116,7 @@ class UniADReconstruction(nn.Module):
     Notes
     -----
     Input and output are feature maps ``(B, C, h, w)``. The neighbor mask is a
-    buffer built once here. With ``in_channels=272`` on 14 x 14 and the
+    buffer built once here (with its additive form ``attn_bias``). With ``in_channels=272`` on 14 x 14 and the
     defaults the module has 7,717,392 parameters, as the reference.
     """
 
@@ -141,6 +142,8 @@ class UniADReconstruction(nn.Module):
         self.jitter_prob = jitter_prob
         mask = None if neighbor_size is None else neighbor_mask(height, width, neighbor_size)
         self.register_buffer("neighbor_mask", mask, persistent=False)
+        bias = None if mask is None else attention_bias(mask)
+        self.register_buffer("attn_bias", bias, persistent=False)
         self.input_proj = nn.Linear(in_channels, hidden_dim)
         self.pos_embed = PositionEmbedding2d(height, width, hidden_dim)
         self.encoder = nn.ModuleList(
@@ -179,7 +182,7 @@ class UniADReconstruction(nn.Module):
             tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
         x = self.input_proj(tokens)
         pos = self.pos_embed().unsqueeze(0)
-        mask = self.neighbor_mask
+        mask = self.attn_bias
         memory = x
         for layer in self.encoder:
             memory = layer(memory, pos, mask)
