@@ -116,8 +116,9 @@ class UniADReconstruction(nn.Module):
     Notes
     -----
     Input and output are feature maps ``(B, C, h, w)``. The neighbor mask is a
-    buffer built once here (with its additive form ``attn_bias``). With ``in_channels=272`` on 14 x 14 and the
-    defaults the module has 7,717,392 parameters, as the reference.
+    buffer built once here, with its additive form ``attn_bias``. With
+    ``in_channels=272`` on 14 x 14 and the defaults the module has 7,717,392
+    parameters, as the reference.
     """
 
     def __init__(
