@@ -1,0 +1,206 @@
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn.base import clone, is_outlier_detector
+from sklearn.exceptions import NotFittedError
+
+from skuniad import UniADDetector
+
+
+def test_constructor_stores_arguments_verbatim(tiny_params):
+    det = UniADDetector(**tiny_params, device="cuda:7", contamination=0.2)
+    params = det.get_params()
+    assert params["device"] == "cuda:7" and params["contamination"] == 0.2
+    for key, value in tiny_params.items():
+        assert params[key] == value
+    assert not hasattr(det, "device_")
+    assert clone(det).get_params() == params
+    det.set_params(max_epochs=3)
+    assert det.max_epochs == 3
+    assert is_outlier_detector(det)
+    with pytest.raises(TypeError):
+        UniADDetector("tf_efficientnet_lite0")  # keyword-only
+
+
+def test_default_parameters_are_the_papers():
+    p = UniADDetector().get_params()
+    assert p["backbone"] == "tf_efficientnet_b4.aa_in1k"
+    assert (p["hidden_dim"], p["num_heads"], p["dim_feedforward"]) == (256, 8, 1024)
+    assert (p["num_encoder_layers"], p["num_decoder_layers"], p["neighbor_size"]) == (4, 4, 7)
+    assert (p["jitter_scale"], p["jitter_prob"], p["max_epochs"], p["batch_size"]) == (
+        20.0,
+        1.0,
+        1000,
+        8,
+    )
+    assert (p["learning_rate"], p["weight_decay"], p["grad_clip"]) == (1e-4, 1e-4, 0.1)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "match"),
+    [
+        ("max_epochs", 0, "max_epochs"),
+        ("contamination", 0.7, "contamination"),
+        ("precision", "fp16", "precision"),
+        ("jitter_prob", 1.5, "jitter_prob"),
+        ("num_heads", 3, "divisible"),
+        ("neighbor_size", 4, "odd"),
+        ("image_size", 16, "image_size"),
+    ],
+)
+def test_parameters_are_validated_at_fit(tiny_params, images, param, value, match):
+    tiny_params[param] = value
+    det = UniADDetector(**tiny_params)  # no error here: validation happens in fit
+    with pytest.raises(ValueError, match=match):
+        det.fit(images)
+
+
+def test_methods_before_fit_raise_not_fitted(images):
+    det = UniADDetector()
+    for method in (
+        "score_samples",
+        "decision_function",
+        "predict",
+        "anomaly_maps",
+        "predict_masks",
+    ):
+        with pytest.raises(NotFittedError):
+            getattr(det, method)(images)
+
+
+def test_outlier_semantics(fitted_tiny):
+    det, X = fitted_tiny
+    scores = det.score_samples(X)
+    assert scores.shape == (len(X),) and scores.dtype == np.float64
+    np.testing.assert_allclose(det.decision_function(X), scores - det.offset_)
+    labels = det.predict(X)
+    assert labels.dtype.kind == "i" and set(labels) <= {-1, 1}
+    np.testing.assert_array_equal(labels == -1, det.decision_function(X) < 0)
+    # the score is the negated max of the 16x16-pooled model-size map
+    maps = torch.from_numpy(det.anomaly_maps(X, size="model"))
+    pooled = torch.nn.functional.avg_pool2d(maps[:, None], 16, 1).amax((1, 2, 3))
+    np.testing.assert_allclose(scores, -pooled.numpy(), rtol=1e-5)
+    assert det.feature_shape_ == (192, 4, 4)
+    assert det.n_epochs_ == 2 and len(det.loss_curve_) == 2
+    assert isinstance(det.model_, torch.nn.Module)
+
+
+def test_fit_predict_equals_fit_then_predict(tiny_params, images):
+    a = UniADDetector(**tiny_params).fit_predict(images)
+    b = UniADDetector(**tiny_params).fit(images).predict(images)
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("contamination", [0.1, 0.25, 0.5])
+def test_float_contamination_flags_that_fraction_of_training_images(tiny_params, contamination):
+    X = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
+    det = UniADDetector(**tiny_params, contamination=contamination).fit(X)
+    flagged = np.mean(det.predict(X) == -1)
+    assert flagged == pytest.approx(contamination, abs=1 / len(X))
+
+
+def test_auto_thresholds_accept_typical_training_images(fitted_tiny):
+    det, X = fitted_tiny
+    assert np.mean(det.predict(X) == 1) >= 0.5
+    per_image_max = det.anomaly_maps(X, size="model").reshape(len(X), -1).max(1)
+    assert np.mean(per_image_max <= det.pixel_threshold_) >= 0.5
+
+
+def test_maps_and_masks_at_input_and_model_size(fitted_tiny):
+    det, X = fitted_tiny
+    maps = det.anomaly_maps(X)
+    assert maps.shape == (len(X), 40, 48) and (maps >= 0).all()
+    assert det.anomaly_maps(X, size="model").shape == (len(X), 64, 64)
+    masks = det.predict_masks(X)
+    assert masks.dtype == bool and masks.shape == maps.shape
+    np.testing.assert_array_equal(masks, maps > det.pixel_threshold_)
+    np.testing.assert_array_equal(det.predict_masks(X, threshold=-1), np.ones_like(masks))
+    mixed = [X[0], X[1][:20, :30]]
+    out = det.anomaly_maps(mixed)
+    assert isinstance(out, list) and [m.shape for m in out] == [(40, 48), (20, 30)]
+    with pytest.raises(ValueError, match="size"):
+        det.anomaly_maps(X, size="huge")
+
+
+def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, tmp_path):
+    det, X = fitted_tiny
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    expected = det.score_samples(X)
+    np.testing.assert_allclose(det.score_samples(list(X)), expected, rtol=1e-6)
+    np.testing.assert_allclose(
+        det.score_samples([Image.fromarray(x) for x in X]), expected, rtol=1e-6
+    )
+    np.testing.assert_allclose(det.score_samples(paths), expected, rtol=1e-6)
+    np.testing.assert_allclose(det.score_samples([str(p) for p in paths]), expected, rtol=1e-6)
+    np.testing.assert_allclose(det.score_samples(X.astype(np.float32) / 255), expected, rtol=1e-4)
+    gray = det.score_samples(X[..., 0])
+    assert gray.shape == (len(X),) and np.isfinite(gray).all()
+
+
+def test_score_is_image_auroc_with_either_label_convention(fitted_tiny):
+    det, X = fitted_tiny
+    anomaly = -det.score_samples(X)
+    y01 = (anomaly > np.median(anomaly)).astype(int)
+    assert det.score(X, y01) == 1.0
+    assert det.score(X, np.where(y01 == 1, -1, 1)) == 1.0
+    assert det.score(X, 1 - y01) == 0.0  # never flipped
+
+
+def test_same_seed_gives_bit_identical_fits(tiny_params, images):
+    a = UniADDetector(**tiny_params).fit(images)
+    b = UniADDetector(**tiny_params).fit(images)
+    state_b = b.model_.state_dict()
+    for name, value in a.model_.state_dict().items():
+        assert torch.equal(value, state_b[name]), name
+    np.testing.assert_array_equal(a.score_samples(images), b.score_samples(images))
+    assert a.loss_curve_ == b.loss_curve_
+    c = UniADDetector(**{**tiny_params, "random_state": 1}).fit(images)
+    assert not np.array_equal(a.score_samples(images), c.score_samples(images))
+
+
+def test_fit_does_not_disturb_the_global_torch_rng(tiny_params, images):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    UniADDetector(**tiny_params).fit(images)
+    assert torch.equal(torch.rand(3), expected)
+
+
+def test_pickle_round_trip_keeps_scores(fitted_tiny, tmp_path):
+    det, X = fitted_tiny
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(restored.score_samples(X), det.score_samples(X))
+    joblib.dump(det, tmp_path / "det.joblib")
+    again = joblib.load(tmp_path / "det.joblib")
+    np.testing.assert_array_equal(again.predict_masks(X), det.predict_masks(X))
+
+
+def test_keyboard_interrupt_keeps_last_finished_epoch(tiny_params, images, monkeypatch):
+    import skuniad.training as training
+
+    calls = {"n": 0}
+    original = training.F.mse_loss
+
+    def interrupt_in_third_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # 6 images, batch 4 -> 2 steps per epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training.F, "mse_loss", interrupt_in_third_epoch)
+    det = UniADDetector(**{**tiny_params, "max_epochs": 5})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        det.fit(images)
+    assert det.n_epochs_ == 2 and len(det.loss_curve_) == 2
+    assert any("interrupted" in str(w.message) for w in caught)
+    monkeypatch.setattr(training.F, "mse_loss", original)
+    assert np.isfinite(det.offset_) and np.isfinite(det.score_samples(images)).all()
