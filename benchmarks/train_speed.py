@@ -1,0 +1,172 @@
+"""Training throughput: skuniad's path vs a reference-style path, side by side.
+
+(a) skuniad: ``UniADDetector.fit`` (backbone features computed once, cached,
+    bf16 autocast where the CPU has it, SDPA/fast dropout), images/s counted
+    over the whole fit including feature extraction and calibration.
+(b) reference-style: the same transformer fed by the frozen backbone
+    recomputed every step, fp32, mask rebuilt every forward, batch 8.
+
+Each path runs in its own process (clean peak RSS). Usage::
+
+    python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8]
+    python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
+
+Prints the machine and ends with ``ratio: <a/b>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, peak_rss_gb, run_child, training_images  # noqa: E402
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+def skuniad_path(n_images: int, epochs: int) -> dict:
+    from skuniad import UniADDetector
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    X = training_images(n_images)
+    det = UniADDetector(backbone=BACKBONE, max_epochs=epochs, batch_size=8, random_state=0)
+    start = time.perf_counter()
+    det.fit(X)
+    wall = time.perf_counter() - start
+    return {
+        "images": len(X),
+        "epochs": epochs,
+        "fit_s": wall,
+        "images_per_s": len(X) * epochs / wall,
+        "epoch_s_approx": wall / epochs,
+        "peak_rss_gb": peak_rss_gb(),
+    }
+
+
+def reference_path(n_images: int, steps: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+    from _reference_style import ReferenceStyleUniAD
+
+    from skuniad.io import check_images, iter_batches
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    torch.manual_seed(0)
+    X = check_images(training_images(max(n_images, 8 * (steps + 2))))
+    batches = [b for b, _ in iter_batches(X, 224, (0.5,) * 3, (0.5,) * 3, 8)]
+    model = ReferenceStyleUniAD(BACKBONE, 192).train()
+    model.backbone.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
+    times = []
+    for step in range(steps + 2):
+        start = time.perf_counter()
+        feats, rec = model(batches[step % len(batches)])
+        loss = F.mse_loss(rec, feats)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 0.1)
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    step_s = statistics.median(times[2:])
+    return {"step_s": step_s, "images_per_s": 8 / step_s, "peak_rss_gb": peak_rss_gb()}
+
+
+def gpu_projection() -> dict:
+    """On CUDA: epoch time for 3,629 images at 224 px with tf_efficientnet_b4 (random)."""
+    import torch
+
+    from skuniad.nn.backbone import FrozenBackbone
+    from skuniad.nn.transformer import UniADReconstruction
+    from skuniad.training import train_reconstruction
+
+    device = torch.device("cuda")
+    n = 3629
+    backbone = FrozenBackbone("tf_efficientnet_b4", (0, 1, 2, 3), None).to(device)
+    backbone.to(memory_format=torch.channels_last)
+    images = torch.randn(64, 3, 224, 224, device=device)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    feats = []
+    with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+        for _ in range((n + 63) // 64):
+            feats.append(backbone(images.contiguous(memory_format=torch.channels_last)).float())
+    torch.cuda.synchronize()
+    extract_s = time.perf_counter() - start
+    features = torch.cat(feats)[:n].cpu()
+    model = UniADReconstruction(features.shape[1])
+    start = time.perf_counter()
+    train_reconstruction(
+        model,
+        features,
+        max_epochs=2,
+        batch_size=8,
+        learning_rate=1e-4,
+        weight_decay=1e-4,
+        grad_clip=0.1,
+        device=device,
+        amp_dtype=torch.bfloat16,
+    )
+    torch.cuda.synchronize()
+    epoch_s = (time.perf_counter() - start) / 2
+    return {
+        "extract_s": extract_s,
+        "epoch_s": epoch_s,
+        "projected_1000_epochs_min": (extract_s + 1000 * epoch_s) / 60,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=96)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--full", action="store_true", help="all of real-ad, 2 epochs, (a) only")
+    parser.add_argument("--child", nargs="+")
+    args = parser.parse_args()
+    if args.child:
+        kind, *rest = args.child
+        fn = {"a": skuniad_path, "b": reference_path, "gpu": gpu_projection}[kind]
+        print(json.dumps(fn(*map(int, rest))))
+        return
+
+    import torch
+
+    print(f"machine: {machine()}")
+    if args.full:
+        a = run_child(__file__, "a", "100000", "2")
+        print(
+            f"unified fit on {a['images']} images: {a['epoch_s_approx']:.1f} s per epoch "
+            f"(fit incl. features {a['fit_s']:.1f} s for 2 epochs), "
+            f"peak RSS {a['peak_rss_gb']:.2f} GB"
+        )
+        return
+    a = run_child(__file__, "a", str(args.images), str(args.epochs))
+    print(
+        f"(a) skuniad fit: {a['images']} images x {a['epochs']} epochs in {a['fit_s']:.1f} s "
+        f"-> {a['images_per_s']:.1f} images/s, peak RSS {a['peak_rss_gb']:.2f} GB"
+    )
+    b = run_child(__file__, "b", str(args.images), str(args.steps))
+    print(
+        f"(b) reference-style: {b['step_s']:.3f} s per batch-8 step (median of {args.steps}) "
+        f"-> {b['images_per_s']:.1f} images/s, peak RSS {b['peak_rss_gb']:.2f} GB"
+    )
+    if torch.cuda.is_available():
+        g = run_child(__file__, "gpu")
+        print(
+            f"GPU: features for 3,629 images {g['extract_s']:.1f} s, epoch {g['epoch_s']:.1f} s, "
+            f"projected 1000-epoch recipe {g['projected_1000_epochs_min']:.1f} min"
+        )
+    print(f"ratio: {a['images_per_s'] / b['images_per_s']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
