@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from numbers import Integral, Real
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,12 +14,15 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
+from skuniad import persistence
 from skuniad.io import check_images, iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
 from skuniad.training import (
     autocast,
+    explain_out_of_memory,
     extract_features,
+    inference_batch_size,
     reconstruction_maps,
     resolve_device,
     resolve_precision,
@@ -27,6 +31,16 @@ from skuniad.training import (
 
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
+# parameters that do not change what training computes: left out of the checkpoint fingerprint
+_NOT_TRAINING = {
+    "contamination",
+    "device",
+    "precision",
+    "verbose",
+    "warm_start",
+    "checkpoint_path",
+    "checkpoint_every",
+}
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -70,7 +84,29 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     weight_decay : float, default=1e-4
     grad_clip : float, default=0.1
         Gradient-norm clip. The learning rate drops x 0.1 after 80 % of
-        ``max_epochs``.
+        ``max_epochs``. Feature extraction and scoring run
+        ``min(4 * batch_size, 32)`` images at a time; when the GPU runs out
+        of memory, a :class:`~skuniad.training.DeviceOutOfMemoryError` (a
+        ``MemoryError``) says which ``batch_size`` to try.
+    warm_start : bool, default=False
+        When True and the detector is fitted, ``fit`` continues from the
+        current ``model_`` weights (reusing ``backbone_``) for ``max_epochs``
+        more epochs with a new optimizer and schedule; ``loss_curve_`` and
+        ``n_epochs_`` accumulate. Parameters that change the network's
+        shapes raise a ValueError.
+    checkpoint_path : str or path or None, default=None
+        Crash-recovery file for long trainings. After every
+        ``checkpoint_every`` epochs, and after the last, the training state
+        (weights, optimizer, schedule, RNG states, epoch, loss curve) is
+        written there atomically. A later ``fit`` with the same path, the same
+        training parameters and the same number of images resumes from it; on
+        CPU the result is bit-identical to an uninterrupted fit. A checkpoint
+        written for other parameters or another number of images raises a
+        ValueError naming the differences (it is never overwritten silently);
+        image contents are not compared. ``device`` and ``precision`` may
+        change between runs. The file is deleted when ``fit`` completes.
+    checkpoint_every : int, default=1
+        Epochs between checkpoints.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` and ``pixel_threshold_`` from the training images.
         ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
@@ -84,7 +120,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         fp32 elsewhere.
     random_state : int, RandomState instance or None, default=None
         Seeds shuffling, jitter, dropout and initialisation. With an int,
-        CPU fits are bit-identical.
+        CPU fits are bit-identical, in one process or across processes (see
+        Notes for GPUs).
     verbose : int, default=0
         > 0 shows progress bars and one line per epoch with the loss.
 
@@ -112,6 +149,24 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     See Also
     --------
     sklearn.ensemble.IsolationForest : the outlier-detector contract followed here.
+    skuniad.persistence : the safe model file written by :meth:`save`.
+
+    Notes
+    -----
+    Persistence: :meth:`save` / :meth:`load` write and read one safetensors
+    file (``.skuniad``) that never runs code when read. ``pickle`` and
+    ``joblib`` work too; they store the networks as CPU tensors, so a model
+    fitted on a GPU unpickles on a CPU-only machine (``device_`` falls back
+    to the CPU).
+
+    Reproducibility: on CPU, the same images, parameters and integer
+    ``random_state`` give bit-identical weights, scores and loss curves, in
+    one process or in another one, with the same torch version and thread
+    count. On CUDA, fits are close but not bit-identical: cuDNN and cuBLAS
+    pick nondeterministic kernels (atomic adds) and bf16 autocast amplifies
+    rounding differences. For repeatable GPU fits, use ``precision="fp32"``,
+    set ``CUBLAS_WORKSPACE_CONFIG=:4096:8`` and call
+    ``torch.use_deterministic_algorithms(True)``, at a speed cost.
 
     Examples
     --------
@@ -146,6 +201,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "grad_clip": [Interval(Real, 0, None, closed="neither")],
+        "warm_start": ["boolean"],
+        "checkpoint_path": [str, os.PathLike, None],
+        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
         "device": [str],
         "precision": [StrOptions({"auto", "bf16", "fp32"})],
@@ -174,6 +232,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         learning_rate=1e-4,
         weight_decay=1e-4,
         grad_clip=0.1,
+        warm_start=False,
+        checkpoint_path=None,
+        checkpoint_every=1,
         contamination="auto",
         device="auto",
         precision="auto",
@@ -198,6 +259,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
+        self.warm_start = warm_start
+        self.checkpoint_path = checkpoint_path
+        self.checkpoint_every = checkpoint_every
         self.contamination = contamination
         self.device = device
         self.precision = precision
@@ -224,35 +288,31 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self._check_architecture()
         device = resolve_device(self.device)
         amp_dtype = resolve_precision(self.precision, device)
+        warm = self.warm_start and hasattr(self, "model_")
+        previous_curve = list(self.loss_curve_) if warm else []
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), self.backbone_weights)
+            backbone = self.backbone_ if warm else self._build_backbone(self.backbone_weights)
             backbone.to(device).to(memory_format=torch.channels_last)
-            features = extract_features(
-                backbone,
-                X,
-                image_size=self.image_size,
-                batch_size=max(self.batch_size, 32),
-                device=device,
-                amp_dtype=amp_dtype,
-                verbose=self.verbose,
-            )
-            channels, height, width = features.shape[1:]
-            model = UniADReconstruction(
-                channels,
-                (height, width),
-                hidden_dim=self.hidden_dim,
-                num_heads=self.num_heads,
-                num_encoder_layers=self.num_encoder_layers,
-                num_decoder_layers=self.num_decoder_layers,
-                dim_feedforward=self.dim_feedforward,
-                dropout=self.dropout,
-                neighbor_size=self.neighbor_size,
-                jitter_scale=self.jitter_scale,
-                jitter_prob=self.jitter_prob,
-            )
+            with explain_out_of_memory("extracting features", self.batch_size, inference=True):
+                features = extract_features(
+                    backbone,
+                    X,
+                    image_size=self.image_size,
+                    batch_size=inference_batch_size(self.batch_size),
+                    device=device,
+                    amp_dtype=amp_dtype,
+                    verbose=self.verbose,
+                )
+            model = self._build_model(*features.shape[1:])
+            if warm:
+                self._continue_from_fitted_model(model)
+            fingerprint = {
+                **persistence.json_safe_params(self.get_params()),
+                "warm_start_from_epoch": len(previous_curve),
+            }
             curve = train_reconstruction(
                 model,
                 features,
@@ -264,15 +324,48 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 device=device,
                 amp_dtype=amp_dtype,
                 verbose=self.verbose,
+                checkpoint_path=self.checkpoint_path,
+                checkpoint_every=self.checkpoint_every,
+                fingerprint={k: v for k, v in fingerprint.items() if k not in _NOT_TRAINING},
             )
         self.backbone_ = backbone
         self.model_ = model
         self.device_ = device
-        self.feature_shape_ = (int(channels), int(height), int(width))
-        self.loss_curve_ = curve
-        self.n_epochs_ = len(curve)
+        self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+        self.loss_curve_ = previous_curve + curve
+        self.n_epochs_ = len(self.loss_curve_)
         self._calibrate_features(features)
+        if self.checkpoint_path is not None and len(curve) == self.max_epochs:
+            Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
+
+    def _build_backbone(self, backbone_weights) -> FrozenBackbone:
+        return FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
+
+    def _build_model(self, channels: int, height: int, width: int) -> UniADReconstruction:
+        return UniADReconstruction(
+            int(channels),
+            (int(height), int(width)),
+            hidden_dim=self.hidden_dim,
+            num_heads=self.num_heads,
+            num_encoder_layers=self.num_encoder_layers,
+            num_decoder_layers=self.num_decoder_layers,
+            dim_feedforward=self.dim_feedforward,
+            dropout=self.dropout,
+            neighbor_size=self.neighbor_size,
+            jitter_scale=self.jitter_scale,
+            jitter_prob=self.jitter_prob,
+        )
+
+    def _continue_from_fitted_model(self, model: UniADReconstruction) -> None:
+        """warm_start: copy the fitted weights into ``model``, built from the current parameters."""
+        try:
+            model.load_state_dict(self.model_.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(
+                "warm_start=True needs the fitted model's architecture, but the parameters "
+                f"changed it: {exc}"
+            ) from None
 
     def _check_architecture(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -286,14 +379,15 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     def _calibrate_features(self, features: torch.Tensor) -> None:
         """Set ``offset_`` and ``pixel_threshold_`` from the training features."""
-        scores, maps = reconstruction_maps(
-            self.model_,
-            features,
-            image_size=self.image_size,
-            batch_size=max(self.batch_size, 32),
-            device=self.device_,
-            amp_dtype=self._amp_dtype(),
-        )
+        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
+            scores, maps = reconstruction_maps(
+                self.model_,
+                features,
+                image_size=self.image_size,
+                batch_size=inference_batch_size(self.batch_size),
+                device=self.device_,
+                amp_dtype=self._amp_dtype(),
+            )
         # bilinear upsampling with align_corners=True keeps the token maxima
         self.offset_ = -_anomalous_side(scores, self.contamination)
         self.pixel_threshold_ = _anomalous_side(
@@ -311,17 +405,23 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         device, amp_dtype = self.device_, self._amp_dtype()
         scores, maps, sizes = [], [], []
         self.model_.eval()
-        for images, batch_sizes in iter_batches(
-            X, self.image_size, self.backbone_.mean, self.backbone_.std, max(self.batch_size, 32)
-        ):
-            with torch.inference_mode(), autocast(device, amp_dtype):
-                features = self.backbone_(images.to(device, memory_format=torch.channels_last))
-                reconstruction = self.model_(features)
-            batch_maps = anomaly_map(features, reconstruction, self.image_size)
-            scores.append(image_score(batch_maps).cpu().numpy())
-            if keep_maps:
-                maps.append(batch_maps.cpu().numpy())
-            sizes.extend(batch_sizes)
+        batches = iter_batches(
+            X,
+            self.image_size,
+            self.backbone_.mean,
+            self.backbone_.std,
+            inference_batch_size(self.batch_size),
+        )
+        with explain_out_of_memory("scoring", self.batch_size, inference=True):
+            for images, batch_sizes in batches:
+                with torch.inference_mode(), autocast(device, amp_dtype):
+                    features = self.backbone_(images.to(device, memory_format=torch.channels_last))
+                    reconstruction = self.model_(features)
+                batch_maps = anomaly_map(features, reconstruction, self.image_size)
+                scores.append(image_score(batch_maps).cpu().numpy())
+                if keep_maps:
+                    maps.append(batch_maps.cpu().numpy())
+                sizes.extend(batch_sizes)
         return (
             np.concatenate(scores).astype(np.float64),
             np.concatenate(maps) if keep_maps else None,
@@ -389,6 +489,56 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         from skuniad.metrics import as_anomaly_labels, image_auroc
 
         return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
+
+    # ---------------------------------------------------------- persistence
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the fitted detector to one safe file (``.skuniad`` by convention).
+
+        A safetensors file: the networks' tensors, plus JSON metadata with the
+        parameters, fitted values and skuniad/torch/timm versions (see
+        :mod:`skuniad.persistence`). The write is atomic: an interrupted save
+        leaves any previous file at ``path`` intact. A ``RandomState``
+        ``random_state`` is saved as None.
+        """
+        check_is_fitted(self, "model_")
+        persistence.save_detector(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str = "auto") -> UniADDetector:
+        """Read a detector written by :meth:`save`; never executes code from the file.
+
+        Parameters
+        ----------
+        path : str or path
+        device : str, default="auto"
+            Where the networks go: ``"auto"`` (CUDA when available, else CPU),
+            ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+
+        Raises
+        ------
+        ValueError
+            The file is not a skuniad model (e.g. a pickle), is truncated, or
+            was written in a newer format than this skuniad reads.
+        """
+        return persistence.load_detector(cls, path, resolve_device(device))
+
+    def __getstate__(self):
+        # the networks travel as CPU state dicts: a GPU-fitted model unpickles anywhere
+        state = dict(super().__getstate__())
+        if "model_" in state:
+            del state["backbone_"], state["model_"]
+            state["_module_tensors"] = persistence.module_tensors(self)
+            state["_backbone_norm"] = (self.backbone_.mean, self.backbone_.std)
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        tensors = state.pop("_module_tensors", None)
+        norm = state.pop("_backbone_norm", None)
+        super().__setstate__(state)
+        if tensors is not None:
+            device = persistence.available_device(self.device_)
+            persistence.restore_modules(self, tensors, device, *norm)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()

@@ -1,19 +1,25 @@
-"""The training loop: feature cache, optimizer and schedule, precision, progress.
+"""The training loop: feature cache, optimizer and schedule, precision, progress, resume.
 
 The backbone is frozen and inputs are not augmented, so its features are a
 fixed function of each training image: they are computed once per fit
 (:func:`extract_features`) and every epoch trains the reconstruction network
 on that cache (:func:`train_reconstruction`). Jitter is applied to the cached
 features, so the maths is the reference's.
+
+Long trainings can write a checkpoint (weights, optimizer, schedule, RNG
+states, loss curve) every few epochs and resume from it; because the feature
+cache is a deterministic function of the images, a resumed CPU training is
+bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -22,6 +28,14 @@ import torch.nn.functional as F
 from skuniad._progress import progress_bar
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
+from skuniad.persistence import atomic_write
+
+CHECKPOINT_FORMAT = "skuniad-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+class DeviceOutOfMemoryError(MemoryError):
+    """The accelerator ran out of memory; the message says which ``batch_size`` to try."""
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -85,6 +99,35 @@ def extract_features(
     return torch.cat(chunks)
 
 
+def inference_batch_size(batch_size: int) -> int:
+    """Images per batch for feature extraction and scoring: 4 x ``batch_size``, at most 32."""
+    return min(4 * batch_size, 32)
+
+
+@contextmanager
+def explain_out_of_memory(task: str, batch_size: int, *, inference: bool = False) -> Iterator[None]:
+    """Re-raise a device out-of-memory error as one that names ``batch_size``.
+
+    ``inference``: ``task`` runs :func:`inference_batch_size` images at once,
+    not ``batch_size``. The raw CUDA traceback is dropped, its first sentence kept.
+    """
+    try:
+        yield
+    except torch.cuda.OutOfMemoryError as exc:
+        images = inference_batch_size(batch_size) if inference else batch_size
+        # the largest batch_size that halves the images per batch
+        smaller = images // 8 if inference else batch_size // 2
+        advice = (
+            f"pass a smaller batch_size (now {batch_size}; try batch_size={smaller})"
+            if smaller >= 1
+            else f"even batch_size={batch_size} does not fit: lower image_size or use device='cpu'"
+        )
+        raise DeviceOutOfMemoryError(
+            f"out of device memory while {task} ({images} images per batch): {advice}. "
+            f"PyTorch said: {str(exc).split('. ')[0]}."
+        ) from None
+
+
 def lr_decay_epoch(max_epochs: int) -> int:
     """First epoch trained at lr x 0.1 (epoch 800 of the reference's 1000)."""
     return max(1, int(0.8 * max_epochs))
@@ -103,6 +146,9 @@ def train_reconstruction(
     amp_dtype: torch.dtype | None,
     verbose: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
+    checkpoint_path: str | os.PathLike | None = None,
+    checkpoint_every: int = 1,
+    fingerprint: dict | None = None,
 ) -> list[float]:
     """Train ``model`` to rebuild ``features``; return the mean loss of each epoch.
 
@@ -111,6 +157,13 @@ def train_reconstruction(
     jitter, dropout), which the caller seeds. A KeyboardInterrupt stops the
     loop: ``model`` is left with the last finished epoch's weights and the
     curve so far is returned, with a warning.
+
+    With ``checkpoint_path``, the training state is written there (atomically)
+    after every ``checkpoint_every``-th epoch and after the last one. When the
+    file exists, training resumes from it, provided it was written for the
+    same ``fingerprint`` (JSON-like values describing the training) and the
+    same number of images; otherwise a ValueError says what differs. The
+    returned curve then includes the checkpoint's epochs.
     """
     model.to(device).train()
     optimizer = torch.optim.AdamW(
@@ -120,38 +173,37 @@ def train_reconstruction(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda epoch: 0.1 if epoch >= decay_at else 1.0
     )
-    data = features.to(device)
-    n = len(data)
+    fingerprint = {**(fingerprint or {}), "n_images": len(features)}
     curve: list[float] = []
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
+    data = features.to(device)
     finished = copy.deepcopy(model.state_dict())
     with progress_bar(verbose > 0) as progress:
-        task = progress.add_task("training", total=max_epochs)
+        task = progress.add_task("training", total=max_epochs, completed=len(curve))
         try:
-            for epoch in range(max_epochs):
-                start = time.perf_counter()
-                order = torch.randperm(n)
-                total = torch.zeros((), device=device)
-                for begin in range(0, n, batch_size):
-                    batch = data[order[begin : begin + batch_size].to(device)]
-                    with autocast(device, amp_dtype):
-                        reconstruction = model(batch)
-                    loss = F.mse_loss(reconstruction.float(), batch.float())
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                    optimizer.step()
-                    total += loss.detach() * len(batch)
-                scheduler.step()
-                curve.append(float(total) / n)
-                finished = copy.deepcopy(model.state_dict())
-                progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
-                if verbose > 0:
-                    progress.console.print(
-                        f"epoch {epoch + 1}/{max_epochs}  loss {curve[-1]:.5f}  "
-                        f"{time.perf_counter() - start:.1f} s"
+            with explain_out_of_memory("training", batch_size):
+                for epoch in range(len(curve), max_epochs):
+                    start = time.perf_counter()
+                    curve.append(
+                        _train_epoch(model, data, optimizer, batch_size, grad_clip, amp_dtype)
                     )
-                if on_epoch_end is not None:
-                    on_epoch_end(epoch, curve[-1])
+                    scheduler.step()
+                    finished = copy.deepcopy(model.state_dict())
+                    if checkpoint_path is not None and (
+                        len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
+                    ):
+                        _save_checkpoint(
+                            checkpoint_path, fingerprint, curve, model, optimizer, scheduler, device
+                        )
+                    progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
+                    if verbose > 0:
+                        progress.console.print(
+                            f"epoch {epoch + 1}/{max_epochs}  loss {curve[-1]:.5f}  "
+                            f"{time.perf_counter() - start:.1f} s"
+                        )
+                    if on_epoch_end is not None:
+                        on_epoch_end(epoch, curve[-1])
         except KeyboardInterrupt:
             model.load_state_dict(finished)
             warnings.warn(
@@ -162,6 +214,85 @@ def train_reconstruction(
             )
     model.eval()
     return curve
+
+
+def _train_epoch(
+    model: torch.nn.Module,
+    data: torch.Tensor,
+    optimizer: torch.optim.Optimizer,
+    batch_size: int,
+    grad_clip: float,
+    amp_dtype: torch.dtype | None,
+) -> float:
+    """One pass over ``data`` in a random order; the mean loss per image."""
+    device, n = data.device, len(data)
+    order = torch.randperm(n)
+    total = torch.zeros((), device=device)
+    for begin in range(0, n, batch_size):
+        batch = data[order[begin : begin + batch_size].to(device)]
+        with autocast(device, amp_dtype):
+            reconstruction = model(batch)
+        loss = F.mse_loss(reconstruction.float(), batch.float())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        total += loss.detach() * len(batch)
+    return float(total) / n
+
+
+def _save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "epoch": len(curve),
+        "loss_curve": list(curve),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    with atomic_write(path) as temporary:
+        torch.save(checkpoint, temporary)
+
+
+def _resume(path, fingerprint, model, optimizer, scheduler, device) -> list[float]:
+    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
+        raise ValueError(
+            f"cannot read the training checkpoint {path} ({exc}); delete it or set another "
+            "checkpoint_path to start afresh"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a skuniad training checkpoint")
+    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {checkpoint.get('format_version')!r}; "
+            f"this skuniad resumes version {CHECKPOINT_VERSION} only"
+        )
+    saved = checkpoint["fingerprint"]
+    differences = [
+        f"{key}={saved.get(key)!r} there, {fingerprint.get(key)!r} here"
+        for key in sorted(saved.keys() | fingerprint.keys())
+        if saved.get(key) != fingerprint.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"the training checkpoint {path} was written for a different training ("
+            + "; ".join(differences)
+            + "); delete it or set another checkpoint_path to start afresh"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng_cpu"])
+    if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
+    return list(checkpoint["loss_curve"])
 
 
 @torch.inference_mode()

@@ -1,0 +1,245 @@
+"""Safe save / load of a fitted detector, and its pickle state.
+
+A model file (``.skuniad`` by convention) is ONE safetensors file:
+
+- tensors: the frozen backbone's state dict under ``backbone.`` and the
+  reconstruction network's under ``model.``, all CPU and contiguous;
+- safetensors metadata: one key, ``"skuniad"``, holding a JSON object::
+
+      {"format": "skuniad", "format_version": 1,
+       "params": {...get_params(), JSON-safe...},
+       "fitted": {"offset_", "pixel_threshold_", "n_epochs_", "loss_curve_",
+                  "feature_shape_"},
+       "backbone": {"mean": [...], "std": [...]},
+       "versions": {"skuniad", "torch", "timm"}}
+
+Reading uses safetensors and ``json`` only, so a file never runs code when
+loaded. The backbone is rebuilt with random weights (no network, no weights
+search) and then gets the saved tensors, so a model file is self-contained.
+Files of format versions 1 to :data:`FORMAT_VERSION` load; parameters a
+file lacks (added to skuniad after it was written) take their defaults.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+FORMAT = "skuniad"
+FORMAT_VERSION = 1
+METADATA_KEY = "skuniad"
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; move it onto ``path`` when the block succeeds.
+
+    The file is flushed to disk before ``os.replace``, so ``path`` holds
+    either its old content or the complete new one, never a partial write.
+    On any failure (KeyboardInterrupt included) the temporary file is removed.
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
+    try:
+        yield temporary
+        with open(temporary, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def json_safe_params(params: dict) -> dict:
+    """``get_params()`` as JSON values: tuples -> lists, paths -> str, numpy scalars -> Python.
+
+    A ``RandomState`` instance becomes None: it only seeds ``fit``.
+    """
+
+    def convert(value):
+        if isinstance(value, (tuple, list)):
+            return [convert(v) for v in value]
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, np.random.RandomState):
+            return None
+        return value
+
+    return {name: convert(value) for name, value in params.items()}
+
+
+def available_device(device: torch.device) -> torch.device:
+    """``device`` if this machine has it, else the CPU (a GPU-fitted model on a CPU-only host)."""
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        if (device.index or 0) >= torch.cuda.device_count():
+            return torch.device("cuda")
+    return device
+
+
+def module_tensors(detector) -> dict[str, torch.Tensor]:
+    """The fitted networks' state dicts, prefixed ``backbone.`` / ``model.``, as CPU tensors."""
+    tensors = {}
+    for prefix, module in (("backbone", detector.backbone_), ("model", detector.model_)):
+        for name, value in module.state_dict().items():
+            tensors[f"{prefix}.{name}"] = value.detach().cpu().contiguous()
+    return tensors
+
+
+def restore_modules(
+    detector,
+    tensors: dict[str, torch.Tensor],
+    device: torch.device,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+) -> None:
+    """Rebuild ``backbone_`` and ``model_`` from the parameters and load ``tensors`` strictly.
+
+    Needs ``feature_shape_``; sets ``backbone_``, ``model_`` and ``device_``.
+    The global torch RNG is left untouched by the throwaway initialisation.
+    """
+    parts: dict[str, dict[str, torch.Tensor]] = {"backbone": {}, "model": {}}
+    for key, value in tensors.items():
+        prefix, _, name = key.partition(".")
+        if prefix not in parts:
+            raise ValueError(f"unexpected tensor {key!r}: names start with 'backbone.' or 'model.'")
+        parts[prefix][name] = value
+    with torch.random.fork_rng(devices=[]):
+        backbone = detector._build_backbone(backbone_weights=None)
+        model = detector._build_model(*detector.feature_shape_)
+    for prefix, module in (("backbone", backbone), ("model", model)):
+        try:
+            module.load_state_dict(parts[prefix], strict=True)
+        except RuntimeError as exc:
+            raise ValueError(
+                f"the saved {prefix} tensors do not fit the saved parameters: {exc}"
+            ) from None
+    backbone.mean, backbone.std = tuple(mean), tuple(std)
+    detector.backbone_ = backbone.to(device).to(memory_format=torch.channels_last)
+    detector.model_ = model.to(device).eval()
+    detector.device_ = device
+
+
+def save_detector(detector, path: str | os.PathLike) -> None:
+    """Write a fitted ``detector`` to ``path`` atomically (see the module docstring)."""
+    import timm
+
+    import skuniad
+
+    metadata = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "params": json_safe_params(detector.get_params()),
+        "fitted": {
+            "offset_": float(detector.offset_),
+            "pixel_threshold_": float(detector.pixel_threshold_),
+            "n_epochs_": int(detector.n_epochs_),
+            "loss_curve_": [float(v) for v in detector.loss_curve_],
+            "feature_shape_": [int(v) for v in detector.feature_shape_],
+        },
+        "backbone": {"mean": list(detector.backbone_.mean), "std": list(detector.backbone_.std)},
+        "versions": {
+            "skuniad": skuniad.__version__,
+            "torch": torch.__version__,
+            "timm": timm.__version__,
+        },
+    }
+    tensors = module_tensors(detector)
+    with atomic_write(path) as temporary:
+        save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+
+
+def load_detector(cls, path: str | os.PathLike, device: torch.device):
+    """Read a file written by :func:`save_detector`; the networks go to ``device``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    metadata, tensors = _read(path)
+    params = dict(metadata["params"])
+    unknown = sorted(set(params) - set(cls().get_params()))
+    if unknown:
+        raise ValueError(
+            f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
+            f"does not know: {unknown}; upgrade skuniad to load it"
+        )
+    if "out_indices" in params:
+        params["out_indices"] = tuple(params["out_indices"])
+    detector = cls(**params)
+    fitted = metadata["fitted"]
+    detector.offset_ = float(fitted["offset_"])
+    detector.pixel_threshold_ = float(fitted["pixel_threshold_"])
+    detector.n_epochs_ = int(fitted["n_epochs_"])
+    detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
+    detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
+    norm = metadata["backbone"]
+    restore_modules(detector, tensors, device, norm["mean"], norm["std"])
+    return detector
+
+
+_EXPECTED = "a skuniad model file (safetensors with skuniad metadata, written by det.save)"
+
+
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Validated metadata and the tensors of a model file; never unpickles."""
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a model file"
+        raise ValueError(f"{path} is not {_EXPECTED}: {_what_instead(path, exc)}") from None
+    if METADATA_KEY not in header:
+        raise ValueError(
+            f"{path} is a safetensors file but not {_EXPECTED}: no {METADATA_KEY!r} metadata"
+        )
+    try:
+        metadata = json.loads(header[METADATA_KEY])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: the skuniad metadata is not valid JSON ({exc})") from None
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
+        raise ValueError(f"{path} is not {_EXPECTED}: its metadata names another format")
+    version = metadata.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise ValueError(f"{path}: invalid skuniad format_version {version!r}")
+    if version > FORMAT_VERSION:
+        import skuniad
+
+        raise ValueError(
+            f"{path} has model format version {version}, written by skuniad "
+            f"{_writer(metadata)}; this skuniad ({skuniad.__version__}) reads format versions "
+            f"up to {FORMAT_VERSION}. Upgrade skuniad to load it."
+        )
+    missing = [k for k in ("params", "fitted", "backbone") if not isinstance(metadata.get(k), dict)]
+    if missing:
+        raise ValueError(f"{path}: the skuniad metadata lacks {missing}")
+    return metadata, tensors
+
+
+def _writer(metadata: dict) -> str:
+    versions = metadata.get("versions")
+    return str(versions.get("skuniad", "?")) if isinstance(versions, dict) else "?"
+
+
+def _what_instead(path: Path, error: Exception) -> str:
+    """What ``path`` seems to be, from its first bytes, for the error message."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head[:1] == b"\x80":
+        return (
+            "it looks like a pickle (joblib.dump / pickle.dump), which a model path never "
+            "unpickles; use joblib.load for it, and only on files you trust"
+        )
+    if head == b"PK\x03\x04":
+        return "it looks like a zip archive (e.g. written by torch.save)"
+    return f"it is truncated or of another kind (safetensors: {error})"

@@ -1,0 +1,253 @@
+"""Safe model files (save / load) and pickling of fitted detectors."""
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from sklearn.exceptions import NotFittedError
+
+import skuniad.persistence as persistence
+from skuniad import UniADDetector
+
+
+@pytest.fixture(scope="module")
+def saved(fitted_tiny, tmp_path_factory):
+    det, X = fitted_tiny
+    path = tmp_path_factory.mktemp("model") / "model.skuniad"
+    det.save(path)
+    return det, X, path
+
+
+def _rewrite_metadata(source, target, change) -> None:
+    """Copy a model file, letting ``change`` edit its JSON metadata."""
+    with safe_open(str(source), framework="pt") as f:
+        metadata = json.loads(f.metadata()["skuniad"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    change(metadata)
+    save_file(tensors, str(target), metadata={"skuniad": json.dumps(metadata)})
+
+
+def test_save_load_round_trip_gives_identical_scores_and_masks(saved):
+    det, X, path = saved
+    torch.manual_seed(0)
+    expected_draw = torch.rand(3)
+    torch.manual_seed(0)
+    loaded = UniADDetector.load(path)
+    assert torch.equal(torch.rand(3), expected_draw)  # loading leaves the global RNG alone
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+    np.testing.assert_array_equal(loaded.predict_masks(X), det.predict_masks(X))
+    assert loaded.get_params() == det.get_params()
+    assert isinstance(loaded.out_indices, tuple)
+    for name in ("offset_", "pixel_threshold_", "n_epochs_", "loss_curve_", "feature_shape_"):
+        assert getattr(loaded, name) == getattr(det, name), name
+    assert (loaded.backbone_.mean, loaded.backbone_.std) == (det.backbone_.mean, det.backbone_.std)
+
+
+def test_model_file_is_one_safetensors_file_with_json_metadata(saved):
+    det, _, path = saved
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        names = set(f.keys())
+    assert set(header) == {"skuniad"}
+    metadata = json.loads(header["skuniad"])
+    assert metadata["format"] == "skuniad" and metadata["format_version"] == 1
+    assert set(metadata) == {"format", "format_version", "params", "fitted", "backbone", "versions"}
+    assert set(metadata["versions"]) == {"skuniad", "torch", "timm"}
+    assert metadata["params"]["out_indices"] == [0, 1, 2, 3]
+    assert metadata["fitted"]["feature_shape_"] == list(det.feature_shape_)
+    expected = {f"backbone.{k}" for k in det.backbone_.state_dict()}
+    expected |= {f"model.{k}" for k in det.model_.state_dict()}
+    assert names == expected
+
+
+def test_load_never_reads_backbone_weights_from_elsewhere(fitted_tiny, tmp_path):
+    det, X = fitted_tiny
+    moved = pickle.loads(pickle.dumps(det))
+    moved.set_params(backbone_weights=str(tmp_path / "gone.pth"))  # not there when loading
+    moved.save(tmp_path / "m.skuniad")
+    loaded = UniADDetector.load(tmp_path / "m.skuniad")
+    assert loaded.backbone_weights == str(tmp_path / "gone.pth")
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_load_honours_the_device_argument(saved, monkeypatch):
+    _, _, path = saved
+    assert UniADDetector.load(path, device="cpu").device_ == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    det = UniADDetector.load(path, device="auto")
+    assert det.device_ == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in det.model_.parameters())
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        UniADDetector.load(path, device="cuda")
+
+
+def test_crafted_pickle_is_rejected_without_running_its_code(tmp_path):
+    sentinel = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    path = tmp_path / "evil.skuniad"
+    path.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(ValueError, match="not a skuniad model file.*pickle"):
+        UniADDetector.load(path)
+    assert not sentinel.exists()
+    pickle.loads(path.read_bytes())  # control: the payload is live when unpickled
+    assert sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (b"just some text, not a model\n", "not a skuniad model file"),
+        (b"", "not a skuniad model file"),
+        (b"PK\x03\x04" + bytes(60), "zip archive"),
+    ],
+)
+def test_files_of_other_kinds_are_rejected(tmp_path, content, match):
+    path = tmp_path / "model.skuniad"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match=match):
+        UniADDetector.load(path)
+
+
+def test_plain_safetensors_file_is_rejected(tmp_path):
+    path = tmp_path / "weights.safetensors"
+    save_file({"w": torch.zeros(2)}, str(path), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="safetensors file but not a skuniad model"):
+        UniADDetector.load(path)
+
+
+def test_truncated_file_is_rejected(saved, tmp_path):
+    _, _, path = saved
+    data = path.read_bytes()
+    for size in (5, 200, len(data) // 2, len(data) - 1):
+        cut = tmp_path / f"cut{size}.skuniad"
+        cut.write_bytes(data[:size])
+        with pytest.raises(ValueError, match="truncated"):
+            UniADDetector.load(cut)
+
+
+def test_missing_file_raises_file_not_found(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.skuniad"):
+        UniADDetector.load(tmp_path / "nope.skuniad")
+
+
+def test_newer_format_version_says_what_differs(saved, tmp_path):
+    _, _, path = saved
+    newer = tmp_path / "newer.skuniad"
+
+    def bump(metadata):
+        metadata["format_version"] = persistence.FORMAT_VERSION + 1
+        metadata["versions"]["skuniad"] = "9.0.0"
+
+    _rewrite_metadata(path, newer, bump)
+    with pytest.raises(ValueError, match=r"format version 2, written by skuniad 9\.0\.0.*up to 1"):
+        UniADDetector.load(newer)
+
+
+def test_older_compatible_file_loads_with_defaults_for_newer_parameters(saved, tmp_path):
+    det, X, path = saved
+    older = tmp_path / "older.skuniad"
+
+    def age(metadata):
+        metadata["versions"] = {"skuniad": "0.0.1", "torch": "2.1.0", "timm": "1.0.0"}
+        for name in ("warm_start", "checkpoint_path", "checkpoint_every"):
+            del metadata["params"][name]
+
+    _rewrite_metadata(path, older, age)
+    loaded = UniADDetector.load(older)
+    assert (loaded.warm_start, loaded.checkpoint_path, loaded.checkpoint_every) == (False, None, 1)
+    np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_unknown_parameters_are_named(saved, tmp_path):
+    _, _, path = saved
+    other = tmp_path / "other.skuniad"
+    _rewrite_metadata(path, other, lambda m: m["params"].update(future_knob=3))
+    with pytest.raises(ValueError, match="future_knob"):
+        UniADDetector.load(other)
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_failed_save_keeps_the_previous_file_and_leaves_no_temporary(
+    fitted_tiny, tmp_path, monkeypatch, failure
+):
+    det, _ = fitted_tiny
+    path = tmp_path / "model.skuniad"
+    det.save(path)
+    good = path.read_bytes()
+
+    def write_half_then_fail(tensors, filename, metadata=None):
+        with open(filename, "wb") as f:
+            f.write(good[: len(good) // 2])
+        raise failure
+
+    monkeypatch.setattr(persistence, "save_file", write_half_then_fail)
+    with pytest.raises(type(failure)):
+        det.save(path)
+    assert path.read_bytes() == good
+    assert os.listdir(tmp_path) == ["model.skuniad"]
+
+
+def test_saving_an_unfitted_detector_raises_not_fitted(tmp_path):
+    with pytest.raises(NotFittedError):
+        UniADDetector().save(tmp_path / "m.skuniad")
+    assert not os.listdir(tmp_path)
+
+
+def test_pickled_state_holds_cpu_tensors_not_modules(fitted_tiny):
+    det, _ = fitted_tiny
+    state = det.__getstate__()
+    assert "model_" not in state and "backbone_" not in state
+    assert not any(isinstance(v, torch.nn.Module) for v in state.values())
+    tensors = state["_module_tensors"]
+    assert all(t.device.type == "cpu" for t in tensors.values())
+    assert len(tensors) == len(det.backbone_.state_dict()) + len(det.model_.state_dict())
+    assert "model_" in vars(det)  # getting the state did not strip the detector
+
+
+def test_gpu_fitted_model_unpickles_on_a_cpu_only_machine(fitted_tiny, monkeypatch):
+    det, X = fitted_tiny
+    on_gpu = pickle.loads(pickle.dumps(det))
+    on_gpu.device_ = torch.device("cuda:0")  # as if fitted on a GPU
+    data = pickle.dumps(on_gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    restored = pickle.loads(data)
+    assert restored.device_ == torch.device("cpu")
+    assert all(p.device.type == "cpu" for p in restored.model_.parameters())
+    np.testing.assert_array_equal(restored.score_samples(X), det.score_samples(X))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_fitted_model_loads_in_a_process_without_cuda(tiny_params, images, tmp_path):
+    import joblib
+
+    det = UniADDetector(**tiny_params, device="cuda").fit(images)
+    joblib.dump(det, tmp_path / "det.joblib")
+    det.save(tmp_path / "det.skuniad")
+    np.save(tmp_path / "images.npy", images)
+    script = (
+        "import sys, joblib, numpy as np, torch\n"
+        "from skuniad import UniADDetector\n"
+        "assert not torch.cuda.is_available()\n"
+        "X = np.load(sys.argv[1] + '/images.npy')\n"
+        "a = joblib.load(sys.argv[1] + '/det.joblib')\n"
+        "b = UniADDetector.load(sys.argv[1] + '/det.skuniad')\n"
+        "assert a.device_.type == b.device_.type == 'cpu'\n"
+        "print(np.isfinite(a.score_samples(X)).all() and np.isfinite(b.score_samples(X)).all())\n"
+    )
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)], env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "True"
