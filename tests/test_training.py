@@ -1,0 +1,139 @@
+"""The training loop: checkpoints and resume, out-of-memory messages."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+import skuniad.training as training
+from skuniad import UniADDetector
+from skuniad.nn.backbone import FrozenBackbone
+from skuniad.nn.transformer import UniADReconstruction
+from skuniad.training import DeviceOutOfMemoryError, explain_out_of_memory
+
+
+def _interrupt_at_step(monkeypatch, step: int) -> None:
+    """Raise KeyboardInterrupt in the ``step``-th training step (6 images, batch 4: 2 per epoch)."""
+    original = training.F.mse_loss
+    calls = {"n": 0}
+
+    def loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == step:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training.F, "mse_loss", loss)
+
+
+def _fit_interrupted(params, images, monkeypatch, step):
+    with monkeypatch.context() as patch:
+        _interrupt_at_step(patch, step)
+        with pytest.warns(RuntimeWarning, match="interrupted"):
+            return UniADDetector(**params).fit(images)
+
+
+def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path):
+    params = {**tiny_params, "max_epochs": 4}
+    uninterrupted = UniADDetector(**params).fit(images)
+
+    checkpoint = tmp_path / "train.ckpt"
+    params["checkpoint_path"] = str(checkpoint)
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        first = _fit_interrupted(params, images, monkeypatch, step=5)  # in epoch 3
+    assert first.n_epochs_ == 2 and checkpoint.exists()
+
+    resumed = UniADDetector(**params).fit(images)  # a fresh detector, as in a new process
+    assert resumed.n_epochs_ == 4
+    assert resumed.loss_curve_ == uninterrupted.loss_curve_
+    assert resumed.loss_curve_[:2] == first.loss_curve_
+    expected = uninterrupted.model_.state_dict()
+    for name, value in resumed.model_.state_dict().items():
+        assert torch.equal(value, expected[name]), name
+    np.testing.assert_array_equal(
+        resumed.score_samples(images), uninterrupted.score_samples(images)
+    )
+    assert not checkpoint.exists()  # removed once fit completed
+
+
+def test_checkpoint_holds_the_training_state_every_n_epochs(tiny_params, images, tmp_path):
+    checkpoint = tmp_path / "train.ckpt"
+    params = {**tiny_params, "max_epochs": 5, "checkpoint_path": checkpoint, "checkpoint_every": 2}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        det = _fit_interrupted(params, images, monkeypatch, step=7)  # in epoch 4
+    assert det.n_epochs_ == 3
+    state = torch.load(checkpoint, weights_only=True)
+    assert state["format"] == "skuniad-checkpoint" and state["epoch"] == 2  # not 3
+    assert state["loss_curve"] == det.loss_curve_[:2]
+    assert {"model", "optimizer", "scheduler", "rng_cpu", "rng_cuda"} <= set(state)
+    assert state["optimizer"]["state"] and state["scheduler"]["last_epoch"] == 2
+    assert state["fingerprint"]["n_images"] == len(images)
+    assert state["fingerprint"]["max_epochs"] == 5
+    assert "device" not in state["fingerprint"] and "checkpoint_every" not in state["fingerprint"]
+    assert [p.name for p in tmp_path.iterdir()] == ["train.ckpt"]  # no temporary left
+
+
+def test_checkpoint_of_another_training_is_refused_and_kept(tiny_params, images, tmp_path):
+    checkpoint = tmp_path / "train.ckpt"
+    params = {**tiny_params, "max_epochs": 4, "checkpoint_path": str(checkpoint)}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        _fit_interrupted(params, images, monkeypatch, step=3)
+    saved = checkpoint.read_bytes()
+    with pytest.raises(ValueError, match="different training.*n_images=6 there, 5 here"):
+        UniADDetector(**params).fit(images[:5])
+    with pytest.raises(ValueError, match="learning_rate=0.0001 there, 0.001 here"):
+        UniADDetector(**{**params, "learning_rate": 1e-3}).fit(images)
+    assert checkpoint.read_bytes() == saved
+
+
+def test_unreadable_checkpoint_is_refused_without_running_code(tiny_params, images, tmp_path):
+    sentinel = tmp_path / "payload_ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    checkpoint = tmp_path / "train.ckpt"
+    for content in (pickle.dumps(Payload(), protocol=2), b"not a checkpoint"):
+        checkpoint.write_bytes(content)
+        with pytest.raises(ValueError, match="cannot read the training checkpoint"):
+            UniADDetector(**tiny_params, checkpoint_path=str(checkpoint)).fit(images)
+    assert not sentinel.exists()
+
+
+@pytest.mark.parametrize(
+    ("module", "task"),
+    [(FrozenBackbone, "extracting features"), (UniADReconstruction, "training")],
+)
+def test_out_of_memory_in_fit_names_batch_size(tiny_params, images, monkeypatch, module, task):
+    def out_of_memory(self, *args):
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"
+        )
+
+    monkeypatch.setattr(module, "forward", out_of_memory)
+    with pytest.raises(DeviceOutOfMemoryError, match=f"while {task}.*batch_size") as caught:
+        UniADDetector(**tiny_params).fit(images)
+    assert isinstance(caught.value, MemoryError)
+    assert "CUDA out of memory" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "inference", "images", "advice"),
+    [
+        (8, False, 8, "try batch_size=4"),
+        (1, False, 1, "even batch_size=1 does not fit"),
+        (8, True, 32, "try batch_size=4"),  # 16 images per batch
+        (64, True, 32, "try batch_size=4"),
+        (4, True, 16, "try batch_size=2"),  # 8 images per batch
+        (1, True, 4, "even batch_size=1 does not fit"),
+    ],
+)
+def test_out_of_memory_advice_halves_the_images_per_batch(batch_size, inference, images, advice):
+    with pytest.raises(DeviceOutOfMemoryError) as caught:
+        with explain_out_of_memory("working", batch_size, inference=inference):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+    assert f"({images} images per batch)" in str(caught.value)
+    assert advice in str(caught.value)
