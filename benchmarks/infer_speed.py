@@ -1,0 +1,104 @@
+"""End-to-end inference throughput (decode -> image score + anomaly map).
+
+(a) skuniad: ``UniADDetector`` scoring image files (parallel decoding, backbone
+    cut after the last stage, channels_last, inference mode, SDPA, bf16 where
+    the CPU has it).
+(b) reference-style: sequential PIL decoding, full backbone, fp32,
+    ``nn.MultiheadAttention`` with the mask rebuilt every forward.
+
+Both at batch 8 and 32, each in its own process (clean peak RSS). Usage::
+
+    python benchmarks/infer_speed.py [--images 128]
+
+Prints the machine and ends with ``ratio: <a/b>`` (batch 32).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import machine, peak_rss_gb, run_child, training_images  # noqa: E402
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+def skuniad_path(n_images: int, batch: int) -> dict:
+    from skuniad import UniADDetector
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    paths = training_images(n_images)
+    det = UniADDetector(backbone=BACKBONE, max_epochs=1, batch_size=batch, random_state=0)
+    det.fit(paths[:16])
+    det._infer(paths[:batch], keep_maps=True)  # warm-up
+    start = time.perf_counter()
+    scores, maps, _ = det._infer(paths, keep_maps=True)
+    wall = time.perf_counter() - start
+    return {"images_per_s": len(paths) / wall, "peak_rss_gb": peak_rss_gb()}
+
+
+def reference_path(n_images: int, batch: int) -> dict:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from _reference_style import ReferenceStyleUniAD
+    from PIL import Image
+
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    paths = training_images(n_images)
+    model = ReferenceStyleUniAD(BACKBONE, 192).eval()
+
+    def run(chunk):
+        images = []
+        for path in chunk:
+            img = Image.open(path).convert("RGB").resize((224, 224), Image.BILINEAR)
+            images.append(torch.from_numpy(np.asarray(img)).permute(2, 0, 1).float() / 255)
+        x = (torch.stack(images) - 0.5) / 0.5
+        with torch.no_grad():
+            feats, rec = model(x)
+            pred = (feats - rec).pow(2).sum(1, keepdim=True).sqrt()
+            pred = F.interpolate(pred, size=224, mode="bilinear", align_corners=True)
+            F.avg_pool2d(pred, 16, 1).flatten(1).amax(1)
+
+    run(paths[:batch])
+    start = time.perf_counter()
+    for begin in range(0, len(paths), batch):
+        run(paths[begin : begin + batch])
+    wall = time.perf_counter() - start
+    return {"images_per_s": len(paths) / wall, "peak_rss_gb": peak_rss_gb()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=128)
+    parser.add_argument("--child", nargs="+")
+    args = parser.parse_args()
+    if args.child:
+        kind, n, batch = args.child
+        fn = {"a": skuniad_path, "b": reference_path}[kind]
+        print(json.dumps(fn(int(n), int(batch))))
+        return
+    print(f"machine: {machine()}")
+    ratio = None
+    for batch in (8, 32):
+        a = run_child(__file__, "a", str(args.images), str(batch))
+        b = run_child(__file__, "b", str(args.images), str(batch))
+        ratio = a["images_per_s"] / b["images_per_s"]
+        print(
+            f"batch {batch}: skuniad {a['images_per_s']:.1f} images/s "
+            f"(peak RSS {a['peak_rss_gb']:.2f} GB), reference-style {b['images_per_s']:.1f} "
+            f"images/s (peak RSS {b['peak_rss_gb']:.2f} GB), ratio {ratio:.2f}"
+        )
+    print(f"ratio: {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
