@@ -1,5 +1,8 @@
 import pickle
+import subprocess
+import sys
 import warnings
+from pathlib import Path
 
 import joblib
 import numpy as np
@@ -51,6 +54,8 @@ def test_default_parameters_are_the_papers():
         ("num_heads", 3, "divisible"),
         ("neighbor_size", 4, "odd"),
         ("image_size", 16, "image_size"),
+        ("checkpoint_every", 0, "checkpoint_every"),
+        ("warm_start", "yes", "warm_start"),
     ],
 )
 def test_parameters_are_validated_at_fit(tiny_params, images, param, value, match):
@@ -164,6 +169,64 @@ def test_same_seed_gives_bit_identical_fits(tiny_params, images):
     assert a.loss_curve_ == b.loss_curve_
     c = UniADDetector(**{**tiny_params, "random_state": 1}).fit(images)
     assert not np.array_equal(a.score_samples(images), c.score_samples(images))
+
+
+_FIT_SAVE_AND_HASH = """
+import hashlib, sys
+import numpy as np, torch
+torch.set_num_threads(2)
+from skuniad import UniADDetector
+X = np.random.default_rng(0).integers(0, 256, size=(6, 40, 48, 3), dtype=np.uint8)
+det = UniADDetector(**{params!r}).fit(X)
+det.save(sys.argv[1])
+model = hashlib.sha256(open(sys.argv[1], "rb").read()).hexdigest()
+print(model, hashlib.sha256(det.score_samples(X).tobytes()).hexdigest())
+"""
+
+
+def test_same_seed_gives_bit_identical_fits_across_processes(tiny_params, tmp_path):
+    script = _FIT_SAVE_AND_HASH.format(params=tiny_params)
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / f"{i}.skuniad")],
+            cwd=Path(__file__).parents[1],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+        outputs.append(out.split())
+    assert len(outputs[0]) == 2 and outputs[0] == outputs[1]  # model file and scores
+
+
+def test_warm_start_continues_from_the_fitted_weights(tiny_params, images):
+    det = UniADDetector(**tiny_params).fit(images)
+    before = {k: v.clone() for k, v in det.model_.state_dict().items()}
+    first_curve = list(det.loss_curve_)
+    det.set_params(warm_start=True, max_epochs=1, learning_rate=1e-9, weight_decay=0.0)
+    det.fit(images)
+    assert det.n_epochs_ == 3 and det.loss_curve_[:2] == first_curve
+    after = det.model_.state_dict()
+    for name, value in before.items():  # a tiny learning rate barely moves them
+        torch.testing.assert_close(after[name], value, rtol=0, atol=1e-6)
+    assert any(not torch.equal(after[name], value) for name, value in before.items())
+
+    det.set_params(warm_start=False, max_epochs=2, learning_rate=1e-4, weight_decay=1e-4)
+    det.fit(images)  # a cold fit starts over: the first fit again
+    assert det.n_epochs_ == 2 and det.loss_curve_ == first_curve
+
+
+def test_warm_start_refuses_a_changed_architecture(tiny_params, images):
+    det = UniADDetector(**tiny_params).fit(images)
+    det.set_params(warm_start=True, hidden_dim=16)
+    with pytest.raises(ValueError, match="warm_start=True needs the fitted model's architecture"):
+        det.fit(images)
+    assert det.model_.input_proj.out_features == 32  # the fitted model is untouched
 
 
 def test_fit_does_not_disturb_the_global_torch_rng(tiny_params, images):
