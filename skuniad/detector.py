@@ -134,9 +134,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         that the per-image maximum of the training maps stays below it (same
         rule as ``offset_``): a normal image should get an empty mask.
     n_epochs_ : int
-        Epochs actually trained (fewer than ``max_epochs`` after Ctrl-C).
+        Epochs actually trained (fewer than ``max_epochs`` after Ctrl-C),
+        counting those of earlier fits continued with ``warm_start``.
     loss_curve_ : list of float
-        Mean training loss of each epoch.
+        Mean training loss of each epoch, earlier warm-started fits first.
     model_ : torch.nn.Module
         The trained reconstruction network (:class:`skuniad.nn.UniADReconstruction`).
     backbone_ : torch.nn.Module
@@ -309,10 +310,6 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             model = self._build_model(*features.shape[1:])
             if warm:
                 self._continue_from_fitted_model(model)
-            fingerprint = {
-                **persistence.json_safe_params(self.get_params()),
-                "warm_start_from_epoch": len(previous_curve),
-            }
             curve = train_reconstruction(
                 model,
                 features,
@@ -326,7 +323,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 verbose=self.verbose,
                 checkpoint_path=self.checkpoint_path,
                 checkpoint_every=self.checkpoint_every,
-                fingerprint={k: v for k, v in fingerprint.items() if k not in _NOT_TRAINING},
+                fingerprint=self._training_fingerprint(warm_start_from_epoch=len(previous_curve)),
             )
         self.backbone_ = backbone
         self.model_ = model
@@ -338,6 +335,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
+
+    def _training_fingerprint(self, warm_start_from_epoch: int) -> dict:
+        """What a checkpoint must have been written for to be resumed by this fit."""
+        params = persistence.json_safe_params(self.get_params())
+        fingerprint = {k: v for k, v in params.items() if k not in _NOT_TRAINING}
+        return {**fingerprint, "warm_start_from_epoch": warm_start_from_epoch}
 
     def _build_backbone(self, backbone_weights) -> FrozenBackbone:
         return FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
