@@ -1,0 +1,153 @@
+"""Heat-map overlays of anomaly maps on their images (numpy and PIL only).
+
+The colour scale is fixed by the caller (``vmin``/``vmax``), not stretched to
+each map: a normal image then stays cold instead of having its largest noise
+painted red. Outlines mark a boolean region, e.g. the ground-truth mask or the
+pixels above the detector's ``pixel_threshold_``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["jet", "heatmap_overlay", "outline", "save_overlay"]
+
+GROUND_TRUTH_COLOR = (255, 255, 255)
+THRESHOLD_COLOR = (0, 255, 0)
+
+
+def jet(values: np.ndarray) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 with a jet-like ramp (blue -> red).
+
+    Values outside [0, 1] are clipped. Returns an array of shape
+    ``values.shape + (3,)``.
+    """
+    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
+    rgb = np.clip(1.5 - np.abs(4.0 * (x - centres)), 0.0, 1.0)
+    return np.rint(rgb * 255.0).astype(np.uint8)
+
+
+def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float map to ``(height, width)``."""
+    if anomaly_map.shape == size:
+        return anomaly_map
+    image = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32))
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
+
+
+def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if mask.shape == size:
+        return mask
+    image = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)) > 0
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """Boundary pixels of a boolean ``mask``: inside it, next to a pixel outside it.
+
+    ``width`` thickens the boundary inwards (in pixels, 4-connected steps).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    inner = mask.copy()
+    for _ in range(max(1, int(width))):
+        padded = np.pad(inner, 1, mode="constant", constant_values=False)
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def _as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image.astype(np.float64) * 255.0), 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    if image.ndim != 3 or image.shape[-1] not in (3, 4):
+        raise ValueError(f"image must be (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+    return image[..., :3]
+
+
+def heatmap_overlay(
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    *,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    alpha: float = 0.5,
+    mask: np.ndarray | None = None,
+    threshold: float | None = None,
+) -> np.ndarray:
+    """Blend a jet-coloured anomaly map over its image.
+
+    Parameters
+    ----------
+    image : ndarray (H, W[, 3|4])
+        uint8, or float in [0, 1].
+    anomaly_map : ndarray (h, w)
+        HIGHER = MORE ANOMALOUS; resized bilinearly to the image when sizes differ.
+    vmin, vmax : float, optional
+        Map values shown as the coldest and hottest colours. Default: the
+        map's own minimum and maximum.
+    alpha : float, default=0.5
+        Weight of the heat map in the blend.
+    mask : ndarray of bool (h, w), optional
+        Region outlined in white (e.g. the ground truth), resized nearest.
+    threshold : float, optional
+        Outline in green the region where the map exceeds this value.
+
+    Returns
+    -------
+    ndarray of uint8, shape (H, W, 3)
+    """
+    rgb = _as_rgb_uint8(image)
+    size = rgb.shape[:2]
+    values = _resize_map(np.asarray(anomaly_map, dtype=np.float32), size)
+    low = float(values.min()) if vmin is None else float(vmin)
+    high = float(values.max()) if vmax is None else float(vmax)
+    scaled = (values - low) / max(high - low, 1e-12)
+    blend = (1.0 - alpha) * rgb.astype(np.float64) + alpha * jet(scaled).astype(np.float64)
+    out = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+    width = max(1, min(size) // 200)
+    if threshold is not None:
+        out[outline(values > threshold, width)] = THRESHOLD_COLOR
+    if mask is not None:
+        out[outline(_resize_mask(np.asarray(mask, dtype=bool), size), width)] = GROUND_TRUTH_COLOR
+    return out
+
+
+def save_overlay(
+    path: str | os.PathLike[str],
+    image: np.ndarray,
+    anomaly_map: np.ndarray,
+    *,
+    side_by_side: bool = True,
+    **kwargs,
+) -> Path:
+    """Write :func:`heatmap_overlay` as a PNG, by default next to the plain image.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Output file; parent folders are created.
+    image, anomaly_map :
+        As in :func:`heatmap_overlay`.
+    side_by_side : bool, default=True
+        Put the untouched image on the left, so the defect stays visible.
+    **kwargs :
+        ``vmin``, ``vmax``, ``alpha``, ``mask``, ``threshold``.
+
+    Returns
+    -------
+    Path
+    """
+    overlay = heatmap_overlay(image, anomaly_map, **kwargs)
+    if side_by_side:
+        overlay = np.concatenate([_as_rgb_uint8(image), overlay], axis=1)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay).save(path)
+    return path

@@ -1,0 +1,65 @@
+import numpy as np
+import pytest
+from PIL import Image
+
+from skuniad.visualize import (
+    GROUND_TRUTH_COLOR,
+    THRESHOLD_COLOR,
+    heatmap_overlay,
+    jet,
+    outline,
+    save_overlay,
+)
+
+
+def test_jet_runs_from_blue_through_green_to_red():
+    colors = jet(np.array([-1.0, 0.0, 0.5, 1.0, 2.0]))
+    np.testing.assert_array_equal(colors[0], colors[1])  # clipped below
+    np.testing.assert_array_equal(colors[3], colors[4])  # clipped above
+    assert colors[1].argmax() == 2 and colors[2].argmax() == 1 and colors[3].argmax() == 0
+    assert colors.dtype == np.uint8
+
+
+def test_outline_keeps_only_the_boundary():
+    mask = np.zeros((7, 7), bool)
+    mask[1:6, 1:6] = True
+    edge = outline(mask)
+    assert edge.sum() == 16 and not edge[2:5, 2:5].any() and not edge[~mask].any()
+    assert outline(mask, width=2).sum() == 24
+    assert not outline(np.zeros((4, 4), bool)).any()
+
+
+def test_overlay_uses_the_fixed_colour_scale():
+    image = np.full((20, 30, 3), 100, np.uint8)
+    cold = heatmap_overlay(image, np.zeros((5, 5)), vmin=0, vmax=1, alpha=1.0)
+    hot = heatmap_overlay(image, np.ones((5, 5)), vmin=0, vmax=1, alpha=1.0)
+    assert cold.shape == (20, 30, 3)
+    np.testing.assert_array_equal(cold[0, 0], jet(0.0))
+    np.testing.assert_array_equal(hot[0, 0], jet(1.0))
+    plain = heatmap_overlay(image, np.zeros((5, 5)), alpha=0.0)
+    np.testing.assert_array_equal(plain, image)
+
+
+def test_overlay_outlines_mask_and_threshold_region():
+    image = np.zeros((16, 16), np.float32)
+    amap = np.zeros((16, 16))
+    amap[2:6, 2:6] = 1.0
+    mask = np.zeros((16, 16), bool)
+    mask[9:14, 9:14] = True
+    out = heatmap_overlay(image, amap, mask=mask, threshold=0.5)
+    np.testing.assert_array_equal(out[outline(mask)], [GROUND_TRUTH_COLOR] * 16)
+    np.testing.assert_array_equal(out[outline(amap > 0.5)], [THRESHOLD_COLOR] * 12)
+
+
+def test_save_overlay_puts_the_image_on_the_left(tmp_path):
+    image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
+    path = save_overlay(tmp_path / "a" / "b.png", image, np.random.rand(6, 6))
+    with Image.open(path) as saved:
+        pixels = np.asarray(saved)
+    assert pixels.shape == (24, 80, 3)
+    np.testing.assert_array_equal(pixels[:, :40], image)
+
+
+def test_bad_image_shape_is_rejected():
+    with pytest.raises(ValueError, match="image must be"):
+        heatmap_overlay(np.zeros((4, 4, 2)), np.zeros((4, 4)))
