@@ -1,0 +1,127 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import TINY
+from PIL import Image
+
+from skuniad import UniADDetector
+from skuniad.datasets import load_mask, load_mvtec, write_synthetic
+from skuniad.evaluation import (
+    METRICS,
+    evaluate_detector,
+    results_markdown,
+    scores_and_maps,
+    write_results,
+)
+from skuniad.metrics import evaluate
+
+CATEGORIES = ("parts", "stripes")  # load_mvtec sorts by name
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic")
+    return write_synthetic(folder, categories=CATEGORIES, n_train=6, n_test=6, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def test_split(root):
+    return load_mvtec(root, "test")
+
+
+@pytest.fixture(scope="module")
+def fitted(root):
+    train = load_mvtec(root, "train")
+    return UniADDetector(**{**TINY, "max_epochs": 1}).fit(train.paths)
+
+
+class OracleDetector:
+    """Answers with the ground-truth masks (plus a constant), as a perfect detector would."""
+
+    image_size = 64
+
+    def __init__(self, dataset, offset=0.25):
+        self.maps = {
+            path: (
+                np.zeros((64, 64), np.float32)
+                if mask is None
+                else load_mask(mask, size=(64, 64)).astype(np.float32)
+            )
+            + offset
+            for path, mask in zip(dataset.paths, dataset.mask_paths, strict=True)
+        }
+
+    def anomaly_maps(self, X, size="input"):
+        assert size == "model"
+        return np.stack([self.maps[p] for p in X])
+
+
+def test_scores_and_maps_match_the_detector(fitted, test_split):
+    scores, maps = scores_and_maps(fitted, test_split.paths)
+    np.testing.assert_allclose(scores, -fitted.score_samples(test_split.paths), rtol=1e-6)
+    np.testing.assert_array_equal(maps, fitted.anomaly_maps(test_split.paths, size="model"))
+    assert maps.shape == (len(test_split), 64, 64)
+
+
+def test_perfect_maps_score_one_everywhere(test_split):
+    results = evaluate_detector(OracleDetector(test_split), test_split)
+    assert list(results["categories"]) == list(CATEGORIES)
+    for row in [*results["categories"].values(), results["mean"]]:
+        for key in METRICS:
+            assert row[key] == pytest.approx(1.0)
+
+
+def test_results_follow_the_metrics_module(fitted, test_split):
+    results = evaluate_detector(fitted, test_split)
+    subset = test_split.subset("parts")
+    maps = fitted.anomaly_maps(subset.paths, size="model")
+    masks = np.stack(
+        [
+            np.zeros((64, 64), bool) if m is None else load_mask(m, (64, 64))
+            for m in subset.mask_paths
+        ]
+    )
+    expected = evaluate(subset.labels, -fitted.score_samples(subset.paths), masks, maps)
+    row = results["categories"]["parts"]
+    for key in METRICS:
+        assert row[key] == pytest.approx(expected[key])
+        assert 0.0 <= row[key] <= 1.0
+    assert (row["n_images"], row["n_anomalous"]) == (6, 3)
+    assert (results["n_images"], results["n_anomalous"], results["image_size"]) == (12, 6, 64)
+    for key in METRICS:
+        per_category = [r[key] for r in results["categories"].values()]
+        assert results["mean"][key] == pytest.approx(np.mean(per_category))
+
+
+def test_overlays_show_image_and_map_side_by_side(test_split, tmp_path):
+    results = evaluate_detector(
+        OracleDetector(test_split), test_split, overlay_dir=tmp_path, n_overlays=3
+    )
+    files = sorted(tmp_path.rglob("*.png"))
+    assert [str(p) for p in files] == sorted(results["overlays"])
+    assert {p.parent.name for p in files} == set(CATEGORIES)
+    assert len(files) == 2 * 3  # one normal + two anomalous per category
+    assert sum(p.name.startswith("good_") for p in files) == 2
+    with Image.open(files[0]) as image:
+        assert image.size == (128, 64)
+
+
+def test_category_without_anomalies_is_named(test_split):
+    normal_only = test_split.select(test_split.labels == 0)
+    with pytest.raises(ValueError, match="category 'parts'"):
+        evaluate_detector(OracleDetector(test_split), normal_only)
+
+
+def test_markdown_and_json_reports(test_split, tmp_path):
+    results = evaluate_detector(OracleDetector(test_split, offset=0.0), test_split)
+    results["run"] = {"backbone": "oracle"}
+    json_path, md_path = write_results(results, tmp_path / "out")
+    assert json.loads(json_path.read_text()) == results
+    markdown = md_path.read_text()
+    assert markdown == results_markdown(results)
+    assert "- backbone: oracle" in markdown
+    rows = [line for line in markdown.splitlines() if line.startswith("| ")]
+    assert rows[0].startswith("| Category | Image AUROC | Pixel AUROC | AUPRO")
+    assert [r.split(" | ")[0] for r in rows[1:]] == ["| parts", "| stripes", "| **mean**"]
+    assert "| 100.0 |" in rows[1]
