@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from skuniad._progress import progress_bar
+from skuniad.cache import FeatureCache
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
@@ -86,17 +87,25 @@ def extract_features(
     amp_dtype: torch.dtype | None,
     verbose: int = 0,
     description: str = "features",
+    cache_dtype: str = "float32",
+    cache_max_gb: float | None = None,
 ) -> torch.Tensor:
-    """Run the frozen backbone once over ``X``; return (N, C, h, w) float32 on CPU."""
-    chunks = []
+    """Run the frozen backbone once over ``X``; return (N, C, h, w) features on the CPU.
+
+    The result is the :class:`~skuniad.cache.FeatureCache` storage: float32 in
+    memory by default, or ``cache_dtype``, memory-mapped beyond ``cache_max_gb``.
+    """
+    cache = None
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task(description, total=len(X))
         for images, _ in iter_batches(X, image_size, backbone.mean, backbone.std, batch_size):
             with torch.inference_mode(), autocast(device, amp_dtype):
                 features = backbone(images.to(device, memory_format=torch.channels_last))
-            chunks.append(features.float().cpu())
+            if cache is None:
+                cache = FeatureCache(len(X), features.shape[1:], cache_dtype, cache_max_gb)
+            cache.append(features)
             progress.advance(task, len(images))
-    return torch.cat(chunks)
+    return cache.data
 
 
 def inference_batch_size(batch_size: int) -> int:
@@ -177,7 +186,8 @@ def train_reconstruction(
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
-    data = features.to(device)
+    # the whole cache moves to the accelerator once; a disk-backed cache stays mapped
+    data = features.to(device) if device.type != "cpu" else features
     finished = copy.deepcopy(model.state_dict())
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task("training", total=max_epochs, completed=len(curve))
@@ -229,10 +239,10 @@ def _train_epoch(
     order = torch.randperm(n)
     total = torch.zeros((), device=device)
     for begin in range(0, n, batch_size):
-        batch = data[order[begin : begin + batch_size].to(device)]
+        batch = data[order[begin : begin + batch_size].to(data.device)].to(device).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
-        loss = F.mse_loss(reconstruction.float(), batch.float())
+        loss = F.mse_loss(reconstruction.float(), batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
@@ -311,7 +321,7 @@ def reconstruction_maps(
     model.eval()
     scores, maps = [], []
     for begin in range(0, len(features), batch_size):
-        batch = features[begin : begin + batch_size].to(device)
+        batch = features[begin : begin + batch_size].to(device).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
         scores.append(image_score(anomaly_map(batch, reconstruction, image_size)).cpu())
