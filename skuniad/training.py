@@ -158,6 +158,7 @@ def train_reconstruction(
     checkpoint_path: str | os.PathLike | None = None,
     checkpoint_every: int = 1,
     fingerprint: dict | None = None,
+    distributed: bool = False,
 ) -> list[float]:
     """Train ``model`` to rebuild ``features``; return the mean loss of each epoch.
 
@@ -173,6 +174,11 @@ def train_reconstruction(
     same ``fingerprint`` (JSON-like values describing the training) and the
     same number of images; otherwise a ValueError says what differs. The
     returned curve then includes the checkpoint's epochs.
+
+    ``distributed``: under torchrun, ``features`` is this rank's shard; the
+    model is wrapped in DistributedDataParallel, every rank runs the same
+    number of steps per epoch (short shards repeat random images) and the
+    loss curve is the mean over all ranks.
     """
     model.to(device).train()
     optimizer = torch.optim.AdamW(
@@ -188,6 +194,17 @@ def train_reconstruction(
         curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     # the whole cache moves to the accelerator once; a disk-backed cache stays mapped
     data = features.to(device) if device.type != "cpu" else features
+    network, steps_over = model, len(data)
+    if distributed:
+        if checkpoint_path is not None:
+            raise ValueError("checkpoint_path is not supported in distributed training")
+        from torch.nn.parallel import DistributedDataParallel
+
+        from skuniad.distributed import max_over_ranks
+
+        device_ids = [device] if device.type == "cuda" else None
+        network = DistributedDataParallel(model, device_ids=device_ids)
+        steps_over = max_over_ranks(len(data), device)
     finished = copy.deepcopy(model.state_dict())
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task("training", total=max_epochs, completed=len(curve))
@@ -196,7 +213,9 @@ def train_reconstruction(
                 for epoch in range(len(curve), max_epochs):
                     start = time.perf_counter()
                     curve.append(
-                        _train_epoch(model, data, optimizer, batch_size, grad_clip, amp_dtype)
+                        _train_epoch(
+                            network, data, optimizer, batch_size, grad_clip, amp_dtype, steps_over
+                        )
                     )
                     scheduler.step()
                     finished = copy.deepcopy(model.state_dict())
@@ -233,12 +252,21 @@ def _train_epoch(
     batch_size: int,
     grad_clip: float,
     amp_dtype: torch.dtype | None,
+    length: int | None = None,
 ) -> float:
-    """One pass over ``data`` in a random order; the mean loss per image."""
-    device, n = data.device, len(data)
+    """One pass over ``data`` in a random order; the mean loss per image.
+
+    ``length`` > ``len(data)`` pads the epoch with randomly repeated images
+    (distributed training: every rank must run the same number of steps).
+    """
+    from skuniad.distributed import all_reduce_sum
+
+    device, n = next(model.parameters()).device, len(data)
     order = torch.randperm(n)
+    if length is not None and length > n:
+        order = torch.cat([order, torch.randint(n, (length - n,))])
     total = torch.zeros((), device=device)
-    for begin in range(0, n, batch_size):
+    for begin in range(0, len(order), batch_size):
         batch = data[order[begin : begin + batch_size].to(data.device)].to(device).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
@@ -248,7 +276,8 @@ def _train_epoch(
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
         total += loss.detach() * len(batch)
-    return float(total) / n
+    summed = all_reduce_sum(torch.stack([total, torch.tensor(float(len(order)), device=device)]))
+    return float(summed[0]) / float(summed[1])
 
 
 def _save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
