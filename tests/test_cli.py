@@ -1,0 +1,267 @@
+import csv
+import inspect
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from skuniad import UniADDetector
+from skuniad import cli as cli_module
+from skuniad.cli import app
+from skuniad.datasets import write_synthetic
+
+runner = CliRunner()
+
+TINY_ARGS = [
+    "--backbone", "tf_efficientnet_lite0",
+    "--backbone-weights", "none",
+    "--image-size", "64",
+    "--hidden-dim", "32",
+    "--num-heads", "2",
+    "--encoder-layers", "1",
+    "--decoder-layers", "1",
+    "--feedforward-dim", "64",
+    "--neighbor-size", "1",
+    "--batch-size", "4",
+    "--seed", "0",
+    "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _keep_process_settings():
+    """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli_module, "_tune_runtime", lambda: None)
+        yield
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mvtec")
+    return write_synthetic(root, categories=("grain", "parts"), n_train=6, n_test=6, image_size=32)
+
+
+@pytest.fixture(scope="module")
+def model_file(data_root, tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "model.skuniad"
+    result = runner.invoke(
+        app,
+        ["fit", str(data_root), "--dataset", "mvtec", "-o", str(path), "--epochs", "1", *TINY_ARGS],
+    )
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def test_fit_writes_a_loadable_model(model_file):
+    det = UniADDetector.load(model_file, device="cpu")
+    assert det.n_epochs_ == 1
+    assert (det.image_size, det.hidden_dim, det.neighbor_size) == (64, 32, 1)
+    assert det.backbone_weights is None
+
+
+def test_fit_on_a_folder_of_images(data_root, tmp_path):
+    output = tmp_path / "nested" / "m.skuniad"
+    folder = data_root / "grain" / "train"  # images are found recursively (train/good)
+    result = runner.invoke(
+        app, ["fit", str(folder), "-o", str(output), "--epochs", "1", *TINY_ARGS]
+    )
+    assert result.exit_code == 0, result.output
+    assert "Training on 6 images" in result.output
+    assert output.is_file()
+
+
+def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
+    folder = data_root / "parts" / "test"
+    result = runner.invoke(
+        app, ["predict", str(model_file), str(folder), "-o", str(tmp_path), "-q"]
+    )
+    assert result.exit_code == 0, result.output
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [str(p) for p in sorted(folder.rglob("*.png"))]
+    det = UniADDetector.load(model_file, device="cpu")
+    paths = [r["path"] for r in rows]
+    np.testing.assert_allclose(
+        [float(r["anomaly_score"]) for r in rows], -det.score_samples(paths), rtol=1e-5
+    )
+    assert [int(r["label"]) for r in rows] == det.predict(paths).tolist()
+    overlays = [Path(r["overlay"]) for r in rows]
+    assert all(p.is_file() for p in overlays)
+    # names mirror the input folders, so good/000.png and hole/000.png do not collide
+    assert {p.relative_to(tmp_path / "overlays").parts[0] for p in overlays} == {
+        "good", "hole", "scratch", "stain",
+    }  # fmt: skip
+
+
+def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
+    result = runner.invoke(
+        app,
+        ["evaluate", "--root", str(data_root), "--model", str(model_file), "-o", str(tmp_path)]
+        + ["--category", "parts", "--overlays", "2", "-q"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "P-AUROC" in result.output and "AUPRO" in result.output
+    assert "Wall time: evaluation" in result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["categories"]) == ["parts"]
+    for key in ("image_auroc", "pixel_auroc", "aupro", "image_ap", "pixel_ap", "image_f1_max"):
+        assert 0.0 <= results["categories"]["parts"][key] <= 1.0
+        assert results["mean"][key] == results["categories"]["parts"][key]
+    assert results["run"]["model"] == str(model_file)
+    assert "| parts |" in (tmp_path / "results.md").read_text()
+    assert len(list((tmp_path / "overlays" / "parts").glob("*.png"))) == 2
+    assert not (tmp_path / "model.skuniad").exists()
+
+
+def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_path):
+    result = runner.invoke(
+        app,
+        ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2", *TINY_ARGS],
+    )
+    assert result.exit_code == 0, result.output
+    assert "Wall time: fit" in result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["categories"]) == ["grain", "parts"]
+    assert results["n_images"] == 12 and results["run"]["epochs"] == 2
+    assert results["run"]["fit_seconds"] > 0
+    assert UniADDetector.load(tmp_path / "model.skuniad", device="cpu").n_epochs_ == 2
+
+
+def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
+    monkeypatch.setattr(cli_module, "DEMO_DATA", dict(n_train=4, n_test=4, image_size=32))
+    monkeypatch.setattr(
+        cli_module,
+        "DEMO_PARAMS",
+        dict(image_size=64, hidden_dim=32, num_heads=2, num_encoder_layers=1,
+             num_decoder_layers=1, dim_feedforward=64, neighbor_size=1),
+    )  # fmt: skip
+    result = runner.invoke(app, ["demo", "-o", str(tmp_path), "--epochs", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    for name in ("data/parts/train/good", "model.skuniad", "results.md", "results.json"):
+        assert (tmp_path / name).exists(), name
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert list(results["categories"]) == ["dots", "grain", "parts", "stripes"]
+    assert len(results["overlays"]) == 4 * 3  # a normal image and both anomalous ones
+    assert results["run"]["backbone"] == "tf_efficientnet_lite0"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["evaluate", "--root", "/no/such/dir"], "does not exist: /no/such/dir"),
+        (["fit", "/no/such/dir", "-o", "m.skuniad"], "no such file or folder: /no/such/dir"),
+        (["predict", "/no/model.skuniad", ".", "-o", "out"], "model file not found"),
+    ],
+)
+def test_domain_errors_print_one_line_and_exit_1(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1
+    assert result.output.count("\n") == 1 and result.output.startswith("Error: ")
+    assert message in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bad_model_file_and_bad_dataset_are_domain_errors(data_root, tmp_path):
+    bad = tmp_path / "bad.skuniad"
+    bad.write_bytes(b"not a model")
+    result = runner.invoke(app, ["predict", str(bad), str(data_root), "-o", str(tmp_path)])
+    assert result.exit_code == 1 and result.output.startswith("Error: ")
+    result = runner.invoke(app, ["evaluate", "--root", str(tmp_path)])
+    assert result.exit_code == 1 and "not an MVTec-style data set" in result.output
+    result = runner.invoke(app, ["fit", str(data_root), "-o", str(tmp_path / "m.skuniad")])
+    assert result.exit_code == 1 and "--dataset mvtec" in result.output
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["fit", "--no-such-option"],
+        ["fit", "somewhere"],  # --output missing
+        ["fit", "x", "-o", "m.skuniad", "--epochs", "0"],
+        ["evaluate", "--root", ".", "--dataset", "btad"],
+        ["evaluate", "--root", ".", "--model", "m.skuniad", "--epochs", "3"],
+        ["evaluate", "--root", ".", "--overlays", "2"],  # needs --output
+    ],
+)
+def test_usage_errors_exit_2(args):
+    assert runner.invoke(app, args).exit_code == 2
+
+
+def test_cli_defaults_are_the_detector_defaults():
+    defaults = UniADDetector().get_params()
+    for command in (cli_module.fit, cli_module.evaluate_command):
+        parameters = inspect.signature(command).parameters
+        cli_defaults = {name: parameters[name].default for name in cli_module._DETECTOR_PARAMS}
+        for name, value in cli_module._detector_params(cli_defaults).items():
+            assert value == defaults[name], name
+
+
+def test_info_reports_versions_device_and_weights():
+    result = runner.invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    import timm
+    import torch
+
+    assert f"torch {torch.__version__}" in result.output
+    assert f"timm {timm.__version__}" in result.output
+    assert "device: " in result.output and "CPU bf16" in result.output
+    assert "tf_efficientnet_lite0: " in result.output
+
+
+def _env():
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def test_help_is_fast_and_imports_no_heavy_library():
+    probe = "import sys, skuniad; print('torch' in sys.modules)"
+    eager = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    if eager.stdout.strip() == "True":
+        pytest.skip("skuniad/__init__.py imports torch eagerly; --help pays for it")
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "skuniad", "--help"], capture_output=True, text=True, env=_env()
+    )
+    elapsed = time.perf_counter() - start
+    assert result.returncode == 0
+    assert "Usage: skuniad" in result.stdout and "evaluate" in result.stdout
+    assert elapsed < 3.0
+
+
+def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):
+    output = tmp_path / "interrupted.skuniad"
+    args = [str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "100000"]
+    command = [sys.executable, "-m", "skuniad", "fit", *args, *TINY_ARGS[:-1]]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        # a shell's background jobs inherit SIGINT ignored; Ctrl-C must reach this one
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    lines = []
+    try:
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("epoch 2/"):
+                break
+        process.send_signal(signal.SIGINT)
+        rest, _ = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    output_text = "".join(lines) + rest
+    assert process.returncode == 130, output_text
+    assert "interrupted" in output_text and "Traceback" not in output_text
+    det = UniADDetector.load(output, device="cpu")
+    assert 2 <= det.n_epochs_ < 100000
+    assert det.max_epochs == 100000
