@@ -29,6 +29,8 @@ from skuniad.training import (
     train_reconstruction,
 )
 
+DOCS_URL = "https://github.com/skuniad/skuniad/blob/main/docs"
+"""Where skuniad's documentation lives; the HTML repr's "?" link points into it."""
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # parameters that do not change what training computes: left out of the checkpoint fingerprint
@@ -182,6 +184,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     >>> det.fit(X).predict(X).shape
     (4,)
     """
+
+    # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
+    _doc_link_module = "skuniad"
+    _doc_link_template = f"{DOCS_URL}/user-guide.md"
 
     _parameter_constraints: dict = {
         "backbone": [str],
@@ -548,6 +554,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.two_d_array = False
         tags.input_tags.three_d_array = True
         tags.input_tags.string = True
+        tags.input_tags.positive_only = True  # pixel values: negative ones are rejected
         tags.non_deterministic = self.random_state is None
         return tags
 
