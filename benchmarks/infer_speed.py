@@ -5,12 +5,15 @@
     the CPU has it).
 (b) reference-style: sequential PIL decoding, full backbone, fp32,
     ``nn.MultiheadAttention`` with the mask rebuilt every forward.
+(c) ONNX Runtime on the CPU: the same fitted detector exported with
+    ``export_onnx`` (fp32), images decoded and normalized by ``skuniad.io``.
 
-Both at batch 8 and 32, each in its own process (clean peak RSS). Usage::
+Each at batch 8 and 32, each in its own process (clean peak RSS). Usage::
 
     python benchmarks/infer_speed.py [--images 128]
 
-Prints the machine and ends with ``ratio: <a/b>`` (batch 32).
+Prints the machine, a line per batch size for (a) vs (b) and for (c) vs (a),
+and ends with ``ratio: <a/b>`` (batch 32).
 """
 
 from __future__ import annotations
@@ -76,6 +79,40 @@ def reference_path(n_images: int, batch: int) -> dict:
     return {"images_per_s": len(paths) / wall, "peak_rss_gb": peak_rss_gb()}
 
 
+def onnx_runtime_path(n_images: int, batch: int) -> dict:
+    import tempfile
+
+    import onnxruntime
+    import torch
+
+    from skuniad import UniADDetector
+    from skuniad.io import iter_batches
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    paths = training_images(n_images)
+    det = UniADDetector(backbone=BACKBONE, max_epochs=1, batch_size=batch, random_state=0)
+    det.fit(paths[:16])
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    with tempfile.TemporaryDirectory() as tmp:
+        det.export_onnx(f"{tmp}/uniad.onnx")
+        session = onnxruntime.InferenceSession(
+            f"{tmp}/uniad.onnx", options, providers=["CPUExecutionProvider"]
+        )
+    mean, std = det.backbone_.mean, det.backbone_.std
+
+    def run(chunk):
+        for images, _ in iter_batches(chunk, det.image_size, mean, std, batch):
+            session.run(None, {"images": images.numpy()})
+
+    run(paths[:batch])  # warm-up
+    start = time.perf_counter()
+    run(paths)
+    wall = time.perf_counter() - start
+    return {"images_per_s": len(paths) / wall, "peak_rss_gb": peak_rss_gb()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=128)
@@ -83,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         kind, n, batch = args.child
-        fn = {"a": skuniad_path, "b": reference_path}[kind]
+        fn = {"a": skuniad_path, "b": reference_path, "c": onnx_runtime_path}[kind]
         print(json.dumps(fn(int(n), int(batch))))
         return
     print(f"machine: {machine()}")
@@ -96,6 +133,12 @@ def main() -> None:
             f"batch {batch}: skuniad {a['images_per_s']:.1f} images/s "
             f"(peak RSS {a['peak_rss_gb']:.2f} GB), reference-style {b['images_per_s']:.1f} "
             f"images/s (peak RSS {b['peak_rss_gb']:.2f} GB), ratio {ratio:.2f}"
+        )
+        c = run_child(__file__, "c", str(args.images), str(batch))
+        print(
+            f"batch {batch}: ONNX Runtime CPU fp32 {c['images_per_s']:.1f} images/s "
+            f"(peak RSS {c['peak_rss_gb']:.2f} GB), skuniad PyTorch {a['images_per_s']:.1f} "
+            f"images/s, ratio {c['images_per_s'] / a['images_per_s']:.2f}"
         )
     print(f"ratio: {ratio:.2f}")
 

@@ -10,11 +10,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
+from sklearn.exceptions import NotFittedError
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
-from skuniad import persistence
+from skuniad import interop, persistence
 from skuniad.io import check_images, iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
@@ -70,6 +71,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Backbone stages whose features are aligned and concatenated.
     image_size : int, default=224
         Images are resized (aspect not kept) to ``image_size`` squared.
+    static_padding_size : int or None, default=None
+        None: the backbone's TF "same" padding is computed from each input, as
+        timm does. An int S: every strided convolution pads as it would on an
+        S x S input, fixed, as the reference implementation's EfficientNet does
+        (S = 380 for B4; at 224 px this changes one layer). Set by
+        :meth:`from_reference_checkpoint` so imported models give the
+        reference's anomaly maps exactly.
     hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward : int
         Transformer shape (256, 8, 4, 4, 1024 as in the paper).
     dropout : float, default=0.1
@@ -130,7 +138,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     Attributes
     ----------
     offset_ : float
-        ``decision_function = score_samples - offset_``.
+        ``decision_function = score_samples - offset_``. Absent from a model
+        imported by :meth:`from_reference_checkpoint` until :meth:`calibrate`.
     pixel_threshold_ : float
         Anomaly-map value above which ``predict_masks`` marks a pixel. Set so
         that the per-image maximum of the training maps stays below it (same
@@ -194,6 +203,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "backbone_weights": [str, os.PathLike, None],
         "out_indices": [tuple, list],
         "image_size": [Interval(Integral, 32, None, closed="left")],
+        "static_padding_size": [Interval(Integral, 1, None, closed="left"), None],
         "hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "num_heads": [Interval(Integral, 1, None, closed="left")],
         "num_encoder_layers": [Interval(Integral, 0, None, closed="left")],
@@ -225,6 +235,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         backbone_weights="imagenet",
         out_indices=(0, 1, 2, 3),
         image_size=224,
+        static_padding_size=None,
         hidden_dim=256,
         num_heads=8,
         num_encoder_layers=4,
@@ -252,6 +263,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.backbone_weights = backbone_weights
         self.out_indices = out_indices
         self.image_size = image_size
+        self.static_padding_size = static_padding_size
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
         self.num_encoder_layers = num_encoder_layers
@@ -349,7 +361,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return {**fingerprint, "warm_start_from_epoch": warm_start_from_epoch}
 
     def _build_backbone(self, backbone_weights) -> FrozenBackbone:
-        return FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
+        backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
+        if self.static_padding_size is not None:
+            interop.use_static_same_padding(backbone.body, self.static_padding_size)
+        return backbone
 
     def _build_model(self, channels: int, height: int, width: int) -> UniADReconstruction:
         return UniADReconstruction(
@@ -452,6 +467,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative = anomalous."""
+        self._check_calibrated()
         return self.score_samples(X) - self.offset_
 
     def predict(self, X) -> np.ndarray:
@@ -481,6 +497,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
         ``threshold=None`` uses ``pixel_threshold_``.
         """
+        if threshold is None:
+            self._check_calibrated()
         check_is_fitted(self, "model_")
         threshold = self.pixel_threshold_ if threshold is None else float(threshold)
         maps = self.anomaly_maps(X, size="input")
@@ -498,6 +516,121 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         from skuniad.metrics import as_anomaly_labels, image_auroc
 
         return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
+
+    # ------------------------------------ calibration, reference checkpoints, ONNX
+    def calibrate(self, X_normal) -> UniADDetector:
+        """Set ``offset_`` and ``pixel_threshold_`` from normal images, without training.
+
+        The rule is ``fit``'s (``contamination``), applied to ``X_normal``
+        instead of the training images. Needed once by models imported with
+        :meth:`from_reference_checkpoint`; on a fitted model it re-calibrates.
+
+        Returns
+        -------
+        self : UniADDetector
+        """
+        check_is_fitted(self, "model_")
+        X = check_images(X_normal)
+        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
+            features = extract_features(
+                self.backbone_,
+                X,
+                image_size=self.image_size,
+                batch_size=inference_batch_size(self.batch_size),
+                device=self.device_,
+                amp_dtype=self._amp_dtype(),
+                verbose=self.verbose,
+            )
+        self._calibrate_features(features)
+        return self
+
+    def _check_calibrated(self) -> None:
+        check_is_fitted(self, "model_")
+        if not hasattr(self, "offset_"):
+            raise NotFittedError(
+                "this UniADDetector has no decision thresholds (offset_, pixel_threshold_): "
+                "it was imported from a reference checkpoint without calibration images. "
+                "Call det.calibrate(X_normal) with normal images first; score_samples and "
+                "anomaly_maps work without it."
+            )
+
+    @classmethod
+    def from_reference_checkpoint(
+        cls,
+        path: str | os.PathLike,
+        device: str = "auto",
+        calibration_images=None,
+        *,
+        reference_padding: bool = True,
+    ) -> UniADDetector:
+        """A fitted detector from the UniAD authors' checkpoint (``ckpt.pth.tar``).
+
+        Backbone and reconstruction weights and the architecture (feature
+        stages, grid, hidden size, layers, heads, FFN, neighbor window, jitter)
+        come from the checkpoint; inputs are 224 px (the checkpoint's grid
+        times its stride) with ImageNet normalisation, ``precision="fp32"``.
+        Reading runs no code from the file (see :mod:`skuniad.interop`).
+
+        The checkpoint holds no decision thresholds. Pass normal images as
+        ``calibration_images`` to set ``offset_`` and ``pixel_threshold_`` now,
+        or call :meth:`calibrate` later; until then ``score_samples`` and
+        ``anomaly_maps`` work and ``predict``, ``decision_function`` and
+        ``predict_masks`` (without a threshold) raise ``NotFittedError``.
+        ``n_epochs_`` is the checkpoint's epoch; ``loss_curve_`` is empty.
+
+        Parameters
+        ----------
+        path : str or path
+        device : str, default="auto"
+        calibration_images : images or None, default=None
+            Normal images for :meth:`calibrate`.
+        reference_padding : bool, default=True
+            Pad the backbone's strided convolutions as the reference does
+            (``static_padding_size`` = the EfficientNet's native resolution),
+            so anomaly maps equal the reference's. False: timm's dynamic
+            padding (one B4 layer differs at 224 px).
+
+        Raises
+        ------
+        ValueError
+            The file is not a reference checkpoint, or describes a network
+            skuniad does not build.
+        """
+        return interop.detector_from_reference(
+            cls,
+            path,
+            device=device,
+            calibration_images=calibration_images,
+            reference_padding=reference_padding,
+        )
+
+    def export_reference_checkpoint(self, path: str | os.PathLike) -> None:
+        """Write the weights in the reference checkpoint layout (``ckpt.pth.tar``).
+
+        The dict the reference saves: ``state_dict`` with ``module.backbone.*``
+        (lukemelas names, the stages this detector uses) and
+        ``module.reconstruction.*``; ``arch`` as plain dicts; ``epoch`` =
+        ``n_epochs_``; no optimizer state (``optimizer`` None, ``best_metric``
+        NaN), so the reference can evaluate it but not resume training.
+        :meth:`from_reference_checkpoint` reads it back; the outputs are
+        identical when ``static_padding_size`` matches its ``reference_padding``.
+        Needs a ``tf_efficientnet_b*`` backbone.
+        """
+        check_is_fitted(self, "model_")
+        interop.write_reference_checkpoint(self, path)
+
+    def export_onnx(self, path: str | os.PathLike, opset: int = interop.DEFAULT_OPSET) -> None:
+        """Write the inference graph to an ONNX file, backbone included.
+
+        Input ``images``: (batch, 3, image_size, image_size) float32, resized and
+        normalized with ``backbone_.mean`` / ``backbone_.std``; the batch is
+        dynamic. Outputs: ``anomaly_map`` (batch, image_size, image_size) and
+        ``image_score`` (batch,), higher = more anomalous (``image_score`` =
+        ``-score_samples``). The neighbor mask is a constant of the graph. The
+        graph computes in fp32 whatever ``precision`` is.
+        """
+        check_is_fitted(self, "model_")
+        interop.export_onnx(self, path, opset=opset)
 
     # ---------------------------------------------------------- persistence
     def save(self, path: str | os.PathLike) -> None:

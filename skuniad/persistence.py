@@ -13,6 +13,9 @@ A model file (``.skuniad`` by convention) is ONE safetensors file:
        "backbone": {"mean": [...], "std": [...]},
        "versions": {"skuniad", "torch", "timm"}}
 
+``offset_`` and ``pixel_threshold_`` are null in a model not calibrated yet
+(imported from a reference checkpoint).
+
 Reading uses safetensors and ``json`` only, so a file never runs code when
 loaded. The backbone is rebuilt with random weights (no network, no weights
 search) and then gets the saved tensors, so a model file is self-contained.
@@ -143,8 +146,9 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         "format_version": FORMAT_VERSION,
         "params": json_safe_params(detector.get_params()),
         "fitted": {
-            "offset_": float(detector.offset_),
-            "pixel_threshold_": float(detector.pixel_threshold_),
+            # None: not calibrated yet (a model imported from a reference checkpoint)
+            "offset_": _float_or_none(getattr(detector, "offset_", None)),
+            "pixel_threshold_": _float_or_none(getattr(detector, "pixel_threshold_", None)),
             "n_epochs_": int(detector.n_epochs_),
             "loss_curve_": [float(v) for v in detector.loss_curve_],
             "feature_shape_": [int(v) for v in detector.feature_shape_],
@@ -178,14 +182,19 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
     fitted = metadata["fitted"]
-    detector.offset_ = float(fitted["offset_"])
-    detector.pixel_threshold_ = float(fitted["pixel_threshold_"])
+    for name in ("offset_", "pixel_threshold_"):
+        if fitted[name] is not None:
+            setattr(detector, name, float(fitted[name]))
     detector.n_epochs_ = int(fitted["n_epochs_"])
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
     norm = metadata["backbone"]
     restore_modules(detector, tensors, device, norm["mean"], norm["std"])
     return detector
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
 
 
 _EXPECTED = "a skuniad model file (safetensors with skuniad metadata, written by det.save)"

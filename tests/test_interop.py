@@ -1,0 +1,663 @@
+"""Reference checkpoints (import, export, round trip, refusal), static padding, ONNX."""
+
+import contextlib
+import math
+import os
+import pickle
+import sys
+import types
+from collections import OrderedDict
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from sklearn.exceptions import NotFittedError
+from torch import nn
+
+from skuniad import UniADDetector, interop
+from skuniad.nn import UniADReconstruction
+from skuniad.weights import timm_block_names
+
+GRID = 4  # 64 px at stride 16
+HIDDEN, HEADS, FFN, ENCODERS, DECODERS, WINDOW = 32, 2, 64, 1, 2, 3
+B0_CHANNELS = 16 + 24 + 40 + 112
+
+
+# ------------------------------------------------- a reference-format checkpoint
+@contextlib.contextmanager
+def fake_easydict():
+    """A module ``easydict`` whose ``EasyDict`` behaves (and pickles) like the real one."""
+
+    class EasyDict(dict):
+        def __init__(self, d=None, **kwargs):
+            for key, value in {**(d or {}), **kwargs}.items():
+                setattr(self, key, value)
+
+        def __setattr__(self, name, value):
+            if isinstance(value, (list, tuple)):
+                value = type(value)(EasyDict(x) if isinstance(x, dict) else x for x in value)
+            elif isinstance(value, dict) and not isinstance(value, EasyDict):
+                value = EasyDict(value)
+            super().__setattr__(name, value)
+            super().__setitem__(name, value)
+
+        __setitem__ = __setattr__
+
+    module = types.ModuleType("easydict")
+    EasyDict.__module__, EasyDict.__qualname__ = "easydict", "EasyDict"
+    module.EasyDict = EasyDict
+    sys.modules["easydict"] = module
+    try:
+        yield EasyDict
+    finally:
+        del sys.modules["easydict"]
+
+
+def reference_arch(EasyDict, **reconstruction):
+    """The arch the reference saves for b0, 64 px, after update_config and ModelHelper."""
+    kwargs = dict(
+        pos_embed_type="learned",
+        hidden_dim=HIDDEN,
+        nhead=HEADS,
+        num_encoder_layers=ENCODERS,
+        num_decoder_layers=DECODERS,
+        dim_feedforward=FFN,
+        dropout=0.1,
+        activation="relu",
+        normalize_before=False,
+        feature_jitter={"scale": 20.0, "prob": 1.0},
+        neighbor_mask={"neighbor_size": [WINDOW, WINDOW], "mask": [True, True, True]},
+        save_recon={"save_dir": "result_recon"},
+        initializer={"method": "xavier_uniform"},
+        inplanes=[B0_CHANNELS],
+        instrides=[16],
+        feature_size=[GRID, GRID],
+    )
+    kwargs.update(reconstruction)
+    return [
+        EasyDict(
+            name="backbone",
+            type="models.backbones.efficientnet_b0",
+            frozen=True,
+            kwargs={"pretrained": True, "outblocks": [0, 2, 4, 10], "outstrides": [2, 4, 8, 16]},
+        ),
+        EasyDict(
+            name="neck",
+            prev="backbone",
+            type="models.necks.MFCN",
+            kwargs={
+                "outstrides": [16],
+                "outplanes": [B0_CHANNELS],
+                "inplanes": [16, 24, 40, 112],
+                "instrides": [2, 4, 8, 16],
+            },
+        ),
+        EasyDict(
+            name="reconstruction", prev="neck", type="models.reconstructions.UniAD", kwargs=kwargs
+        ),
+    ]
+
+
+class _RefEncoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.self_attn = nn.MultiheadAttention(HIDDEN, HEADS)
+        self.linear1, self.linear2 = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
+        self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
+
+    def forward(self, src, mask, pos):
+        q = k = src + pos
+        src = self.norm1(src + self.self_attn(q, k, value=src, attn_mask=mask)[0])
+        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
+
+
+class _RefDecoderLayer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.learned_embed = nn.Embedding(GRID * GRID, HIDDEN)
+        self.self_attn = nn.MultiheadAttention(HIDDEN, HEADS)
+        self.multihead_attn = nn.MultiheadAttention(HIDDEN, HEADS)
+        self.linear1, self.linear2 = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
+        self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
+        self.norm3 = nn.LayerNorm(HIDDEN)
+
+    def forward(self, out, memory, mask, pos):
+        tgt = self.learned_embed.weight.unsqueeze(1).repeat(1, memory.shape[1], 1)
+        tgt2 = self.self_attn(tgt + pos, memory + pos, value=memory, attn_mask=mask)[0]
+        tgt = self.norm1(tgt + tgt2)
+        tgt2 = self.multihead_attn(tgt + pos, out + pos, value=out, attn_mask=mask)[0]
+        tgt = self.norm2(tgt + tgt2)
+        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
+
+
+class ReferenceReconstruction(nn.Module):
+    """The reference's UniAD reconstruction at inference, with its module names.
+
+    Written from the authors' ``models/reconstructions/uniad.py`` (post-norm,
+    sequence-first ``nn.MultiheadAttention``, float -inf mask), independently
+    of skuniad's modules.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.pos_embed = nn.Module()
+        self.pos_embed.row_embed = nn.Embedding(GRID, HIDDEN // 2)
+        self.pos_embed.col_embed = nn.Embedding(GRID, HIDDEN // 2)
+        self.transformer = nn.Module()
+        self.transformer.encoder = nn.Module()
+        self.transformer.encoder.layers = nn.ModuleList(_RefEncoderLayer() for _ in range(ENCODERS))
+        self.transformer.decoder = nn.Module()
+        self.transformer.decoder.layers = nn.ModuleList(_RefDecoderLayer() for _ in range(DECODERS))
+        self.transformer.decoder.norm = nn.LayerNorm(HIDDEN)
+        self.input_proj = nn.Linear(B0_CHANNELS, HIDDEN)
+        self.output_proj = nn.Linear(HIDDEN, B0_CHANNELS)
+
+    def forward(self, feature_align):
+        b, c, h, w = feature_align.shape
+        tokens = self.input_proj(feature_align.flatten(2).permute(2, 0, 1))
+        x_emb, y_emb = self.pos_embed.col_embed.weight, self.pos_embed.row_embed.weight
+        pos = torch.cat(
+            [x_emb.unsqueeze(0).repeat(h, 1, 1), y_emb.unsqueeze(1).repeat(1, w, 1)], dim=-1
+        ).flatten(0, 1)
+        pos = pos.unsqueeze(1).repeat(1, b, 1)
+        mask = torch.ones(h, w, h, w)
+        for i in range(h):
+            for j in range(w):
+                mask[
+                    i,
+                    j,
+                    max(i - WINDOW // 2, 0) : i + WINDOW // 2 + 1,
+                    max(j - WINDOW // 2, 0) : j + WINDOW // 2 + 1,
+                ] = 0
+        mask = mask.view(h * w, h * w)
+        mask = mask.masked_fill(mask == 0, float("-inf")).masked_fill(mask == 1, 0.0)
+        memory = tokens
+        for layer in self.transformer.encoder.layers:
+            memory = layer(memory, mask, pos)
+        out = memory
+        for layer in self.transformer.decoder.layers:
+            out = layer(out, memory, mask, pos)
+        out = self.output_proj(self.transformer.decoder.norm(out))
+        return out.permute(1, 2, 0).reshape(b, c, h, w)
+
+
+def randomized(module: nn.Module, seed: int) -> nn.Module:
+    """Every floating tensor random (variances positive), so misplaced weights show."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, tensor in module.state_dict().items():
+            if tensor.is_floating_point():
+                values = torch.rand(tensor.shape, generator=generator)
+                tensor.copy_(values + 0.5 if name.endswith("running_var") else values - 0.5)
+    return module
+
+
+def lukemelas_b0_state() -> dict:
+    """A whole lukemelas EfficientNet-B0 state dict (head included), random values."""
+    import timm
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = randomized(timm.create_model("tf_efficientnet_b0"), seed=1)
+    return interop.backbone_to_reference(model.state_dict(), timm_block_names(model))
+
+
+def save_reference_checkpoint(path, state_dict, **arch_changes):
+    with fake_easydict() as EasyDict:
+        checkpoint = {
+            "epoch": 7,
+            "arch": reference_arch(EasyDict, **arch_changes),
+            "state_dict": OrderedDict(state_dict),
+            "best_metric": 0.93,
+            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999)}]},
+        }
+        torch.save(checkpoint, path)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(path, backbone state, reconstruction module) of a synthetic reference checkpoint."""
+    backbone = lukemelas_b0_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reconstruction = randomized(ReferenceReconstruction(), seed=2).eval()
+    state = {f"module.backbone.{k}": v for k, v in backbone.items()}
+    state.update({f"module.reconstruction.{k}": v for k, v in reconstruction.state_dict().items()})
+    path = tmp_path_factory.mktemp("reference") / "ckpt.pth.tar"
+    save_reference_checkpoint(path, state)
+    return path, backbone, reconstruction
+
+
+@pytest.fixture(scope="module")
+def imported(reference):
+    return UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
+
+
+@pytest.fixture
+def images():
+    return np.random.default_rng(0).integers(0, 256, size=(3, 50, 60, 3), dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ import
+def test_loading_needs_no_easydict_and_reads_configs_as_dicts(reference):
+    assert "easydict" not in sys.modules
+    checkpoint = interop.read_reference_checkpoint(reference[0])
+    assert "easydict" not in sys.modules
+    assert [net["name"] for net in checkpoint.arch] == ["backbone", "neck", "reconstruction"]
+    kwargs = checkpoint.arch[2]["kwargs"]
+    assert type(kwargs) is dict and type(kwargs["neighbor_mask"]) is dict
+    assert kwargs["neighbor_mask"]["neighbor_size"] == [WINDOW, WINDOW]
+    assert checkpoint.epoch == 7
+
+
+def test_hyper_parameters_come_from_the_arch(imported):
+    p = imported.get_params()
+    assert p["backbone"].startswith("tf_efficientnet_b0")
+    assert p["out_indices"] == (0, 1, 2, 3) and p["image_size"] == GRID * 16
+    assert (p["hidden_dim"], p["num_heads"], p["dim_feedforward"]) == (HIDDEN, HEADS, FFN)
+    assert (p["num_encoder_layers"], p["num_decoder_layers"]) == (ENCODERS, DECODERS)
+    assert (p["neighbor_size"], p["jitter_scale"], p["jitter_prob"]) == (WINDOW, 20.0, 1.0)
+    assert p["static_padding_size"] == 224 and p["precision"] == "fp32"
+    assert imported.feature_shape_ == (B0_CHANNELS, GRID, GRID)
+    assert imported.backbone_.mean == (0.485, 0.456, 0.406)
+    assert imported.backbone_.std == (0.229, 0.224, 0.225)
+    assert imported.n_epochs_ == 7 and imported.loss_curve_ == []
+
+
+def test_every_tensor_lands_where_it_belongs(reference, imported):
+    _, backbone, reconstruction = reference
+    ours = imported.model_.state_dict()
+    theirs = reconstruction.state_dict()
+    expected = {
+        "transformer.decoder.layers.1.learned_embed.weight": "decoder.1.layer_queries",
+        "transformer.decoder.layers.0.multihead_attn.in_proj_weight": (
+            "decoder.0.multihead_attn.in_proj_weight"
+        ),
+        "transformer.decoder.layers.1.linear2.bias": "decoder.1.ffn.linear2.bias",
+        "transformer.decoder.layers.1.norm3.weight": "decoder.1.norm3.weight",
+        "transformer.encoder.layers.0.linear1.weight": "encoder.0.ffn.linear1.weight",
+        "transformer.encoder.layers.0.self_attn.out_proj.weight": (
+            "encoder.0.self_attn.out_proj.weight"
+        ),
+        "transformer.decoder.norm.bias": "decoder_norm.bias",
+        "pos_embed.row_embed.weight": "pos_embed.row_embed.weight",
+        "input_proj.weight": "input_proj.weight",
+    }
+    for reference_name, our_name in expected.items():
+        assert torch.equal(ours[our_name], theirs[reference_name]), reference_name
+    # all of them: a bijection, every value where the mapping puts it
+    mapped = interop.reconstruction_from_reference(theirs)
+    assert set(mapped) == set(ours)
+    assert all(torch.equal(ours[k], v) for k, v in mapped.items())
+    body = imported.backbone_.body.state_dict()
+    for reference_name, our_name in {
+        "_conv_stem.weight": "conv_stem.weight",
+        "_bn0.running_var": "bn1.running_var",
+        "_blocks.0._depthwise_conv.weight": "blocks.0.0.conv_dw.weight",
+        "_blocks.0._se_reduce.bias": "blocks.0.0.se.conv_reduce.bias",
+        "_blocks.0._project_conv.weight": "blocks.0.0.conv_pw.weight",
+        "_blocks.1._expand_conv.weight": "blocks.1.0.conv_pw.weight",
+        "_blocks.1._bn0.weight": "blocks.1.0.bn1.weight",
+        "_blocks.10._project_conv.weight": "blocks.4.2.conv_pwl.weight",
+        "_blocks.10._bn2.running_mean": "blocks.4.2.bn3.running_mean",
+    }.items():
+        assert torch.equal(body[our_name], backbone[reference_name]), reference_name
+    renamed = interop.backbone_from_reference(backbone, timm_block_names(imported.backbone_.body))
+    assert set(renamed) == set(body)
+    assert all(torch.equal(body[k], v) for k, v in renamed.items())
+
+
+def test_imported_reconstruction_computes_what_the_reference_does(reference, imported):
+    features = torch.randn(2, B0_CHANNELS, GRID, GRID, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        expected = reference[2](features)
+        actual = imported.model_(features)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_documented_b4_reconstruction_layout_loads_exactly():
+    # the table of REFERENCE_CHECKPOINT.md: C = 272, 14 x 14 grid, hidden 256, FFN 1024, L = 4
+    shapes = {
+        "pos_embed.row_embed.weight": (14, 128),
+        "pos_embed.col_embed.weight": (14, 128),
+        "transformer.decoder.norm.weight": (256,),
+        "transformer.decoder.norm.bias": (256,),
+        "input_proj.weight": (256, 272),
+        "input_proj.bias": (256,),
+        "output_proj.weight": (272, 256),
+        "output_proj.bias": (272,),
+    }
+    attention = {
+        "in_proj_weight": (768, 256),
+        "in_proj_bias": (768,),
+        "out_proj.weight": (256, 256),
+        "out_proj.bias": (256,),
+    }
+    ffn = {
+        "linear1.weight": (1024, 256),
+        "linear1.bias": (1024,),
+        "linear2.weight": (256, 1024),
+        "linear2.bias": (256,),
+    }
+    for i in range(4):
+        for part, norms, attentions in (
+            ("encoder", 2, ("self_attn",)),
+            ("decoder", 3, ("self_attn", "multihead_attn")),
+        ):
+            prefix = f"transformer.{part}.layers.{i}."
+            shapes.update({prefix + k: s for k, s in ffn.items()})
+            shapes.update(
+                {
+                    f"{prefix}norm{n}.{w}": (256,)
+                    for n in range(1, norms + 1)
+                    for w in ("weight", "bias")
+                }
+            )
+            for name in attentions:
+                shapes.update({f"{prefix}{name}.{k}": s for k, s in attention.items()})
+        shapes[f"transformer.decoder.layers.{i}.learned_embed.weight"] = (196, 256)
+    state = {k: torch.randn(s) for k, s in shapes.items()}
+    assert sum(t.numel() for t in state.values()) == 7_717_392
+    model = UniADReconstruction(272, (14, 14))
+    model.load_state_dict(interop.reconstruction_from_reference(state), strict=True)
+    assert torch.equal(
+        model.decoder[3].layer_queries, state["transformer.decoder.layers.3.learned_embed.weight"]
+    )
+    back = interop.reconstruction_to_reference(model.state_dict())
+    assert set(back) == set(state)
+
+
+# ------------------------------------------------------------- calibration
+def test_imported_model_needs_calibration_for_decisions(reference, images, tmp_path):
+    det = UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
+    scores = det.score_samples(images)
+    assert np.isfinite(scores).all() and det.anomaly_maps(images).shape == (3, 50, 60)
+    for call in (det.predict, det.decision_function, det.predict_masks):
+        with pytest.raises(NotFittedError, match=r"calibrate\(X_normal\)"):
+            call(images)
+    assert det.predict_masks(images, threshold=1.0).shape == (3, 50, 60)
+    det.save(tmp_path / "uncalibrated.skuniad")
+    assert not hasattr(UniADDetector.load(tmp_path / "uncalibrated.skuniad"), "offset_")
+    assert det.calibrate(images) is det
+    assert np.isfinite(det.offset_) and np.isfinite(det.pixel_threshold_)
+    assert set(det.predict(images)) <= {-1, 1}
+    np.testing.assert_array_equal(det.score_samples(images), scores)
+    at_import = UniADDetector.from_reference_checkpoint(
+        reference[0], device="cpu", calibration_images=images
+    )
+    assert (at_import.offset_, at_import.pixel_threshold_) == (det.offset_, det.pixel_threshold_)
+
+
+# -------------------------------------------------------------- round trip
+def test_export_then_import_gives_identical_outputs(imported, images, tmp_path):
+    path = tmp_path / "exported.pth.tar"
+    imported.export_reference_checkpoint(path)
+    again = UniADDetector.from_reference_checkpoint(path, device="cpu")
+    assert again.get_params() == imported.get_params()
+    np.testing.assert_array_equal(again.score_samples(images), imported.score_samples(images))
+    np.testing.assert_array_equal(again.anomaly_maps(images), imported.anomaly_maps(images))
+
+
+def test_exported_checkpoint_has_the_reference_layout(reference, imported, tmp_path):
+    path = tmp_path / "exported.pth.tar"
+    imported.export_reference_checkpoint(path)
+    checkpoint = torch.load(path, weights_only=True)  # plain dicts: no allow-list needed
+    assert set(checkpoint) == {"epoch", "arch", "state_dict", "best_metric", "optimizer"}
+    assert checkpoint["epoch"] == 7
+    original = interop.read_reference_checkpoint(reference[0])
+    assert checkpoint["arch"][2]["kwargs"] == {
+        **original.arch[2]["kwargs"],
+        "save_recon": False,
+    }
+    assert checkpoint["arch"][0]["kwargs"]["outblocks"] == [0, 2, 4, 10]
+    assert checkpoint["arch"][1]["kwargs"] == original.arch[1]["kwargs"]
+    state = checkpoint["state_dict"]
+    reconstruction = {k for k in state if k.startswith("module.reconstruction.")}
+    assert reconstruction == {f"module.reconstruction.{k}" for k in reference[2].state_dict()}
+    backbone = {
+        k.removeprefix("module.backbone.") for k in state if k.startswith("module.backbone.")
+    }
+    # the stages up to stride 16 (blocks 0...10 of B0); no later blocks, no head
+    assert backbone <= set(reference[1]) and "_blocks.10._bn2.weight" in backbone
+    assert not any(k.startswith(("_blocks.11.", "_conv_head", "_fc")) for k in backbone)
+    assert all(torch.equal(state[f"module.backbone.{k}"], reference[1][k]) for k in backbone)
+
+
+def test_fitted_detector_round_trips_with_its_own_padding(
+    tiny_params, images, tmp_path, fitted_tiny
+):
+    params = {
+        **tiny_params,
+        "backbone": "tf_efficientnet_b0",
+        "neighbor_size": WINDOW,
+        "max_epochs": 1,
+    }
+    det = UniADDetector(**params, precision="fp32").fit(images)
+    det.export_reference_checkpoint(tmp_path / "ckpt.pth.tar")
+    again = UniADDetector.from_reference_checkpoint(
+        tmp_path / "ckpt.pth.tar", device="cpu", reference_padding=False
+    )
+    assert again.static_padding_size is None
+    np.testing.assert_array_equal(again.anomaly_maps(images), det.anomaly_maps(images))
+    with pytest.raises(ValueError, match="no reference checkpoint layout"):
+        fitted_tiny[0].export_reference_checkpoint(tmp_path / "lite0.pth.tar")
+
+
+# ----------------------------------------------------------------- refusal
+class _Payload:
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (self.path,))
+
+
+def _write(kind: str, path, tmp_path, reference_path, fitted):
+    if kind == "text":
+        path.write_text("not a checkpoint")
+    elif kind == "skuniad model":
+        fitted.save(path)
+    elif kind == "no arch":
+        torch.save({"state_dict": {"module.backbone.x": torch.ones(1)}}, path)
+    elif kind == "list":
+        torch.save([torch.ones(1)], path)
+    elif kind == "foreign tensors":
+        torch.save({"arch": [], "state_dict": {"module.head.fc.weight": torch.ones(1)}}, path)
+    elif kind == "no reconstruction":
+        torch.save({"arch": [], "state_dict": {"module.backbone.x": torch.ones(1)}}, path)
+    elif kind == "code":
+        with open(path, "wb") as f:
+            pickle.dump(
+                {"arch": _Payload(str(tmp_path / "pwned")), "state_dict": {}}, f, protocol=2
+            )
+    elif kind == "truncated":
+        path.write_bytes(reference_path.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("text", "UniAD reference checkpoint"),
+        ("skuniad model", "UniADDetector.load"),
+        ("no arch", r"keys \['state_dict'\]"),
+        ("list", "it holds list"),
+        ("foreign tensors", "unexpected tensor 'module.head.fc.weight'"),
+        ("no reconstruction", "no 'module.reconstruction"),
+        ("code", "never unpickled"),
+        ("truncated", "UniAD reference checkpoint"),
+    ],
+)
+def test_files_that_are_not_reference_checkpoints_are_refused(
+    kind, message, tmp_path, reference, fitted_tiny
+):
+    path = tmp_path / "file.pth.tar"
+    _write(kind, path, tmp_path, reference[0], fitted_tiny[0])
+    with pytest.raises(ValueError, match=message):
+        UniADDetector.from_reference_checkpoint(path, device="cpu")
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_missing_file_is_reported(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        UniADDetector.from_reference_checkpoint(tmp_path / "nope.pth.tar")
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"pos_embed_type": "sine"}, "pos_embed_type='sine'"),
+        ({"normalize_before": True}, "normalize_before=True"),
+        (
+            {"neighbor_mask": {"neighbor_size": [3, 3], "mask": [True, False, True]}},
+            "some attentions",
+        ),
+        ({"neighbor_mask": {"neighbor_size": [3, 5], "mask": [True] * 3}}, "odd square"),
+        ({"hidden_dim": None}, "lacks reconstruction.kwargs.hidden_dim"),
+        ({"num_decoder_layers": 1}, "unexpected tensors"),
+    ],
+)
+def test_unsupported_or_inconsistent_arch_is_refused(changes, message, reference, tmp_path):
+    state = interop.read_reference_checkpoint(reference[0])
+    tensors = {f"module.backbone.{k}": v for k, v in state.backbone.items()}
+    tensors.update({f"module.reconstruction.{k}": v for k, v in state.reconstruction.items()})
+    save_reference_checkpoint(tmp_path / "ckpt.pth.tar", tensors, **changes)
+    with pytest.raises(ValueError, match=message):
+        UniADDetector.from_reference_checkpoint(tmp_path / "ckpt.pth.tar", device="cpu")
+
+
+def test_arch_without_mask_or_jitter_disables_them():
+    with fake_easydict() as EasyDict:
+        arch = interop._plain(reference_arch(EasyDict, neighbor_mask=None, feature_jitter=None))
+    params, native = interop.detector_params(arch)
+    assert params["neighbor_size"] is None and params["jitter_prob"] == 0.0 and native == 224
+
+
+# ---------------------------------------------------------- static padding
+def _dynamic_paddings(model: nn.Module, size: int) -> dict:
+    """timm's padding of each dynamic "same" conv for a ``size`` input (meta run)."""
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import get_same_padding
+
+    paddings, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, Conv2dSame):
+
+            def record(module, args, name=name):
+                (ih, iw), (kh, kw) = args[0].shape[-2:], module.kernel_size
+                (sh, sw), (dh, dw) = module.stride, module.dilation
+                h, w = get_same_padding(ih, kh, sh, dh), get_same_padding(iw, kw, sw, dw)
+                paddings[name] = (w // 2, w - w // 2, h // 2, h - h // 2)
+
+            hooks.append(module.register_forward_pre_hook(record))
+    model(torch.empty(1, 3, size, size, device="meta"))
+    for hook in hooks:
+        hook.remove()
+    return paddings
+
+
+def test_reference_padding_changes_exactly_one_b4_layer_at_224():
+    import timm
+
+    with torch.device("meta"):
+        body = timm.create_model("tf_efficientnet_b4", features_only=True, out_indices=(0, 1, 2, 3))
+    body.blocks = body.blocks[:5]  # up to stride 16, as FrozenBackbone
+    dynamic = _dynamic_paddings(body, 224)
+    static = interop.use_static_same_padding(body, 380)
+    assert (
+        set(static)
+        == set(dynamic)
+        == {
+            "conv_stem",
+            "blocks.1.0.conv_dw",
+            "blocks.2.0.conv_dw",
+            "blocks.3.0.conv_dw",
+        }
+    )
+    changed = {name for name in static if static[name] != dynamic[name]}
+    assert changed == {"blocks.2.0.conv_dw"}
+    assert body.blocks[2][0].conv_dw.kernel_size == (5, 5)
+    assert static["blocks.2.0.conv_dw"] == (2, 2, 2, 2) and dynamic["blocks.2.0.conv_dw"] == (
+        1,
+        2,
+        1,
+        2,
+    )
+
+
+def test_reference_padding_reproduces_the_fixed_pad_and_survives_save(tmp_path):
+    from skuniad.nn import FrozenBackbone
+
+    torch.manual_seed(0)
+    dynamic = FrozenBackbone("tf_efficientnet_b4", backbone_weights=None)
+    det = UniADDetector(
+        backbone="tf_efficientnet_b4", backbone_weights=None, static_padding_size=380
+    )
+    static = det._build_backbone(backbone_weights=None)
+    static.body.load_state_dict(dynamic.body.state_dict())
+    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    seen = {}
+
+    def record(key):
+        def hook(module, args, output):
+            seen[key] = (args[0], output)
+
+        return hook
+
+    for tag, backbone in (("dynamic", dynamic), ("static", static)):
+        for name, module in backbone.body.named_modules():
+            if isinstance(module, nn.Conv2d):
+                module.register_forward_hook(record((tag, name)))
+        backbone(image)
+    names = [name for tag, name in seen if tag == "dynamic"]
+    first = next(n for n in names if not torch.equal(seen["dynamic", n][1], seen["static", n][1]))
+    assert first == "blocks.2.0.conv_dw"
+    x, out = seen["static", first]
+    conv = static.body.blocks[2][0].conv_dw
+    expected = F.conv2d(F.pad(x, (2, 2, 2, 2)), conv.weight, None, 2, 0, 1, conv.groups)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+
+
+def test_static_padding_survives_save_and_pickle(imported, images, tmp_path):
+    imported.save(tmp_path / "model.skuniad")
+    loaded = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
+    assert loaded.static_padding_size == 224
+    assert any(isinstance(m, interop.StaticSamePadConv2d) for m in loaded.backbone_.modules())
+    np.testing.assert_array_equal(loaded.anomaly_maps(images), imported.anomaly_maps(images))
+    clone = pickle.loads(pickle.dumps(imported))
+    np.testing.assert_array_equal(clone.score_samples(images), imported.score_samples(images))
+
+
+def test_same_padding_matches_the_reference_formula():
+    # lukemelas Conv2dStaticSamePadding: pad = max((ceil(i/s) - 1) * s + (k - 1) * d + 1 - i, 0)
+    assert interop.same_padding((95, 95), (5, 5), (2, 2)) == (2, 2, 2, 2)
+    assert interop.same_padding((56, 56), (5, 5), (2, 2)) == (1, 2, 1, 2)
+    assert interop.same_padding((380, 190), (3, 3), (2, 1)) == (1, 1, 0, 1)
+    assert interop.same_padding((7, 7), (1, 1), (1, 1)) == (0, 0, 0, 0)
+    for size in range(8, 40):
+        total = sum(interop.same_padding((size, size), (3, 3), (2, 2))[:2])
+        assert math.ceil(size / 2) == (size + total - 3) // 2 + 1
+
+
+# ------------------------------------------------------------------- ONNX
+def test_onnx_graph_matches_pytorch(imported, images, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    import onnx
+
+    from skuniad.io import iter_batches
+
+    path = tmp_path / "uniad.onnx"
+    imported.export_onnx(path)
+    graph = onnx.load(str(path))
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
+    batch, _ = next(iter_batches(images, 64, imported.backbone_.mean, imported.backbone_.std, 8))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    maps, scores = session.run(None, {"images": batch.numpy()})  # batch of 3; exported with 2
+    expected_maps = imported.anomaly_maps(images, size="model")
+    # fp32 on both sides; different kernels (fused attention, conv algorithms)
+    scale = float(np.abs(expected_maps).max())
+    np.testing.assert_allclose(maps, expected_maps, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(
+        scores, -imported.score_samples(images), rtol=1e-4, atol=1e-4 * scale
+    )
