@@ -16,6 +16,7 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
+from skuniad.distributed import DistributedContext, distributed_context, gather_shards
 from skuniad.io import check_images, iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
@@ -36,6 +37,7 @@ _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # parameters that do not change what training computes: left out of the checkpoint fingerprint
 _NOT_TRAINING = {
+    "cache_max_gb",
     "contamination",
     "device",
     "precision",
@@ -104,6 +106,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         more epochs with a new optimizer and schedule; ``loss_curve_`` and
         ``n_epochs_`` accumulate. Parameters that change the network's
         shapes raise a ValueError.
+    cache_dtype : {"float32", "float16", "bfloat16"}, default="float32"
+        Storage of the backbone features, computed once per fit and reused
+        every epoch. float32 trains exactly as recomputing them would; the
+        16-bit options halve the memory.
+    cache_max_gb : float or None, default=4.0
+        A feature cache larger than this is memory-mapped from a temporary
+        file instead of held in RAM (None: always in RAM).
     checkpoint_path : str or path or None, default=None
         Crash-recovery file for long trainings. After every
         ``checkpoint_every`` epochs, and after the last, the training state
@@ -218,6 +227,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "weight_decay": [Interval(Real, 0, None, closed="left")],
         "grad_clip": [Interval(Real, 0, None, closed="neither")],
+        "cache_dtype": [StrOptions({"float32", "float16", "bfloat16"})],
+        "cache_max_gb": [Interval(Real, 0, None, closed="left"), None],
         "warm_start": ["boolean"],
         "checkpoint_path": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
@@ -250,6 +261,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         learning_rate=1e-4,
         weight_decay=1e-4,
         grad_clip=0.1,
+        cache_dtype="float32",
+        cache_max_gb=4.0,
         warm_start=False,
         checkpoint_path=None,
         checkpoint_every=1,
@@ -278,6 +291,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
+        self.cache_dtype = cache_dtype
+        self.cache_max_gb = cache_max_gb
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
@@ -306,6 +321,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         self._check_architecture()
         device = resolve_device(self.device)
+        context = distributed_context()  # under torchrun: this rank's shard of X
+        if context is not None:
+            if device.type == "cuda":
+                device = torch.device("cuda", context.local_rank)
+            X = [X[i] for i in context.shard(len(X))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
         previous_curve = list(self.loss_curve_) if warm else []
@@ -324,10 +344,14 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     device=device,
                     amp_dtype=amp_dtype,
                     verbose=self.verbose,
+                    cache_dtype=self.cache_dtype,
+                    cache_max_gb=self.cache_max_gb,
                 )
             model = self._build_model(*features.shape[1:])
             if warm:
                 self._continue_from_fitted_model(model)
+            if context is not None:  # same initial weights, different jitter and dropout
+                torch.manual_seed(seed + context.rank)
             curve = train_reconstruction(
                 model,
                 features,
@@ -342,6 +366,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 checkpoint_path=self.checkpoint_path,
                 checkpoint_every=self.checkpoint_every,
                 fingerprint=self._training_fingerprint(warm_start_from_epoch=len(previous_curve)),
+                distributed=context is not None,
             )
         self.backbone_ = backbone
         self.model_ = model
@@ -349,7 +374,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
-        self._calibrate_features(features)
+        self._calibrate_features(features, context)
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
@@ -401,8 +426,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if len(self.out_indices) == 0:
             raise ValueError("out_indices must name at least one backbone stage")
 
-    def _calibrate_features(self, features: torch.Tensor) -> None:
-        """Set ``offset_`` and ``pixel_threshold_`` from the training features."""
+    def _calibrate_features(
+        self, features: torch.Tensor, context: DistributedContext | None = None
+    ) -> None:
+        """Set ``offset_`` and ``pixel_threshold_`` from the training features (all ranks')."""
         with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
             scores, maps = reconstruction_maps(
                 self.model_,
@@ -413,10 +440,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 amp_dtype=self._amp_dtype(),
             )
         # bilinear upsampling with align_corners=True keeps the token maxima
+        map_maxima = maps.reshape(len(maps), -1).max(1)
+        scores = gather_shards(scores, context)
+        map_maxima = gather_shards(map_maxima, context)
         self.offset_ = -_anomalous_side(scores, self.contamination)
-        self.pixel_threshold_ = _anomalous_side(
-            maps.reshape(len(maps), -1).max(1), self.contamination
-        )
+        self.pixel_threshold_ = _anomalous_side(map_maxima, self.contamination)
 
     def _amp_dtype(self):
         return resolve_precision(self.precision, self.device_)
