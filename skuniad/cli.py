@@ -439,7 +439,9 @@ def predict(
         bool, typer.Option(help="Write heat-map overlays (image | map) as PNG.")
     ] = True,
     device: Device = "auto",
-    chunk_size: Annotated[int, typer.Option(min=1, help="Images scored per pass.")] = 64,
+    chunk_size: Annotated[
+        int, typer.Option(min=1, help="Images scored per pass (bounds memory).")
+    ] = 128,
     quiet: Quiet = False,
 ) -> None:
     """Score images: OUTPUT/scores.csv and heat-map overlays in OUTPUT/overlays/.
@@ -458,40 +460,50 @@ def predict(
         _tune_runtime()
         det = _load_detector(model, device)
         det.set_params(verbose=0 if quiet else 1)
+        from skuniad._progress import progress_bar
         from skuniad.evaluation import scores_and_maps
         from skuniad.visualize import save_overlay
 
+        # a model imported from a reference checkpoint may lack thresholds
+        calibrated = hasattr(det, "offset_")
+        scale = (
+            dict(vmin=0.0, vmax=2.0 * det.pixel_threshold_, threshold=det.pixel_threshold_)
+            if calibrated
+            else {}
+        )
         output.mkdir(parents=True, exist_ok=True)
         names = _overlay_names(paths, images)
         rows = []
-        for begin in range(0, len(paths), chunk_size):
-            chunk = paths[begin : begin + chunk_size]
-            scores, maps = scores_and_maps(det, chunk)
-            labels = [-1 if -s - det.offset_ < 0 else 1 for s in scores]
-            for i, (path, score, label) in enumerate(zip(chunk, scores, labels, strict=True)):
-                overlay = ""
-                if overlays:
-                    target = output / "overlays" / names[begin + i]
-                    save_overlay(
-                        target,
-                        _display_image(path),
-                        maps[i],
-                        vmin=0.0,
-                        vmax=2.0 * det.pixel_threshold_,
-                        threshold=det.pixel_threshold_,
-                    )
-                    overlay = str(target)
-                rows.append((str(path), float(score), label, overlay))
+        with progress_bar(not quiet) as progress:
+            task = progress.add_task("scoring", total=len(paths))
+            for begin in range(0, len(paths), chunk_size):
+                chunk = paths[begin : begin + chunk_size]
+                scores, maps = scores_and_maps(det, chunk)
+                for i, (path, score) in enumerate(zip(chunk, scores, strict=True)):
+                    label = ("-1" if -score - det.offset_ < 0 else "1") if calibrated else ""
+                    overlay = ""
+                    if overlays:
+                        target = output / "overlays" / names[begin + i]
+                        save_overlay(target, _display_image(path), maps[i], **scale)
+                        overlay = str(target)
+                    rows.append((str(path), f"{score:.8g}", label, overlay))
+                progress.advance(task, len(chunk))
         csv_path = output / "scores.csv"
         with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["path", "anomaly_score", "label", "overlay"])
-            writer.writerows((p, f"{s:.6g}", lab, o) for p, s, lab, o in rows)
-        n_anomalous = sum(1 for row in rows if row[2] == -1)
-        typer.echo(
-            f"Scored {len(rows)} images: {n_anomalous} anomalous (label -1), "
-            f"{len(rows) - n_anomalous} normal (+1)."
-        )
+            writer.writerows(rows)
+        if calibrated:
+            n_anomalous = sum(1 for row in rows if row[2] == "-1")
+            typer.echo(
+                f"Scored {len(rows)} images: {n_anomalous} anomalous (label -1), "
+                f"{len(rows) - n_anomalous} normal (+1)."
+            )
+        else:
+            typer.echo(
+                f"Scored {len(rows)} images. The model has no decision threshold "
+                "(an uncalibrated import): labels are left empty."
+            )
         typer.echo(f"Scores: {csv_path}")
         if overlays:
             typer.echo(f"Overlays: {output / 'overlays'}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from skuniad._progress import progress_bar
 from skuniad.datasets import AnomalyDataset, load_image, load_mask
 from skuniad.metrics import evaluate
 
@@ -138,7 +139,7 @@ def evaluate_detector(
         Overlays per category: one normal image and anomalous ones spread
         over the defect types.
     verbose : int, default=0
-        > 0 prints one line per category.
+        > 0 shows a progress bar and prints one line per category.
 
     Returns
     -------
@@ -154,30 +155,33 @@ def evaluate_detector(
     start = time.perf_counter()
     per_category: dict[str, dict[str, float | int]] = {}
     overlays: list[Path] = []
-    for category in dataset.category_names:
-        subset = dataset.subset(category)
-        scores, maps = scores_and_maps(det, subset.paths)
-        size = maps.shape[1:]
-        masks = np.stack(
-            [
-                np.zeros(size, dtype=bool) if m is None else load_mask(m, size=size)
-                for m in subset.mask_paths
-            ]
-        )
-        try:
-            metrics = evaluate(subset.labels, scores, masks, maps)
-        except ValueError as exc:
-            raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
-        row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
-        row["n_images"] = len(subset)
-        row["n_anomalous"] = int(subset.labels.sum())
-        per_category[category] = row
-        if overlay_dir is not None:
-            folder = Path(overlay_dir) / category
-            overlays += _write_overlays(subset, maps, masks, folder, n_overlays)
-        if verbose > 0:
-            summary = "  ".join(f"{METRIC_NAMES[k]} {100 * row[k]:.1f}" for k in METRICS[:3])
-            print(f"{category}: {len(subset)} images  {summary}", flush=True)
+    with progress_bar(verbose > 0) as progress:
+        task = progress.add_task("scoring", total=len(dataset))
+        for category in dataset.category_names:
+            subset = dataset.subset(category)
+            scores, maps = scores_and_maps(det, subset.paths)
+            size = maps.shape[1:]
+            masks = np.stack(
+                [
+                    np.zeros(size, dtype=bool) if m is None else load_mask(m, size=size)
+                    for m in subset.mask_paths
+                ]
+            )
+            try:
+                metrics = evaluate(subset.labels, scores, masks, maps)
+            except ValueError as exc:
+                raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
+            row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
+            row["n_images"] = len(subset)
+            row["n_anomalous"] = int(subset.labels.sum())
+            per_category[category] = row
+            if overlay_dir is not None:
+                folder = Path(overlay_dir) / category
+                overlays += _write_overlays(subset, maps, masks, folder, n_overlays)
+            progress.advance(task, len(subset))
+            if verbose > 0:
+                summary = "  ".join(f"{METRIC_NAMES[k]} {100 * row[k]:.1f}" for k in METRICS[:3])
+                progress.console.print(f"{category}: {len(subset)} images  {summary}")
     results: dict[str, Any] = {
         "categories": per_category,
         "mean": {

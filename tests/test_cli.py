@@ -81,7 +81,7 @@ def test_fit_on_a_folder_of_images(data_root, tmp_path):
 def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
     folder = data_root / "parts" / "test"
     result = runner.invoke(
-        app, ["predict", str(model_file), str(folder), "-o", str(tmp_path), "-q"]
+        app, ["predict", str(model_file), str(folder), "-o", str(tmp_path), "--chunk-size", "4"]
     )
     assert result.exit_code == 0, result.output
     with open(tmp_path / "scores.csv", newline="") as f:
@@ -99,6 +99,22 @@ def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
     assert {p.relative_to(tmp_path / "overlays").parts[0] for p in overlays} == {
         "good", "hole", "scratch", "stain",
     }  # fmt: skip
+
+
+def test_predict_leaves_labels_empty_without_thresholds(
+    model_file, data_root, tmp_path, monkeypatch
+):
+    det = UniADDetector.load(model_file, device="cpu")
+    del det.offset_, det.pixel_threshold_  # as after importing an uncalibrated checkpoint
+    monkeypatch.setattr(cli_module, "_load_detector", lambda path, device: det)
+    image = data_root / "parts" / "test" / "good" / "000.png"
+    result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "labels are left empty" in result.output
+    with open(tmp_path / "scores.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["label"] == "" and float(row["anomaly_score"]) > 0
+    assert Path(row["overlay"]).is_file()
 
 
 def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
@@ -136,7 +152,7 @@ def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_pa
 
 
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_module, "DEMO_DATA", dict(n_train=4, n_test=4, image_size=32))
+    monkeypatch.setattr(cli_module, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
     monkeypatch.setattr(
         cli_module,
         "DEMO_PARAMS",
@@ -149,7 +165,7 @@ def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
         assert (tmp_path / name).exists(), name
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["categories"]) == ["dots", "grain", "parts", "stripes"]
-    assert len(results["overlays"]) == 4 * 3  # a normal image and both anomalous ones
+    assert len(results["overlays"]) == 4 * 2  # the normal and the anomalous image
     assert results["run"]["backbone"] == "tf_efficientnet_lite0"
 
 
@@ -221,18 +237,33 @@ def _env():
     return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
 
 
-def test_help_is_fast_and_imports_no_heavy_library():
-    probe = "import sys, skuniad; print('torch' in sys.modules)"
-    eager = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
-    if eager.stdout.strip() == "True":
-        pytest.skip("skuniad/__init__.py imports torch eagerly; --help pays for it")
+def test_cli_module_imports_no_heavy_library():
+    # skuniad/__init__.py is stubbed so that only cli.py's own imports count
+    probe = (
+        "import sys, types; package = types.ModuleType('skuniad'); "
+        f"package.__path__ = [{str(Path(cli_module.__file__).parent)!r}]; "
+        "sys.modules['skuniad'] = package; from skuniad.cli import app; "
+        "from typer.testing import CliRunner; "
+        "assert CliRunner().invoke(app, ['--help']).exit_code == 0; "
+        "print(sorted(m for m in ('torch', 'timm', 'sklearn', 'numpy', 'PIL') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_help_is_fast():
     start = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "skuniad", "--help"], capture_output=True, text=True, env=_env()
+        [sys.executable, "-X", "importtime", "-m", "skuniad", "--help"],
+        capture_output=True,
+        text=True,
+        env=_env(),
     )
     elapsed = time.perf_counter() - start
     assert result.returncode == 0
     assert "Usage: skuniad" in result.stdout and "evaluate" in result.stdout
+    if " torch\n" in result.stderr:
+        pytest.skip(f"skuniad/__init__.py imports torch eagerly: --help took {elapsed:.1f} s")
     assert elapsed < 3.0
 
 
