@@ -176,14 +176,16 @@ def _why_unreadable(path: Path, error: Exception) -> str:
         head = f.read(16)
     if len(head) >= 10 and head[8:10] == b'{"':
         return "it looks like a safetensors file (a skuniad model? read it with UniADDetector.load)"
-    message = str(error)
-    if "Unsupported global" in message or "weights_only" in message.lower():
-        refused = next((line for line in message.splitlines() if "GLOBAL" in line), "")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    refused = next((line for line in lines if "GLOBAL" in line), None)
+    if refused is not None:
         return (
             "it holds objects other than tensors and the reference's configs, which are never "
-            f"unpickled here. {refused.strip()}"
-        ).strip()
-    return f"{type(error).__name__}: {message.splitlines()[0] if message else ''}"
+            f"unpickled here ({refused.split('. ')[0]})"
+        )
+    if "WeightsUnpickler error" in str(error):
+        return "it is not a torch.save file, or it is damaged"
+    return f"it is damaged or of another kind ({type(error).__name__}: {lines[0] if lines else ''})"
 
 
 # ------------------------------------------------------------- arch <-> params
@@ -266,6 +268,11 @@ def reference_arch(detector) -> list[dict]:
     stage_ends = list(_cumulative(len(stage) for stage in body.blocks))
     outblocks = [stage_ends[int(n.split(".")[1])] - 1 for n in body.feature_info.module_name()]
     channels_total, height, width = detector.feature_shape_
+    if height * max(strides) != detector.image_size:
+        raise ValueError(
+            f"the reference needs an input size divisible by the feature stride "
+            f"{max(strides)}; this detector has image_size={detector.image_size}"
+        )
     k = detector.neighbor_size
     return [
         {
@@ -490,6 +497,7 @@ def detector_from_reference(
         precision="fp32",
         device=device,
     )
+    detector._validate_params()
     detector._check_architecture()
     resolved = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
@@ -517,8 +525,7 @@ def write_reference_checkpoint(detector, path: str | os.PathLike) -> None:
     arch = reference_arch(detector)
     body = detector.backbone_.body
     state = {}
-    backbone = {k: v for k, v in body.state_dict().items()}
-    for name, value in backbone_to_reference(backbone, timm_block_names(body)).items():
+    for name, value in backbone_to_reference(body.state_dict(), timm_block_names(body)).items():
         state[f"module.backbone.{name}"] = value.detach().cpu().contiguous()
     for name, value in reconstruction_to_reference(detector.model_.state_dict()).items():
         state[f"module.reconstruction.{name}"] = value.detach().cpu().contiguous()

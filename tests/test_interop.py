@@ -1,6 +1,7 @@
 """Reference checkpoints (import, export, round trip, refusal), static padding, ONNX."""
 
 import contextlib
+import copy
 import math
 import os
 import pickle
@@ -478,7 +479,7 @@ def _write(kind: str, path, tmp_path, reference_path, fitted):
 @pytest.mark.parametrize(
     "kind, message",
     [
-        ("text", "UniAD reference checkpoint"),
+        ("text", "UniAD reference checkpoint .* not a torch.save file"),
         ("skuniad model", "UniADDetector.load"),
         ("no arch", r"keys \['state_dict'\]"),
         ("list", "it holds list"),
@@ -585,37 +586,38 @@ def test_reference_padding_changes_exactly_one_b4_layer_at_224():
     )
 
 
-def test_reference_padding_reproduces_the_fixed_pad_and_survives_save(tmp_path):
-    from skuniad.nn import FrozenBackbone
+def test_reference_padding_changes_only_that_layers_output_at_224():
+    from timm.layers.padding import pad_same
 
     torch.manual_seed(0)
-    dynamic = FrozenBackbone("tf_efficientnet_b4", backbone_weights=None)
     det = UniADDetector(
         backbone="tf_efficientnet_b4", backbone_weights=None, static_padding_size=380
     )
-    static = det._build_backbone(backbone_weights=None)
-    static.body.load_state_dict(dynamic.body.state_dict())
-    image = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    backbone = det._build_backbone(backbone_weights=None)
     seen = {}
 
-    def record(key):
+    def record(name):
         def hook(module, args, output):
-            seen[key] = (args[0], output)
+            seen[name] = (module, args[0], output)
 
         return hook
 
-    for tag, backbone in (("dynamic", dynamic), ("static", static)):
-        for name, module in backbone.body.named_modules():
-            if isinstance(module, nn.Conv2d):
-                module.register_forward_hook(record((tag, name)))
-        backbone(image)
-    names = [name for tag, name in seen if tag == "dynamic"]
-    first = next(n for n in names if not torch.equal(seen["dynamic", n][1], seen["static", n][1]))
-    assert first == "blocks.2.0.conv_dw"
-    x, out = seen["static", first]
-    conv = static.body.blocks[2][0].conv_dw
+    for name, module in backbone.body.named_modules():
+        if isinstance(module, interop.StaticSamePadConv2d):
+            module.register_forward_hook(record(name))
+    backbone(torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0)))
+    assert len(seen) == 4
+    differs = set()
+    for name, (conv, x, out) in seen.items():
+        # what timm's dynamic padding computes from the same input
+        dynamic = pad_same(x, conv.kernel_size, conv.stride, conv.dilation)
+        timm_out = F.conv2d(dynamic, conv.weight, conv.bias, conv.stride, 0, 1, conv.groups)
+        if not torch.equal(out, timm_out):
+            differs.add(name)
+    assert differs == {"blocks.2.0.conv_dw"}
+    conv, x, out = seen["blocks.2.0.conv_dw"]
     expected = F.conv2d(F.pad(x, (2, 2, 2, 2)), conv.weight, None, 2, 0, 1, conv.groups)
-    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    assert torch.equal(out, expected)
 
 
 def test_static_padding_survives_save_and_pickle(imported, images, tmp_path):
@@ -676,7 +678,7 @@ def cli(monkeypatch):
     return lambda *args: runner.invoke(cli.app, [str(a) for a in args])
 
 
-def test_cli_imports_calibrates_and_exports(cli, reference, images, tmp_path):
+def test_cli_imports_calibrates_and_exports(cli, reference, imported, images, tmp_path):
     from PIL import Image
 
     folder = tmp_path / "normal"
@@ -688,8 +690,7 @@ def test_cli_imports_calibrates_and_exports(cli, reference, images, tmp_path):
     assert result.exit_code == 0, result.output
     assert "epoch 7" in result.output and "on 3 normal images" in result.output
     det = UniADDetector.load(model, device="cpu")
-    expected = UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
-    expected.calibrate(images)
+    expected = copy.deepcopy(imported).calibrate(images)
     assert (det.offset_, det.pixel_threshold_) == (expected.offset_, expected.pixel_threshold_)
     np.testing.assert_array_equal(det.anomaly_maps(images), expected.anomaly_maps(images))
 
