@@ -385,6 +385,10 @@ def fit(
         if det.n_epochs_ == 0:
             typer.echo("Interrupted before the first epoch finished: no model written.", err=True)
             raise typer.Exit(EXIT_INTERRUPTED)
+        from skuniad.distributed import is_main_process
+
+        if not is_main_process():  # under torchrun every rank has the same weights
+            return
         det.save(output)
         typer.echo(
             f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "

@@ -56,3 +56,56 @@ def test_shards_cover_every_image_once_and_gather_in_order(world):
     shards = [c.shard(10) for c in contexts]
     assert sorted(i for shard in shards for i in shard) == list(range(10))
     assert gather_shards(np.arange(4.0), None).tolist() == [0, 1, 2, 3]
+
+
+def test_torchrun_cli_fit_writes_one_model_from_rank_zero(tmp_path):
+    from PIL import Image
+
+    from skuniad import UniADDetector
+
+    data = tmp_path / "good"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    model = tmp_path / "model.skuniad"
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        "29518",
+        "-m",
+        "skuniad",
+        "fit",
+        str(data),
+        "--output",
+        str(model),
+        "--epochs",
+        "1",
+        "--backbone",
+        "tf_efficientnet_lite0",
+        "--backbone-weights",
+        "none",
+        "--image-size",
+        "64",
+        "--hidden-dim",
+        "32",
+        "--num-heads",
+        "2",
+        "--encoder-layers",
+        "1",
+        "--decoder-layers",
+        "1",
+        "--feedforward-dim",
+        "64",
+        "--neighbor-size",
+        "1",
+        "--quiet",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("model written to") == 1
+    assert UniADDetector.load(model).n_epochs_ == 1
