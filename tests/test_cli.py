@@ -39,7 +39,7 @@ TINY_ARGS = [
 def _keep_process_settings():
     """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_module, "_tune_runtime", lambda: None)
+        patch.setattr(cli_module, "_tune_runtime", lambda threads=None: None)
         yield
 
 
