@@ -33,8 +33,8 @@ EXIT_INTERRUPTED = 130
 MODEL_SUFFIX = ".skuniad"
 DEMO_BACKBONE = "tf_efficientnet_lite0"
 # The demo trains the paper's transformer at 128 px with a 10x learning rate
-# for a few tens of epochs: on a 2-core CPU the whole demo takes about two
-# minutes (measured) and separates the synthetic defects clearly.
+# for a few tens of epochs: on a 2-core CPU the whole demo takes 1-1.5 minutes
+# (measured) and separates the synthetic defects clearly.
 DEMO_PARAMS = dict(image_size=128, learning_rate=1e-3)
 DEMO_EPOCHS = 30
 DEMO_DATA = dict(n_train=32, n_test=32, image_size=128)
