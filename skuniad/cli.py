@@ -663,8 +663,8 @@ def demo(
         int | None,
         typer.Option(
             min=1,
-            help="CPU threads (default on CPU: half the cores, which keeps training fast "
-            "when other programs use the CPU too).",
+            help="CPU threads (default: one per core). On a CPU that other programs keep "
+            "busy, fewer threads than cores can be several times faster.",
         ),
     ] = None,
 ) -> None:
@@ -685,13 +685,8 @@ def demo(
         from skuniad import UniADDetector
         from skuniad.datasets import load_mvtec, write_synthetic
         from skuniad.evaluation import evaluate_detector, write_results
-        from skuniad.training import resolve_device
         from skuniad.weights import bundled_weights_path
 
-        if threads is None and resolve_device(device).type == "cpu":
-            # all cores busy-wait on each other as soon as anything else runs (measured
-            # here: 51 s quiet, 4-7 min beside other jobs; 1 thread of 2: 1.5 min steady)
-            threads = max(1, torch.get_num_threads() // 2)
         _tune_runtime(threads)
 
         if bundled_weights_path(DEMO_BACKBONE) is None:

@@ -20,6 +20,7 @@ from skuniad.distributed import DistributedContext, distributed_context, gather_
 from skuniad.io import check_images, iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
+from skuniad.runtime import flushing_denormals
 from skuniad.training import (
     autocast,
     explain_out_of_memory,
@@ -450,6 +451,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return resolve_precision(self.precision, self.device_)
 
     # ------------------------------------------------------------ inference
+    @flushing_denormals()
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
         check_is_fitted(self, "model_")

@@ -7,14 +7,18 @@ backbone throughput (lite0, batch 32: 56 -> 121 images/s once disabled).
 does the same as :func:`tune_cpu_runtime` for any process. Flushing
 denormals to zero speeds up the backward pass on pretrained features.
 
-The library itself never changes these process-wide settings on import; call
-:func:`tune_cpu_runtime` yourself in long-running scripts.
+The library never changes malloc on its own; call :func:`tune_cpu_runtime`
+in long-running scripts. ``fit`` and scoring do flush denormals while they
+run (:func:`flushing_denormals`): without it, training on pretrained features
+at lr 1e-4 was measured 10-40x slower per epoch on these CPUs.
 """
 
 from __future__ import annotations
 
 import ctypes
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
@@ -34,3 +38,17 @@ def tune_cpu_runtime() -> bool:
     return bool(libc.mallopt(_M_MMAP_MAX, 0)) and bool(
         libc.mallopt(_M_TRIM_THRESHOLD, 2_147_483_647)
     )
+
+
+@contextmanager
+def flushing_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block, then restore torch's default (off)."""
+    import torch
+
+    if not torch.set_flush_denormal(True):  # not supported on this CPU
+        yield
+        return
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)

@@ -30,6 +30,7 @@ from skuniad.cache import FeatureCache
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
+from skuniad.runtime import flushing_denormals
 
 CHECKPOINT_FORMAT = "skuniad-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -142,6 +143,7 @@ def lr_decay_epoch(max_epochs: int) -> int:
     return max(1, int(0.8 * max_epochs))
 
 
+@flushing_denormals()
 def train_reconstruction(
     model: torch.nn.Module,
     features: torch.Tensor,
@@ -335,6 +337,7 @@ def _resume(path, fingerprint, model, optimizer, scheduler, device) -> list[floa
 
 
 @torch.inference_mode()
+@flushing_denormals()
 def reconstruction_maps(
     model: torch.nn.Module,
     features: torch.Tensor,

@@ -262,9 +262,9 @@ def test_help_is_fast():
     elapsed = time.perf_counter() - start
     assert result.returncode == 0
     assert "Usage: skuniad" in result.stdout and "evaluate" in result.stdout
-    if " torch\n" in result.stderr:
-        pytest.skip(f"skuniad/__init__.py imports torch eagerly: --help took {elapsed:.1f} s")
-    assert elapsed < 3.0
+    imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
+    assert not imported & {"torch", "timm", "sklearn"}
+    assert elapsed < 1.0
 
 
 def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):

@@ -267,3 +267,20 @@ def test_keyboard_interrupt_keeps_last_finished_epoch(tiny_params, images, monke
     assert any("interrupted" in str(w.message) for w in caught)
     monkeypatch.setattr(training.F, "mse_loss", original)
     assert np.isfinite(det.offset_) and np.isfinite(det.score_samples(images)).all()
+
+
+def test_fit_flushes_denormals_only_while_it_runs(tiny_params, images, monkeypatch):
+    import skuniad.training as training
+
+    seen = []
+    original = training._train_epoch
+
+    def spy(*args, **kwargs):
+        tiny = torch.tensor([1e-40], dtype=torch.float32)  # a denormal
+        seen.append(float(tiny * 1.0))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", spy)
+    UniADDetector(**tiny_params).fit(images)
+    assert seen and all(value == 0.0 for value in seen)
+    assert float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) != 0.0
