@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from skuniad._progress import progress_bar
 from skuniad.cache import FeatureCache
+from skuniad.distributed import all_reduce_sum, max_over_ranks
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
@@ -202,8 +203,6 @@ def train_reconstruction(
             raise ValueError("checkpoint_path is not supported in distributed training")
         from torch.nn.parallel import DistributedDataParallel
 
-        from skuniad.distributed import max_over_ranks
-
         device_ids = [device] if device.type == "cuda" else None
         network = DistributedDataParallel(model, device_ids=device_ids)
         steps_over = max_over_ranks(len(data), device)
@@ -261,8 +260,6 @@ def _train_epoch(
     ``length`` > ``len(data)`` pads the epoch with randomly repeated images
     (distributed training: every rank must run the same number of steps).
     """
-    from skuniad.distributed import all_reduce_sum
-
     device, n = next(model.parameters()).device, len(data)
     order = torch.randperm(n)
     if length is not None and length > n:

@@ -205,6 +205,15 @@ def _category_dirs(root: Path) -> dict[str, Path]:
     return {d.name: d for d in _subdirs(root) if _is_category_dir(d)}
 
 
+def category_names(categories: str | Sequence[str]) -> list[str]:
+    """One name or several as a list without repeats; at least one is required."""
+    names = [categories] if isinstance(categories, str) else [str(c) for c in categories]
+    names = list(dict.fromkeys(names))
+    if not names:
+        raise ValueError("categories must name at least one category")
+    return names
+
+
 def list_categories(root: str | os.PathLike[str]) -> list[str]:
     """List the categories of an MVTec-style data set.
 
@@ -316,10 +325,7 @@ def load_mvtec(
     if categories is None:
         wanted = sorted(available)
     else:
-        wanted = [categories] if isinstance(categories, str) else [str(c) for c in categories]
-        wanted = list(dict.fromkeys(wanted))
-        if not wanted:
-            raise ValueError("categories must name at least one category")
+        wanted = category_names(categories)
         missing = [c for c in wanted if c not in available]
         if missing:
             raise ValueError(

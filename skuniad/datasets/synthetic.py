@@ -32,6 +32,8 @@ import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
 
+from skuniad.datasets.mvtec import category_names
+
 __all__ = [
     "DEFECT_TYPES",
     "SYNTHETIC_CATEGORIES",
@@ -305,10 +307,7 @@ def _apply_defect(
 def _check_categories(categories: str | Sequence[str] | None) -> list[str]:
     if categories is None:
         return list(SYNTHETIC_CATEGORIES)
-    names = [categories] if isinstance(categories, str) else [str(c) for c in categories]
-    names = list(dict.fromkeys(names))
-    if not names:
-        raise ValueError("categories must name at least one category")
+    names = category_names(categories)
     unknown = [c for c in names if c not in SYNTHETIC_CATEGORIES]
     if unknown:
         raise ValueError(
