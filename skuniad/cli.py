@@ -398,15 +398,15 @@ def fit(
         if det.n_epochs_ == 0:
             typer.echo("Interrupted before the first epoch finished: no model written.", err=True)
             raise typer.Exit(EXIT_INTERRUPTED)
-        from skuniad.distributed import is_main_process
+        from skuniad import distributed
 
-        if not is_main_process():  # under torchrun every rank has the same weights
-            return
-        det.save(output)
-        typer.echo(
-            f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "
-            f"{output}"
-        )
+        if distributed.is_main_process():  # under torchrun every rank has the same weights
+            det.save(output)
+            typer.echo(
+                f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "
+                f"{output}"
+            )
+        distributed.finish()
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
 

@@ -75,3 +75,14 @@ def gather_shards(values: np.ndarray, context: DistributedContext | None) -> np.
     for rank, piece in enumerate(pieces):
         out[rank :: context.world_size] = piece
     return out
+
+
+def finish() -> None:
+    """Wait for every rank, then close the process group (no-op outside torchrun).
+
+    Call it once the main process has written its files: a rank that exits
+    while another still holds the group open can abort it.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -24,6 +24,8 @@ out = {{"digest": digest, "offset": det.offset_, "threshold": det.pixel_threshol
         "curve": det.loss_curve_, "scores": det.score_samples(X).tolist()}}
 with open(os.path.join({out!r}, "rank" + os.environ["RANK"] + ".json"), "w") as f:
     json.dump(out, f)
+from skuniad.distributed import finish
+finish()
 """
 
 
@@ -37,8 +39,7 @@ def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29517",
+        "--standalone",
         str(script),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
@@ -75,8 +76,7 @@ def test_torchrun_cli_fit_writes_one_model_from_rank_zero(tmp_path):
         "torch.distributed.run",
         "--nproc_per_node",
         "2",
-        "--master_port",
-        "29518",
+        "--standalone",
         "-m",
         "skuniad",
         "fit",
