@@ -75,3 +75,42 @@ def test_masked_attention_matches_torch_multihead_attention():
     torch.testing.assert_close(ours_train(q, k, v, float_mask), expected, atol=1e-5, rtol=1e-5)
     weights = ref(q, k, v, attn_mask=float_mask)[1]
     assert (weights[:, allowed.logical_not()] == 0).all(), "masked keys get zero weight"
+
+
+def test_query_of_batch_one_is_shared_by_the_batch():
+    torch.manual_seed(0)
+    attention = MaskedMultiheadAttention(16, 4).eval()
+    torch.nn.init.normal_(attention.in_proj_weight)
+    torch.nn.init.normal_(attention.in_proj_bias)
+    query = torch.randn(1, 9, 16)
+    key, value = torch.randn(3, 9, 16), torch.randn(3, 9, 16)
+    bias = torch.zeros(9, 9).masked_fill(~neighbor_mask(3, 3, 1), float("-inf"))
+    shared = attention(query, key, value, bias)
+    expanded = attention(query.expand(3, -1, -1), key, value, bias)
+    assert shared.shape == (3, 9, 16)
+    torch.testing.assert_close(shared, expanded)
+
+
+def test_cpu_attention_matches_sdpa_and_stays_in_bf16():
+    torch.manual_seed(0)
+    attention = MaskedMultiheadAttention(32, 4).eval()
+    torch.nn.init.normal_(attention.in_proj_weight, std=0.2)
+    torch.nn.init.zeros_(attention.in_proj_bias)
+    x = torch.randn(2, 16, 32)
+    bias = torch.zeros(16, 16).masked_fill(~neighbor_mask(4, 4, 3), float("-inf"))
+    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
+
+    def heads(t, w, b):
+        return torch.nn.functional.linear(t, w, b).view(2, 16, 4, 8).transpose(1, 2)
+
+    sdpa = torch.nn.functional.scaled_dot_product_attention(
+        heads(x, w_q, b_q), heads(x, w_k, b_k), heads(x, w_v, b_v), attn_mask=bias
+    )
+    expected = attention.out_proj(sdpa.transpose(1, 2).reshape(2, 16, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(attention(x, x, x, bias), expected, atol=1e-5, rtol=1e-5)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            half = attention(x, x, x, bias)
+    assert half.dtype == torch.bfloat16
+    torch.testing.assert_close(half.float(), expected, atol=0.05, rtol=0.05)

@@ -33,3 +33,13 @@ def test_fast_dropout_gradient_matches_the_mask():
     kept = y.detach() != 0
     assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.7))
     assert (x.grad[~kept] == 0).all()
+
+
+def test_fast_dropout_keeps_bf16_in_bf16():
+    torch.manual_seed(0)
+    x = torch.ones(200_000, dtype=torch.bfloat16)
+    y = fast_dropout(x, 0.1)
+    assert y.dtype == torch.bfloat16
+    assert abs(float((y == 0).float().mean()) - 0.1) < 0.004
+    kept = y[y != 0].float()
+    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.9), rtol=1e-2)

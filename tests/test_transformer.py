@@ -121,3 +121,15 @@ def test_image_score_is_max_of_16px_average_pool():
     )
     torch.testing.assert_close(image_score(maps), best)
     assert F.avg_pool2d(maps[:1, None], 16, 1).amax() == image_score(maps[:1])[0]
+
+
+def test_bf16_autocast_keeps_the_token_stream_in_bf16():
+    model = UniADReconstruction(8, (4, 4), hidden_dim=16, num_heads=2, neighbor_size=3).eval()
+    seen = []
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            module.register_forward_hook(lambda m, args, out: seen.append(out.dtype))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(torch.randn(2, 8, 4, 4))
+    assert out.shape == (2, 8, 4, 4)
+    assert seen and set(seen) == {torch.bfloat16}

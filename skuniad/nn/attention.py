@@ -66,10 +66,10 @@ class MaskedMultiheadAttention(nn.Module):
     Parameters are laid out exactly as :class:`torch.nn.MultiheadAttention`
     (``in_proj_weight`` stacks the query, key and value projections), which is
     also the reference UniAD checkpoint layout. Like it, dropout acts on the
-    attention weights. Without dropout (inference) the attention runs in the
-    fused :func:`torch.nn.functional.scaled_dot_product_attention`; with it,
-    in plain matmul/softmax form with :func:`fast_dropout`, which is faster on
-    CPUs than SDPA's own dropout. The mask is passed in, never rebuilt here.
+    attention weights. On accelerators the attention runs in
+    :func:`torch.nn.functional.scaled_dot_product_attention`; on CPUs in plain
+    baddbmm/softmax/bmm form with :func:`fast_dropout`, which is faster there
+    (see :func:`_cpu_attention`). The mask is passed in, never rebuilt here.
 
     Parameters
     ----------
@@ -102,23 +102,48 @@ class MaskedMultiheadAttention(nn.Module):
         """Attend ``query`` (B, Lq, E) to ``key``/``value`` (B, Lk, E).
 
         ``attn_bias`` (Lq, Lk) is added to the attention logits: 0 where a
-        key may be seen, -inf where it is hidden.
+        key may be seen, -inf where it is hidden. A ``query`` of batch size 1
+        is shared by the whole batch and projected once.
         """
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        batch, length, _ = query.shape
+        batch, length = key.shape[0], query.shape[1]
         heads = self.num_heads
 
         def split(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-            return F.linear(x, w, b).view(batch, -1, heads, self.embed_dim // heads).transpose(1, 2)
+            heads_first = F.linear(x, w, b).view(x.shape[0], -1, heads, self.embed_dim // heads)
+            return heads_first.transpose(1, 2).expand(batch, -1, -1, -1)
 
         q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
-        if self.training and self.dropout > 0:
-            logits = q @ k.transpose(-2, -1) * (q.shape[-1] ** -0.5)
-            if attn_bias is not None:
-                logits = logits + attn_bias
-            weights = fast_dropout(logits.softmax(dim=-1), self.dropout)
-            out = weights.to(v.dtype) @ v
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu":
+            out = _cpu_attention(q, k, v, attn_bias, dropout)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
+
+
+def _cpu_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attn_bias: torch.Tensor | None,
+    dropout: float,
+) -> torch.Tensor:
+    """Attention as baddbmm -> softmax -> dropout -> bmm, all in ``q``'s dtype.
+
+    On the CPUs we measured this is 1.5-3x faster than PyTorch's fused CPU
+    kernel for UniAD's shapes (196 tokens, head dim 32), forward and backward,
+    in fp32 and bf16 (benchmarks/attention_speed.py). The bias is cast to the
+    compute dtype so a bf16 attention never round-trips through fp32.
+    """
+    batch, heads, length, head_dim = q.shape
+    q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
+    scale = head_dim**-0.5
+    if attn_bias is None:
+        logits = torch.bmm(q, k.transpose(1, 2)) * scale
+    else:
+        bias = attn_bias.to(q.dtype).expand(q.shape[0], -1, -1)
+        logits = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=scale)
+    weights = fast_dropout(logits.softmax(dim=-1), dropout)
+    return torch.bmm(weights, v).view(batch, heads, length, head_dim)

@@ -87,7 +87,8 @@ class DecoderLayer(nn.Module):
         pos: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        queries = self.layer_queries.unsqueeze(0).expand(memory.shape[0], -1, -1)
+        # the same for every image: attention 1 projects them once per batch
+        queries = self.layer_queries.to(memory.dtype).unsqueeze(0)
         x = self.norm1(
             queries + self.dropout(self.self_attn(queries + pos, memory + pos, memory, mask))
         )
@@ -178,11 +179,15 @@ class UniADReconstruction(nn.Module):
                 f"feature grid {height}x{width} does not match the model's "
                 f"{self.grid_size[0]}x{self.grid_size[1]}"
             )
-        tokens = features.flatten(2).transpose(1, 2)
+        # one memory layout whatever the input's (channels_last from the backbone,
+        # contiguous from the cache), so that both give the same bf16 results
+        tokens = features.flatten(2).transpose(1, 2).contiguous()
         if self.training:
             tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
         x = self.input_proj(tokens)
-        pos = self.pos_embed().unsqueeze(0)
+        # Under autocast x is bf16: keep the whole token stream in it, so that
+        # residual adds and LayerNorms do not bounce activations through fp32.
+        pos = self.pos_embed().to(x.dtype).unsqueeze(0)
         mask = self.attn_bias
         memory = x
         for layer in self.encoder:
