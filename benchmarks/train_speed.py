@@ -181,8 +181,10 @@ def main() -> None:
             f"GPU: features for 3,629 images {g['extract_s']:.1f} s, epoch {g['epoch_s']:.1f} s, "
             f"projected 1000-epoch recipe {g['projected_1000_epochs_min']:.1f} min"
         )
-    print(f"whole-fit ratio (one-off feature extraction and calibration included): "
-          f"{a['fit_images_per_s'] / b['images_per_s']:.2f}")
+    print(
+        f"whole-fit ratio (one-off feature extraction and calibration included): "
+        f"{a['fit_images_per_s'] / b['images_per_s']:.2f}"
+    )
     print(f"ratio: {a['images_per_s'] / b['images_per_s']:.2f}")
 
 

@@ -465,6 +465,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             self.backbone_.mean,
             self.backbone_.std,
             inference_batch_size(self.batch_size),
+            device,
         )
         with explain_out_of_memory("scoring", self.batch_size, inference=True):
             for images, batch_sizes in batches:

@@ -223,17 +223,35 @@ class ImageDataset(torch.utils.data.Dataset):
         return tensor, torch.tensor(original)
 
 
+def decoding_workers(device: torch.device | str = "cpu") -> int:
+    """DataLoader workers for decoding files: the cores the model leaves free, at most 4.
+
+    A model on the CPU keeps ``torch.get_num_threads()`` cores busy; one on an
+    accelerator, one. On a 2-core machine running the model with 2 threads,
+    worker processes only compete with it: scoring 128 real-ad JPEGs ran at
+    about 90 images/s decoding in the main process and 45-65 images/s with
+    2 workers (benchmarks/infer_speed.py, docs/performance.md).
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    busy = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+    return max(0, min(4, cores - busy))
+
+
 def iter_batches(
-    X: Sequence, image_size: int, mean, std, batch_size: int
+    X: Sequence, image_size: int, mean, std, batch_size: int, device: torch.device | str = "cpu"
 ) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
     """Yield ``(images (B, 3, S, S), original sizes)`` in order.
 
     Files are decoded in DataLoader worker processes when there are enough of
-    them to be worth it, so decoding overlaps with the model.
+    them to be worth it and cores left free by the model on ``device``
+    (:func:`decoding_workers`), so decoding overlaps with the model.
     """
     dataset = ImageDataset(X, image_size, mean, std)
     reads_files = len(X) > 0 and isinstance(X[0], (str, Path))
-    workers = min(2, os.cpu_count() or 1) if reads_files and len(X) > 2 * batch_size else 0
+    workers = decoding_workers(device) if reads_files and len(X) > 2 * batch_size else 0
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,

@@ -100,7 +100,9 @@ def extract_features(
     cache = None
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task(description, total=len(X))
-        for images, _ in iter_batches(X, image_size, backbone.mean, backbone.std, batch_size):
+        for images, _ in iter_batches(
+            X, image_size, backbone.mean, backbone.std, batch_size, device
+        ):
             with torch.inference_mode(), autocast(device, amp_dtype):
                 features = backbone(images.to(device, memory_format=torch.channels_last))
             if cache is None:

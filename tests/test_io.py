@@ -141,3 +141,39 @@ def test_mixed_sizes_keep_their_original_sizes():
     X = [np.zeros((16, 30), np.uint8), np.zeros((40, 20, 3), np.uint8)]
     images, sizes = _batch(X)
     assert images.shape == (2, 3, 32, 32) and sizes == [(16, 30), (40, 20)]
+
+
+def test_decoding_workers_use_only_cores_the_model_leaves_free(monkeypatch):
+    from skuniad import io
+
+    monkeypatch.setattr(io.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setattr(io.torch, "get_num_threads", lambda: 14)
+    assert io.decoding_workers("cpu") == 2
+    assert io.decoding_workers("cuda") == 4  # the model holds one core; at most 4
+    monkeypatch.setattr(io.torch, "get_num_threads", lambda: 16)
+    assert io.decoding_workers("cpu") == 0
+
+
+def test_worker_decoding_gives_the_same_batches_as_in_process(tmp_path, monkeypatch):
+    from skuniad import io
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(6):
+        path = tmp_path / f"{i}.png"
+        Image.fromarray(rng.integers(0, 256, (20 + i, 24, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    X = check_images(paths)
+
+    def batches(workers):
+        monkeypatch.setattr(io, "decoding_workers", lambda device="cpu": workers)
+        return list(iter_batches(X, 16, (0.5,) * 3, (0.5,) * 3, 2))
+
+    serial, parallel = batches(0), batches(2)
+    assert (
+        [s for _, s in serial]
+        == [s for _, s in parallel]
+        == [[(20, 24), (21, 24)], [(22, 24), (23, 24)], [(24, 24), (25, 24)]]
+    )
+    for (a, _), (b, _) in zip(serial, parallel, strict=True):
+        assert torch.equal(a, b)

@@ -221,6 +221,7 @@ def image_score(maps: torch.Tensor, window: int = 16) -> torch.Tensor:
     smaller than the window are pooled over their whole extent.
     """
     height, width = maps.shape[-2:]
-    kernel = (min(window, height), min(window, width))
-    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=kernel, stride=1)
+    # the box filter is separable: two 1-D passes instead of one 2-D window
+    pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=(min(window, height), 1), stride=1)
+    pooled = F.avg_pool2d(pooled, kernel_size=(1, min(window, width)), stride=1)
     return pooled.flatten(1).amax(dim=1)
