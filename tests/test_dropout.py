@@ -1,6 +1,6 @@
 import torch
 
-from skuniad.nn.dropout import FastDropout, fast_dropout
+from skuniad.nn.dropout import FastDropout, fast_dropout, random_words
 
 
 def test_fast_dropout_drops_at_rate_and_keeps_the_mean():
@@ -43,3 +43,33 @@ def test_fast_dropout_keeps_bf16_in_bf16():
     assert abs(float((y == 0).float().mean()) - 0.1) < 0.004
     kept = y[y != 0].float()
     assert torch.allclose(kept, torch.full_like(kept, 1 / 0.9), rtol=1e-2)
+
+
+def _splitmix64(state: int) -> int:
+    mask = (1 << 64) - 1
+    z = state & mask
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask
+    return z ^ (z >> 31)
+
+
+def test_random_words_are_splitmix64_of_a_seed_from_the_torch_generator():
+    torch.manual_seed(5)
+    words = random_words(1000)
+    torch.manual_seed(5)
+    seed = int(torch.empty(1, dtype=torch.int64).random_(-(2**63), None)) % (1 << 64)
+    for i in (0, 1, 2, 517, 999):
+        assert int(words[i]) % (1 << 64) == _splitmix64(seed + i * 0x9E3779B97F4A7C15)
+    torch.manual_seed(5)
+    assert torch.equal(random_words(1000), words)
+    assert not torch.equal(random_words(1000), words)  # the generator moved on
+
+
+def test_random_words_have_balanced_independent_looking_bits():
+    torch.manual_seed(0)
+    words = random_words(1 << 16)
+    bits = torch.stack([(words >> k) & 1 for k in range(64)], dim=1).float()
+    assert (bits.mean(0) - 0.5).abs().max() < 0.01  # every bit position is fair
+    halves = words.view(torch.int16).view(-1, 4).float()
+    corr = torch.corrcoef(halves.T)
+    assert (corr - torch.eye(4)).abs().max() < 0.02  # the four 16-bit slices are uncorrelated
