@@ -11,6 +11,7 @@ Each path runs in its own process (clean peak RSS). Usage::
 
     python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8]
     python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
+    python benchmarks/train_speed.py --breakdown # + the step without dropout, and in fp32
 
 Prints the machine and ends with ``ratio: <a/b>``, steady state against steady
 state (b's median step also leaves out its warm-up steps); the whole-fit ratio
@@ -94,6 +95,42 @@ def reference_path(n_images: int, steps: int) -> dict:
     return {"step_s": step_s, "images_per_s": 8 / step_s, "peak_rss_gb": peak_rss_gb()}
 
 
+def step_breakdown() -> dict:
+    """skuniad's transformer training step alone, batch 8: bf16 / fp32, dropout on / off."""
+    import torch
+    import torch.nn.functional as F
+
+    from skuniad.nn.transformer import UniADReconstruction
+    from skuniad.runtime import flushing_denormals, tune_cpu_runtime
+
+    tune_cpu_runtime()
+    torch.manual_seed(0)
+    features = torch.randn(64, 192, 14, 14)
+    result = {}
+    for name, dtype, dropout in (
+        ("bf16", torch.bfloat16, 0.1),
+        ("bf16_no_dropout", torch.bfloat16, 0.0),
+        ("fp32", None, 0.1),
+    ):
+        model = UniADReconstruction(192, dropout=dropout).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        times = []
+        with flushing_denormals():
+            for step in range(22):
+                batch = features[(step * 8) % 64 :][:8]
+                start = time.perf_counter()
+                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+                    reconstruction = model(batch)
+                loss = F.mse_loss(reconstruction.float(), batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+        result[name] = statistics.median(times[2:])
+    return result
+
+
 def gpu_projection() -> dict:
     """On CUDA: epoch time for 3,629 images at 224 px with tf_efficientnet_b4 (random)."""
     import torch
@@ -144,11 +181,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--full", action="store_true", help="all of real-ad, 2 epochs, (a) only")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="also time skuniad's step without dropout, in fp32"
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        fn = {"a": skuniad_path, "b": reference_path, "gpu": gpu_projection}[kind]
+        fn = {"a": skuniad_path, "b": reference_path, "s": step_breakdown, "gpu": gpu_projection}[
+            kind
+        ]
         print(json.dumps(fn(*map(int, rest))))
         return
 
@@ -175,6 +217,12 @@ def main() -> None:
         f"(b) reference-style: {b['step_s']:.3f} s per batch-8 step (median of {args.steps}) "
         f"-> {b['images_per_s']:.1f} images/s, peak RSS {b['peak_rss_gb']:.2f} GB"
     )
+    if args.breakdown:
+        s = run_child(__file__, "s")
+        print(
+            "skuniad transformer step alone, batch 8 (median of 20): "
+            + ", ".join(f"{k} {v * 1000:.0f} ms ({8 / v:.1f} images/s)" for k, v in s.items())
+        )
     if torch.cuda.is_available():
         g = run_child(__file__, "gpu")
         print(
