@@ -653,10 +653,10 @@ class AnomalyGraph(nn.Module):
 def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
     """Write a fitted detector's inference graph to an ONNX file (see the detector method).
 
-    ``opset`` 14 or later (the fused attention's ONNX form needs it); 14 to 20 are tested.
+    ``opset`` 14 or later; 14 to 20 are tested.
     """
     if opset < 14:
-        raise ValueError(f"opset must be 14 or later (attention needs it), got {opset}")
+        raise ValueError(f"opset must be 14 or later (older ones are not supported), got {opset}")
     graph = AnomalyGraph(
         copy.deepcopy(detector.backbone_).to("cpu", torch.float32),
         copy.deepcopy(detector.model_).to("cpu", torch.float32),
