@@ -1,15 +1,15 @@
 """Masked attention on the CPU: PyTorch's fused SDPA kernel vs skuniad's CPU path.
 
 UniAD's shapes: 8 heads, 196 tokens (14 x 14), head dim 32, the 7 x 7 neighbor
-mask as an additive bias. Times the attention core alone (no projections),
-inference (forward) and training (forward + backward, attention dropout 0.1
-for skuniad's path, none for SDPA, whose CPU kernel has no dropout), fp32 and
-bf16, batch 8 and 32. Usage::
+mask as an additive bias. Times the attention core alone (no projections):
+inference (forward) and training (forward + backward) without and with
+attention dropout 0.1, in fp32 and bf16, batch 8 and 32. Usage::
 
     python benchmarks/attention_speed.py
 
 Prints the machine, a line per case (median milliseconds), and ends with
-``ratio: <SDPA / skuniad>`` for bf16 training at batch 8.
+``ratio: <SDPA / skuniad>`` for bf16 training with dropout at batch 8 (UniAD's
+training case).
 """
 
 from __future__ import annotations
@@ -52,12 +52,16 @@ def time_case(dtype, batch: int) -> dict:
         )
         result["ours_inference"] = median_ms(lambda: _cpu_attention(q, k, v, bias, 0.0))
     qg, kg, vg = (t.clone().requires_grad_() for t in (q, k, v))
-    result["sdpa_training"] = median_ms(
-        lambda: F.scaled_dot_product_attention(qg, kg, vg, attn_mask=bias).backward(grad), 15
-    )
-    result["ours_training"] = median_ms(
-        lambda: _cpu_attention(qg, kg, vg, bias, 0.1).backward(grad), 15
-    )
+    for p in (0.0, 0.1):
+        result[f"sdpa_training_p{p}"] = median_ms(
+            lambda p=p: F.scaled_dot_product_attention(
+                qg, kg, vg, attn_mask=bias, dropout_p=p
+            ).backward(grad),
+            15,
+        )
+        result[f"ours_training_p{p}"] = median_ms(
+            lambda p=p: _cpu_attention(qg, kg, vg, bias, p).backward(grad), 15
+        )
     return result
 
 
@@ -76,11 +80,13 @@ def main() -> None:
             name = str(dtype).removeprefix("torch.")
             print(
                 f"{name} batch {batch}: inference SDPA {r['sdpa_inference']:.2f} ms, "
-                f"skuniad {r['ours_inference']:.2f} ms; training SDPA {r['sdpa_training']:.2f} ms "
-                f"(no dropout), skuniad {r['ours_training']:.2f} ms (with dropout)"
+                f"skuniad {r['ours_inference']:.2f} ms; training without dropout SDPA "
+                f"{r['sdpa_training_p0.0']:.2f} ms, skuniad {r['ours_training_p0.0']:.2f} ms; "
+                f"with dropout 0.1 SDPA {r['sdpa_training_p0.1']:.2f} ms, "
+                f"skuniad {r['ours_training_p0.1']:.2f} ms"
             )
             if dtype == torch.bfloat16 and batch == 8:
-                ratio = r["sdpa_training"] / r["ours_training"]
+                ratio = r["sdpa_training_p0.1"] / r["ours_training_p0.1"]
     print(f"ratio: {ratio:.2f}")
 
 

@@ -220,7 +220,7 @@ def main() -> None:
     if args.breakdown:
         s = run_child(__file__, "s")
         print(
-            "skuniad transformer step alone, batch 8 (median of 20): "
+            "transformer step alone (skuniad), batch 8, median of 20: "
             + ", ".join(f"{k} {v * 1000:.0f} ms ({8 / v:.1f} images/s)" for k, v in s.items())
         )
     if torch.cuda.is_available():

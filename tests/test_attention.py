@@ -91,26 +91,35 @@ def test_query_of_batch_one_is_shared_by_the_batch():
     torch.testing.assert_close(shared, expanded)
 
 
-def test_cpu_attention_matches_sdpa_and_stays_in_bf16():
+def test_cpu_attention_matches_sdpa_and_keeps_the_dtype():
+    from skuniad.nn.attention import _cpu_attention
+
     torch.manual_seed(0)
-    attention = MaskedMultiheadAttention(32, 4).eval()
-    torch.nn.init.normal_(attention.in_proj_weight, std=0.2)
-    torch.nn.init.zeros_(attention.in_proj_bias)
-    x = torch.randn(2, 16, 32)
+    q, k, v = (torch.randn(2, 4, 16, 8) for _ in range(3))
     bias = torch.zeros(16, 16).masked_fill(~neighbor_mask(4, 4, 3), float("-inf"))
-    w_q, w_k, w_v = attention.in_proj_weight.chunk(3)
-    b_q, b_k, b_v = attention.in_proj_bias.chunk(3)
-
-    def heads(t, w, b):
-        return torch.nn.functional.linear(t, w, b).view(2, 16, 4, 8).transpose(1, 2)
-
-    sdpa = torch.nn.functional.scaled_dot_product_attention(
-        heads(x, w_q, b_q), heads(x, w_k, b_k), heads(x, w_v, b_v), attn_mask=bias
-    )
-    expected = attention.out_proj(sdpa.transpose(1, 2).reshape(2, 16, 32))
-    with torch.no_grad():
-        torch.testing.assert_close(attention(x, x, x, bias), expected, atol=1e-5, rtol=1e-5)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            half = attention(x, x, x, bias)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    torch.testing.assert_close(_cpu_attention(q, k, v, bias, 0.0), expected)
+    half = _cpu_attention(*(t.bfloat16() for t in (q, k, v)), bias, 0.0)
     assert half.dtype == torch.bfloat16
     torch.testing.assert_close(half.float(), expected, atol=0.05, rtol=0.05)
+
+
+def test_module_takes_the_cpu_path_in_bf16_and_with_dropout(monkeypatch):
+    from skuniad.nn import attention as module
+
+    calls = []
+    original = module._cpu_attention
+    monkeypatch.setattr(
+        module, "_cpu_attention", lambda *args: calls.append(args[0].dtype) or original(*args)
+    )
+    attention = MaskedMultiheadAttention(16, 4, dropout=0.1)
+    torch.nn.init.normal_(attention.in_proj_weight)
+    torch.nn.init.zeros_(attention.in_proj_bias)
+    x = torch.randn(2, 9, 16)
+    with torch.no_grad():
+        attention.eval()(x, x, x)  # fp32 inference: the fused kernel
+        assert calls == []
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attention(x, x, x)
+        attention.train()(x, x, x)
+    assert calls == [torch.bfloat16, torch.float32]

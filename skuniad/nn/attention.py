@@ -66,10 +66,11 @@ class MaskedMultiheadAttention(nn.Module):
     Parameters are laid out exactly as :class:`torch.nn.MultiheadAttention`
     (``in_proj_weight`` stacks the query, key and value projections), which is
     also the reference UniAD checkpoint layout. Like it, dropout acts on the
-    attention weights. On accelerators the attention runs in
-    :func:`torch.nn.functional.scaled_dot_product_attention`; on CPUs in plain
-    baddbmm/softmax/bmm form with :func:`fast_dropout`, which is faster there
-    (see :func:`_cpu_attention`). The mask is passed in, never rebuilt here.
+    attention weights. The attention runs in
+    :func:`torch.nn.functional.scaled_dot_product_attention`, except on CPUs
+    in bf16 or with dropout, where plain baddbmm/softmax/bmm with
+    :func:`fast_dropout` is faster (see :func:`_cpu_attention`). The mask is
+    passed in, never rebuilt here.
 
     Parameters
     ----------
@@ -116,7 +117,7 @@ class MaskedMultiheadAttention(nn.Module):
 
         q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
         dropout = self.dropout if self.training else 0.0
-        if q.device.type == "cpu":
+        if q.device.type == "cpu" and (dropout > 0 or q.dtype != torch.float32):
             out = _cpu_attention(q, k, v, attn_bias, dropout)
         else:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
@@ -132,10 +133,12 @@ def _cpu_attention(
 ) -> torch.Tensor:
     """Attention as baddbmm -> softmax -> dropout -> bmm, all in ``q``'s dtype.
 
-    On the CPUs we measured this is 1.5-3x faster than PyTorch's fused CPU
-    kernel for UniAD's shapes (196 tokens, head dim 32), forward and backward,
-    in fp32 and bf16 (benchmarks/attention_speed.py). The bias is cast to the
-    compute dtype so a bf16 attention never round-trips through fp32.
+    Used on CPUs for bf16 and whenever attention dropout is on: for UniAD's
+    shapes (196 tokens, head dim 32) PyTorch's fused CPU kernel is slower in
+    bf16, forward and backward, and its dropout falls back to a slow unfused
+    path; in fp32 without dropout the fused kernel is faster and is used
+    (benchmarks/attention_speed.py, docs/performance.md). The bias is cast to
+    the compute dtype so a bf16 attention never round-trips through fp32.
     """
     batch, heads, length, head_dim = q.shape
     q, k, v = q.flatten(0, 1), k.flatten(0, 1), v.flatten(0, 1)
