@@ -1,48 +1,44 @@
+import pytest
 import torch
 
-from skuniad.nn.dropout import FastDropout, fast_dropout, random_words
+from skuniad.nn.dropout import dropout_add, keep_mask, random_words
 
 
-def test_fast_dropout_drops_at_rate_and_keeps_the_mean():
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_keep_mask_is_zero_one_in_the_input_dtype_at_the_keep_rate(dtype):
     torch.manual_seed(0)
-    x = torch.ones(400_000)
-    y = fast_dropout(x, 0.1)
-    dropped = float((y == 0).float().mean())
-    assert abs(dropped - 0.1) < 0.003
-    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))
-    assert abs(float(y.mean()) - 1) < 0.01
-
-
-def test_fast_dropout_is_identity_in_eval_and_reproducible_with_seed():
-    x = torch.randn(3, 7, 5)
-    module = FastDropout(0.5).eval()
-    assert module(x) is x
-    module.train()
-    torch.manual_seed(3)
-    a = module(x)
-    torch.manual_seed(3)
-    assert torch.equal(module(x), a)
-    assert torch.equal(fast_dropout(x, 1.0), torch.zeros_like(x))
-
-
-def test_fast_dropout_gradient_matches_the_mask():
+    mask = keep_mask(torch.empty(3, 400, 500, dtype=dtype), 0.1)
+    assert mask.dtype == dtype and mask.shape == (3, 400, 500)
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(mask.float().mean()) - 0.9) < 0.003
     torch.manual_seed(0)
-    x = torch.randn(1000, requires_grad=True)
-    y = fast_dropout(x, 0.3)
+    assert torch.equal(keep_mask(torch.empty(3, 400, 500, dtype=dtype), 0.1), mask)
+
+
+def test_dropout_add_is_residual_plus_rescaled_masked_branch():
+    torch.manual_seed(0)
+    residual = torch.randn(200_000, requires_grad=True)
+    x = torch.randn(200_000, requires_grad=True)
+    y = dropout_add(residual, x, 0.3, training=True)
+    branch = (y - residual).detach()
+    kept = branch != 0
+    assert abs(float(kept.float().mean()) - 0.7) < 0.005
+    torch.testing.assert_close(branch[kept], x.detach()[kept] / 0.7)
     y.sum().backward()
-    kept = y.detach() != 0
-    assert torch.allclose(x.grad[kept], torch.full_like(x.grad[kept], 1 / 0.7))
-    assert (x.grad[~kept] == 0).all()
+    assert torch.equal(residual.grad, torch.ones_like(residual))
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    assert torch.equal(dropout_add(residual, x, 0.3, training=False), residual + x)
+    assert torch.equal(dropout_add(residual, x, 0.0, training=True), residual + x)
 
 
-def test_fast_dropout_keeps_bf16_in_bf16():
-    torch.manual_seed(0)
-    x = torch.ones(200_000, dtype=torch.bfloat16)
-    y = fast_dropout(x, 0.1)
-    assert y.dtype == torch.bfloat16
-    assert abs(float((y == 0).float().mean()) - 0.1) < 0.004
-    kept = y[y != 0].float()
-    assert torch.allclose(kept, torch.full_like(kept, 1 / 0.9), rtol=1e-2)
+def test_dropout_add_broadcasts_the_residual():
+    torch.manual_seed(1)
+    residual = torch.randn(1, 5, 4, dtype=torch.bfloat16)  # shared learned queries
+    x = torch.randn(3, 5, 4, dtype=torch.bfloat16)
+    y = dropout_add(residual, x, 0.5, training=True)
+    assert y.shape == (3, 5, 4) and y.dtype == torch.bfloat16
+    dropped = y == residual.expand_as(y)
+    assert 0.3 < float(dropped.float().mean()) < 0.7
 
 
 def _splitmix64(state: int) -> int:
@@ -63,6 +59,8 @@ def test_random_words_are_splitmix64_of_a_seed_from_the_torch_generator():
     torch.manual_seed(5)
     assert torch.equal(random_words(1000), words)
     assert not torch.equal(random_words(1000), words)  # the generator moved on
+    torch.manual_seed(5)
+    assert torch.equal(random_words(3000)[:1000], words)  # the cached counters grew
 
 
 def test_random_words_have_balanced_independent_looking_bits():

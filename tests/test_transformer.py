@@ -133,3 +133,76 @@ def test_bf16_autocast_keeps_the_token_stream_in_bf16():
         out = model(torch.randn(2, 8, 4, 4))
     assert out.shape == (2, 8, 4, 4)
     assert seen and set(seen) == {torch.bfloat16}
+
+
+def _textbook_attention(module, query, key, value, bias, weight_mask, p):
+    """softmax(QK^T / sqrt(d) + bias), dropout on the weights, times V, out projection."""
+    w_q, w_k, w_v = module.in_proj_weight.chunk(3)
+    b_q, b_k, b_v = module.in_proj_bias.chunk(3)
+    heads, dim = module.num_heads, module.embed_dim
+
+    def split(x, w, b):
+        return F.linear(x, w, b).unflatten(-1, (heads, dim // heads)).transpose(1, 2)
+
+    q, k, v = split(query, w_q, b_q), split(key, w_k, b_k), split(value, w_v, b_v)
+    weights = (q @ k.transpose(-1, -2) / (dim // heads) ** 0.5 + bias).softmax(-1)
+    out = (weights * weight_mask.view_as(weights) / (1 - p)) @ v
+    return module.out_proj(out.transpose(1, 2).flatten(2))
+
+
+@pytest.mark.parametrize("layer_kind", ["encoder", "decoder"])
+def test_training_layers_are_textbook_post_norm_layers_with_the_drawn_masks(
+    monkeypatch, layer_kind
+):
+    from skuniad.nn import attention, dropout, transformer
+
+    masks, real_keep_mask = [], dropout.keep_mask
+
+    def recording(x, p):
+        masks.append(real_keep_mask(x, p))
+        return masks[-1]
+
+    for module in (attention, dropout, transformer):  # dropout's own is dropout_add's
+        monkeypatch.setattr(module, "keep_mask", recording)
+    torch.manual_seed(0)
+    p = 0.3
+    model = _small(dropout=p).train()
+    layer = (model.encoder if layer_kind == "encoder" else model.decoder)[0]
+    memory = torch.randn(3, 25, 16)
+    previous = torch.randn(3, 25, 16)
+    pos = torch.randn(1, 25, 16)
+    bias = model.attn_bias
+    if layer_kind == "encoder":
+        got = layer(memory, pos, bias)
+    else:
+        got = layer(memory, previous, pos, bias)
+
+    drawn = iter(masks)
+
+    def add(residual, branch):
+        return residual + branch * next(drawn) / (1 - p)
+
+    def ffn(x):
+        hidden = F.relu(layer.ffn.linear1(x)) * next(drawn) / (1 - p)
+        return layer.ffn.linear2(hidden)
+
+    if layer_kind == "encoder":
+        q = memory + pos
+        a = _textbook_attention(layer.self_attn, q, q, memory, bias, next(drawn), p)
+        x = layer.norm1(add(memory, a))
+        want = layer.norm2(add(x, ffn(x)))
+    else:
+        queries = layer.layer_queries.unsqueeze(0)
+        a = _textbook_attention(
+            layer.self_attn, queries + pos, memory + pos, memory, bias, next(drawn), p
+        )
+        x = layer.norm1(add(queries, a))
+        a = _textbook_attention(
+            layer.multihead_attn, x + pos, previous + pos, previous, bias, next(drawn), p
+        )
+        x = layer.norm2(add(x, a))
+        want = layer.norm3(add(x, ffn(x)))
+    assert next(drawn, None) is None  # every drawn mask was used, in order
+    assert 0.2 < float(1 - torch.cat([m.flatten() for m in masks]).mean()) < 0.4
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    got.sum().backward()  # the in-place masking leaves autograd a consistent graph

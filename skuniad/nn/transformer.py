@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neighbor_mask
-from skuniad.nn.dropout import FastDropout
+from skuniad.nn.dropout import dropout_add, keep_mask
 from skuniad.nn.jitter import feature_jitter
 
 
@@ -30,19 +30,39 @@ class PositionEmbedding2d(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear, ReLU, dropout, linear, dropout (named as in the reference)."""
+    """Linear, ReLU, dropout, linear (named as in the reference).
+
+    The dropout's ``1 / (1 - p)`` is folded into ``linear2``'s weight for the
+    step instead of being a pass over the hidden activations. The dropout
+    after ``linear2`` belongs to the residual add of the calling layer.
+    """
 
     def __init__(self, dim: int, hidden: int, dropout: float) -> None:
         super().__init__()
         self.linear1 = nn.Linear(dim, hidden)
         self.linear2 = nn.Linear(hidden, dim)
-        self.dropout = FastDropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        hidden = self.linear1(x)
+        weight = self.linear2.weight
+        if self.training and self.dropout > 0:
+            # masking before the ReLU is the same as after it (mask >= 0)
+            hidden = hidden.mul_(keep_mask(hidden, self.dropout))
+            weight = weight * (1 / (1 - self.dropout))
+        return F.linear(F.relu_(hidden), weight, self.linear2.bias)
 
 
-class EncoderLayer(nn.Module):
+class _PostNormLayer(nn.Module):
+    """Residual add with dropout on the added branch, shared by both layer kinds."""
+
+    dropout: float
+
+    def _add(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        return dropout_add(residual, x, self.dropout, self.training)
+
+
+class EncoderLayer(_PostNormLayer):
     """Masked self-attention then FFN, each followed by add & LayerNorm."""
 
     def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
@@ -51,15 +71,15 @@ class EncoderLayer(nn.Module):
         self.ffn = FeedForward(dim, dim_feedforward, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = FastDropout(dropout)
+        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None):
         q = x + pos
-        x = self.norm1(x + self.dropout(self.self_attn(q, q, x, mask)))
-        return self.norm2(x + self.ffn(x))
+        x = self.norm1(self._add(x, self.self_attn(q, q, x, mask)))
+        return self.norm2(self._add(x, self.ffn(x)))
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_PostNormLayer):
     """Layer-wise-query decoder layer.
 
     Each layer starts from its own learned queries (``layer_queries``):
@@ -78,7 +98,7 @@ class DecoderLayer(nn.Module):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = FastDropout(dropout)
+        self.dropout = dropout
 
     def forward(
         self,
@@ -90,12 +110,10 @@ class DecoderLayer(nn.Module):
         # the same for every image: attention 1 projects them once per batch
         queries = self.layer_queries.to(memory.dtype).unsqueeze(0)
         x = self.norm1(
-            queries + self.dropout(self.self_attn(queries + pos, memory + pos, memory, mask))
+            self._add(queries, self.self_attn(queries + pos, memory + pos, memory, mask))
         )
-        x = self.norm2(
-            x + self.dropout(self.multihead_attn(x + pos, previous + pos, previous, mask))
-        )
-        return self.norm3(x + self.ffn(x))
+        x = self.norm2(self._add(x, self.multihead_attn(x + pos, previous + pos, previous, mask)))
+        return self.norm3(self._add(x, self.ffn(x)))
 
 
 class UniADReconstruction(nn.Module):
@@ -138,6 +156,8 @@ class UniADReconstruction(nn.Module):
         jitter_prob: float = 1.0,
     ) -> None:
         super().__init__()
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
         height, width = grid_size
         self.grid_size = (height, width)
         self.jitter_scale = jitter_scale
