@@ -18,6 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 from skuniad import interop, persistence
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
 from skuniad.io import check_images, iter_batches
+from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
 from skuniad.runtime import flushing_denormals
@@ -336,6 +337,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             torch.manual_seed(seed)
             backbone = self.backbone_ if warm else self._build_backbone(self.backbone_weights)
             backbone.to(device).to(memory_format=torch.channels_last)
+            if self.neighbor_size is not None:  # a window too large fails now, not after extraction
+                neighbor_mask(*backbone.grid_size(self.image_size), self.neighbor_size)
             with explain_out_of_memory("extracting features", self.batch_size, inference=True):
                 features = extract_features(
                     backbone,

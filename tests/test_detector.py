@@ -65,6 +65,20 @@ def test_parameters_are_validated_at_fit(tiny_params, images, param, value, matc
         det.fit(images)
 
 
+def test_neighbor_window_too_large_for_the_grid_fails_before_feature_extraction(
+    tiny_params, images, monkeypatch
+):
+    import skuniad.detector
+
+    def extract(*args, **kwargs):
+        raise AssertionError("features were extracted")
+
+    monkeypatch.setattr(skuniad.detector, "extract_features", extract)
+    tiny_params["neighbor_size"] = 7  # 64 px at stride 16: a 4x4 grid, all hidden
+    with pytest.raises(ValueError, match="hides every key of some query on a 4x4 grid"):
+        UniADDetector(**tiny_params).fit(images)
+
+
 def test_methods_before_fit_raise_not_fitted(images):
     det = UniADDetector()
     for method in (

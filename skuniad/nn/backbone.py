@@ -66,6 +66,14 @@ class FrozenBackbone(nn.Module):
         """``C``: channels of the aligned feature map."""
         return sum(self.channels)
 
+    def grid_size(self, image_size: int) -> tuple[int, int]:
+        """Feature grid ``(h, w)`` for square ``image_size`` inputs (one blank image through)."""
+        parameter = next(self.body.parameters())
+        blank = torch.zeros(1, 3, image_size, image_size, device=parameter.device)
+        with torch.inference_mode():
+            height, width = self.body(blank)[-1].shape[-2:]
+        return int(height), int(width)
+
     def train(self, mode: bool = True) -> FrozenBackbone:
         """Keep the CNN in eval mode whatever ``mode`` is (frozen BatchNorm)."""
         super().train(mode)
