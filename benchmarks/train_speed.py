@@ -9,13 +9,15 @@
 
 Each path runs in its own process (clean peak RSS). Usage::
 
-    python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8]
+    python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8] [--repeats 3]
     python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
     python benchmarks/train_speed.py --breakdown # + the step without dropout, and in fp32
 
-Prints the machine and ends with ``ratio: <a/b>``, steady state against steady
-state (b's median step also leaves out its warm-up steps); the whole-fit ratio
-is printed above it.
+(a) and (b) alternate for ``--repeats`` rounds, so that drifts in the speed of
+a shared VM hit both alike. Prints the machine, each round, and ends with
+``ratio: <a/b>``, the median of the rounds' ratios, steady state against
+steady state (b's median step also leaves out its warm-up steps); the
+whole-fit ratio is printed above it.
 """
 
 from __future__ import annotations
@@ -180,6 +182,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of (a) then (b)")
     parser.add_argument("--full", action="store_true", help="all of real-ad, 2 epochs, (a) only")
     parser.add_argument(
         "--breakdown", action="store_true", help="also time skuniad's step without dropout, in fp32"
@@ -205,18 +208,20 @@ def main() -> None:
             f"for 2 epochs), peak RSS {a['peak_rss_gb']:.2f} GB"
         )
         return
-    a = run_child(__file__, "a", str(args.images), str(args.epochs))
-    print(
-        f"(a) skuniad fit: {a['images']} images x {a['epochs']} epochs in {a['fit_s']:.1f} s "
-        f"-> {a['fit_images_per_s']:.1f} images/s over the whole fit; training "
-        f"{a['epoch_s']:.2f} s per epoch (median) -> {a['images_per_s']:.1f} images/s; "
-        f"peak RSS {a['peak_rss_gb']:.2f} GB"
-    )
-    b = run_child(__file__, "b", str(args.images), str(args.steps))
-    print(
-        f"(b) reference-style: {b['step_s']:.3f} s per batch-8 step (median of {args.steps}) "
-        f"-> {b['images_per_s']:.1f} images/s, peak RSS {b['peak_rss_gb']:.2f} GB"
-    )
+    rounds = []
+    for round_ in range(1, args.repeats + 1):  # a and b alternate: drifts in machine speed
+        a = run_child(__file__, "a", str(args.images), str(args.epochs))  # hit both alike
+        b = run_child(__file__, "b", str(args.images), str(args.steps))
+        rounds.append((a, b))
+        print(
+            f"round {round_}: (a) skuniad fit, {a['images']} images x {a['epochs']} epochs in "
+            f"{a['fit_s']:.1f} s -> {a['fit_images_per_s']:.1f} images/s over the whole fit; "
+            f"training {a['epoch_s']:.2f} s per epoch (median) -> {a['images_per_s']:.1f} "
+            f"images/s; peak RSS {a['peak_rss_gb']:.2f} GB | (b) reference-style "
+            f"{b['step_s']:.3f} s per batch-8 step (median of {args.steps}) -> "
+            f"{b['images_per_s']:.1f} images/s, peak RSS {b['peak_rss_gb']:.2f} GB | "
+            f"ratio {a['images_per_s'] / b['images_per_s']:.2f}"
+        )
     if args.breakdown:
         s = run_child(__file__, "s")
         print(
@@ -229,11 +234,16 @@ def main() -> None:
             f"GPU: features for 3,629 images {g['extract_s']:.1f} s, epoch {g['epoch_s']:.1f} s, "
             f"projected 1000-epoch recipe {g['projected_1000_epochs_min']:.1f} min"
         )
+    whole_fit = statistics.median(a["fit_images_per_s"] / b["images_per_s"] for a, b in rounds)
+    a_speed = statistics.median(a["images_per_s"] for a, _ in rounds)
+    b_speed = statistics.median(b["images_per_s"] for _, b in rounds)
     print(
-        f"whole-fit ratio (one-off feature extraction and calibration included): "
-        f"{a['fit_images_per_s'] / b['images_per_s']:.2f}"
+        f"median over {len(rounds)} rounds: (a) {a_speed:.1f} images/s, (b) {b_speed:.1f} "
+        f"images/s; whole-fit ratio (one-off feature extraction and calibration included) "
+        f"{whole_fit:.2f}"
     )
-    print(f"ratio: {a['images_per_s'] / b['images_per_s']:.2f}")
+    ratio = statistics.median(a["images_per_s"] / b["images_per_s"] for a, b in rounds)
+    print(f"ratio: {ratio:.2f}")
 
 
 if __name__ == "__main__":
