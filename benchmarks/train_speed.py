@@ -11,7 +11,7 @@ Each path runs in its own process (clean peak RSS). Usage::
 
     python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8] [--repeats 3]
     python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
-    python benchmarks/train_speed.py --breakdown # + the step without dropout, and in fp32
+    python benchmarks/train_speed.py --breakdown # + the step alone, in phases and variants
 
 (a) and (b) alternate for ``--repeats`` rounds, so that drifts in the speed of
 a shared VM hit both alike. Prints the machine, each round, and ends with
@@ -98,25 +98,42 @@ def reference_path(n_images: int, steps: int) -> dict:
 
 
 def step_breakdown() -> dict:
-    """skuniad's transformer training step alone, batch 8: bf16 / fp32, dropout on / off."""
+    """skuniad's transformer training step alone, batch 8, split into phases.
+
+    Variants: bf16; bf16 with each dropout mask drawn once and reused (what
+    drawing the masks costs); bf16 without dropout; fp32. Phases: forward and
+    loss, backward, gradient clipping and AdamW (median ms of 20 steps each).
+    """
     import torch
     import torch.nn.functional as F
 
+    from skuniad.nn import attention, dropout, transformer
     from skuniad.nn.transformer import UniADReconstruction
     from skuniad.runtime import flushing_denormals, tune_cpu_runtime
 
     tune_cpu_runtime()
     torch.manual_seed(0)
     features = torch.randn(64, 192, 14, 14)
+    draw, drawn = dropout.keep_mask, {}
+
+    def reused(x, p):
+        key = (x.shape, x.dtype)
+        if key not in drawn:
+            drawn[key] = draw(x, p)
+        return drawn[key]
+
     result = {}
-    for name, dtype, dropout in (
-        ("bf16", torch.bfloat16, 0.1),
-        ("bf16_no_dropout", torch.bfloat16, 0.0),
-        ("fp32", None, 0.1),
+    for name, dtype, p, keep_mask in (
+        ("bf16", torch.bfloat16, 0.1, draw),
+        ("bf16_masks_reused", torch.bfloat16, 0.1, reused),
+        ("bf16_no_dropout", torch.bfloat16, 0.0, draw),
+        ("fp32", None, 0.1, draw),
     ):
-        model = UniADReconstruction(192, dropout=dropout).train()
+        for module in (attention, dropout, transformer):
+            module.keep_mask = keep_mask
+        model = UniADReconstruction(192, dropout=p).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-        times = []
+        phases = {"step": [], "forward": [], "backward": [], "clip_adamw": []}
         with flushing_denormals():
             for step in range(22):
                 batch = features[(step * 8) % 64 :][:8]
@@ -124,12 +141,19 @@ def step_breakdown() -> dict:
                 with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
                     reconstruction = model(batch)
                 loss = F.mse_loss(reconstruction.float(), batch)
+                forward = time.perf_counter()
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                backward = time.perf_counter()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
                 optimizer.step()
-                times.append(time.perf_counter() - start)
-        result[name] = statistics.median(times[2:])
+                end = time.perf_counter()
+                if step >= 2:
+                    phases["step"].append(end - start)
+                    phases["forward"].append(forward - start)
+                    phases["backward"].append(backward - forward)
+                    phases["clip_adamw"].append(end - backward)
+        result[name] = {phase: statistics.median(v) for phase, v in phases.items()}
     return result
 
 
@@ -185,7 +209,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (a) then (b)")
     parser.add_argument("--full", action="store_true", help="all of real-ad, 2 epochs, (a) only")
     parser.add_argument(
-        "--breakdown", action="store_true", help="also time skuniad's step without dropout, in fp32"
+        "--breakdown",
+        action="store_true",
+        help="also time skuniad's step alone: phases; masks reused, no dropout, fp32",
     )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
@@ -224,10 +250,13 @@ def main() -> None:
         )
     if args.breakdown:
         s = run_child(__file__, "s")
-        print(
-            "transformer step alone (skuniad), batch 8, median of 20: "
-            + ", ".join(f"{k} {v * 1000:.0f} ms ({8 / v:.1f} images/s)" for k, v in s.items())
-        )
+        print("transformer step alone (skuniad), batch 8, median ms of 20 steps:")
+        for name, t in s.items():
+            print(
+                f"  {name}: step {t['step'] * 1000:.0f} ({8 / t['step']:.1f} images/s) = "
+                f"forward {t['forward'] * 1000:.0f} + backward {t['backward'] * 1000:.0f} + "
+                f"clip and AdamW {t['clip_adamw'] * 1000:.0f}"
+            )
     if torch.cuda.is_available():
         g = run_child(__file__, "gpu")
         print(
