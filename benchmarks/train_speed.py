@@ -97,15 +97,26 @@ def reference_path(n_images: int, steps: int) -> dict:
     return {"step_s": step_s, "images_per_s": 8 / step_s, "peak_rss_gb": peak_rss_gb()}
 
 
+_OP_GROUPS = {
+    "matrix products": ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm"),
+    "softmax": ("aten::_softmax", "aten::_softmax_backward_data"),
+    "layer norm": ("aten::native_layer_norm", "aten::native_layer_norm_backward"),
+}
+
+
 def step_breakdown() -> dict:
     """skuniad's transformer training step alone, batch 8, split into phases.
 
     Variants: bf16; bf16 with each dropout mask drawn once and reused (what
     drawing the masks costs); bf16 without dropout; fp32. Phases: forward and
     loss, backward, gradient clipping and AdamW (median ms of 20 steps each).
+    Then 5 bf16 steps under ``torch.profiler``: ms per step of the matrix
+    products (and their GFLOP/s), softmax and LayerNorm, and a large bf16
+    product's GFLOP/s for comparison.
     """
     import torch
     import torch.nn.functional as F
+    from torch.profiler import profile
 
     from skuniad.nn import attention, dropout, transformer
     from skuniad.nn.transformer import UniADReconstruction
@@ -122,38 +133,62 @@ def step_breakdown() -> dict:
             drawn[key] = draw(x, p)
         return drawn[key]
 
+    def train_step(model, optimizer, dtype, step) -> tuple[float, float, float]:
+        batch = features[(step * 8) % 64 :][:8]
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
+            reconstruction = model(batch)
+        loss = F.mse_loss(reconstruction.float(), batch)
+        forward = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        backward = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        optimizer.step()
+        return forward - start, backward - forward, time.perf_counter() - backward
+
     result = {}
     for name, dtype, p, keep_mask in (
-        ("bf16", torch.bfloat16, 0.1, draw),
         ("bf16_masks_reused", torch.bfloat16, 0.1, reused),
         ("bf16_no_dropout", torch.bfloat16, 0.0, draw),
         ("fp32", None, 0.1, draw),
+        ("bf16", torch.bfloat16, 0.1, draw),  # last: the profile below continues it
     ):
         for module in (attention, dropout, transformer):
             module.keep_mask = keep_mask
         model = UniADReconstruction(192, dropout=p).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
-        phases = {"step": [], "forward": [], "backward": [], "clip_adamw": []}
         with flushing_denormals():
-            for step in range(22):
-                batch = features[(step * 8) % 64 :][:8]
-                start = time.perf_counter()
-                with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-                    reconstruction = model(batch)
-                loss = F.mse_loss(reconstruction.float(), batch)
-                forward = time.perf_counter()
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                backward = time.perf_counter()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
-                optimizer.step()
-                end = time.perf_counter()
-                if step >= 2:
-                    phases["step"].append(end - start)
-                    phases["forward"].append(forward - start)
-                    phases["backward"].append(backward - forward)
-                    phases["clip_adamw"].append(end - backward)
-        result[name] = {phase: statistics.median(v) for phase, v in phases.items()}
+            phases = [train_step(model, optimizer, dtype, step) for step in range(22)][2:]
+        forward, backward, clip_adamw = (statistics.median(v) for v in zip(*phases, strict=True))
+        result[name] = {
+            "step": statistics.median(sum(phase) for phase in phases),
+            "forward": forward,
+            "backward": backward,
+            "clip_adamw": clip_adamw,
+        }
+    # times from a plain profile (counting FLOPs slows the profiled ops), FLOPs from another
+    with flushing_denormals():
+        with profile() as timed:
+            for step in range(5):
+                train_step(model, optimizer, torch.bfloat16, step)
+        with profile(with_flops=True) as counted:
+            train_step(model, optimizer, torch.bfloat16, 5)
+    result["profile_ms_per_step"] = {
+        group: sum(e.self_cpu_time_total for e in timed.key_averages() if e.key in ops) / 5e3
+        for group, ops in _OP_GROUPS.items()
+    }
+    products = _OP_GROUPS["matrix products"]
+    flops = sum(e.flops for e in counted.key_averages() if e.key in products)
+    result["products_gflop_per_step"] = flops / 1e9
+    result["products_gflop_per_s"] = flops / result["profile_ms_per_step"]["matrix products"] / 1e6
+    large = torch.randn(4096, 4096, dtype=torch.bfloat16)
+    timings = []
+    for _ in range(5):
+        start = time.perf_counter()
+        large @ large
+        timings.append(time.perf_counter() - start)
+    result["large_bf16_product_gflop_per_s"] = 2 * 4096**3 / statistics.median(timings) / 1e9
     return result
 
 
@@ -251,12 +286,20 @@ def main() -> None:
     if args.breakdown:
         s = run_child(__file__, "s")
         print("transformer step alone (skuniad), batch 8, median ms of 20 steps:")
-        for name, t in s.items():
+        for name in ("bf16", "bf16_masks_reused", "bf16_no_dropout", "fp32"):
+            t = s[name]
             print(
                 f"  {name}: step {t['step'] * 1000:.0f} ({8 / t['step']:.1f} images/s) = "
                 f"forward {t['forward'] * 1000:.0f} + backward {t['backward'] * 1000:.0f} + "
                 f"clip and AdamW {t['clip_adamw'] * 1000:.0f}"
             )
+        print(
+            "  bf16 profile, ms per step: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in s["profile_ms_per_step"].items())
+            + f"; the products ({s['products_gflop_per_step']:.0f} GFLOP) at "
+            f"{s['products_gflop_per_s']:.0f} GFLOP/s, a 4096 x 4096 bf16 product at "
+            f"{s['large_bf16_product_gflop_per_s']:.0f}"
+        )
     if torch.cuda.is_available():
         g = run_child(__file__, "gpu")
         print(
