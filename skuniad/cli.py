@@ -285,10 +285,10 @@ def _load_detector(path: Path, device: str) -> Any:
 
 
 def _format_seconds(seconds: float) -> str:
-    if seconds < 60:
+    if seconds < 59.95:  # would print as 60.0 s
         return f"{seconds:.1f} s"
-    minutes, rest = divmod(seconds, 60)
-    return f"{int(minutes)} min {rest:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)  # round first: never "5 min 60 s"
+    return f"{minutes} min {rest} s"
 
 
 _SHORT_NAMES = {

@@ -296,3 +296,20 @@ def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):
     det = UniADDetector.load(output, device="cpu")
     assert 2 <= det.n_epochs_ < 100000
     assert det.max_epochs == 100000
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (3.14, "3.1 s"),
+        (59.94, "59.9 s"),
+        (59.97, "1 min 0 s"),
+        (61.2, "1 min 1 s"),
+        (359.6, "6 min 0 s"),
+        (3725.4, "62 min 5 s"),
+    ],
+)
+def test_durations_are_printed_without_a_60th_second(seconds, text):
+    from skuniad.cli import _format_seconds
+
+    assert _format_seconds(seconds) == text
