@@ -157,7 +157,7 @@ def step_breakdown() -> dict:
         for module in (attention, dropout, transformer):
             module.keep_mask = keep_mask
         model = UniADReconstruction(192, dropout=p).train()
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4, fused=True)
         with flushing_denormals():
             phases = [train_step(model, optimizer, dtype, step) for step in range(22)][2:]
         forward, backward, clip_adamw = (statistics.median(v) for v in zip(*phases, strict=True))
