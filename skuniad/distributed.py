@@ -12,6 +12,7 @@ per process, as in the reference (8 per GPU).
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -84,5 +85,8 @@ def finish() -> None:
     while another still holds the group open can abort it.
     """
     if dist.is_available() and dist.is_initialized():
+        # DistributedDataParallel's reducer holds the group and sits in reference
+        # cycles: free it now, not at interpreter exit after the group is gone
+        gc.collect()
         dist.barrier()
         dist.destroy_process_group()
