@@ -85,8 +85,8 @@ def finish() -> None:
     while another still holds the group open can abort it.
     """
     if dist.is_available() and dist.is_initialized():
-        # DistributedDataParallel's reducer holds the group and sits in reference
-        # cycles: free it now, not at interpreter exit after the group is gone
+        # a DistributedDataParallel wrapper left in reference cycles still holds the
+        # group: free it now rather than at interpreter exit, after the group is gone
         gc.collect()
         dist.barrier()
         dist.destroy_process_group()
