@@ -136,7 +136,8 @@ def _cpu_attention(
     Used on CPUs for bf16 and whenever attention dropout is on: for UniAD's
     shapes (196 tokens, head dim 32) PyTorch's fused CPU kernel is slower in
     bf16, forward and backward, and its dropout falls back to a slow unfused
-    path; in fp32 without dropout the fused kernel is faster and is used
+    path. In fp32 without dropout the two were close, each faster in one of
+    two sessions' runs, and the fused kernel is kept there
     (benchmarks/attention_speed.py, docs/performance.md). The bias is cast to
     the compute dtype so a bf16 attention never round-trips through fp32.
     """

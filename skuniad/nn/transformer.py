@@ -56,7 +56,9 @@ class FeedForward(nn.Module):
 class _PostNormLayer(nn.Module):
     """Residual add with dropout on the added branch, shared by both layer kinds."""
 
-    dropout: float
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.dropout = dropout
 
     def _add(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return dropout_add(residual, x, self.dropout, self.training)
@@ -66,12 +68,11 @@ class EncoderLayer(_PostNormLayer):
     """Masked self-attention then FFN, each followed by add & LayerNorm."""
 
     def __init__(self, dim: int, num_heads: int, dim_feedforward: int, dropout: float) -> None:
-        super().__init__()
+        super().__init__(dropout)
         self.self_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
         self.ffn = FeedForward(dim, dim_feedforward, dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.dropout = dropout
 
     def forward(self, x: torch.Tensor, pos: torch.Tensor, mask: torch.Tensor | None):
         q = x + pos
@@ -90,7 +91,7 @@ class DecoderLayer(_PostNormLayer):
     def __init__(
         self, dim: int, num_tokens: int, num_heads: int, dim_feedforward: int, dropout: float
     ) -> None:
-        super().__init__()
+        super().__init__(dropout)
         self.layer_queries = nn.Parameter(torch.empty(num_tokens, dim))
         self.self_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
         self.multihead_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
@@ -98,7 +99,6 @@ class DecoderLayer(_PostNormLayer):
         self.norm1 = nn.LayerNorm(dim)
         self.norm2 = nn.LayerNorm(dim)
         self.norm3 = nn.LayerNorm(dim)
-        self.dropout = dropout
 
     def forward(
         self,
