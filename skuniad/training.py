@@ -142,8 +142,13 @@ def explain_out_of_memory(task: str, batch_size: int, *, inference: bool = False
 
 
 def lr_decay_epoch(max_epochs: int) -> int:
-    """First epoch trained at lr x 0.1 (epoch 800 of the reference's 1000)."""
-    return max(1, int(0.8 * max_epochs))
+    """First (0-based) epoch trained at lr x 0.1: the reference's rule.
+
+    The reference builds ``StepLR(step_size=S)`` with S = 80 % of the epochs
+    and calls ``step(epoch)`` after each epoch, so epochs 0..S run at the
+    full rate and the drop starts at epoch S + 1 (801 for 1000 epochs).
+    """
+    return max(1, int(0.8 * max_epochs)) + 1
 
 
 @flushing_denormals()

@@ -179,3 +179,22 @@ def test_fused_adamw_trains_as_the_plain_for_loop_adamw(monkeypatch):
     assert moved > 5e-3
     for k in initial:
         torch.testing.assert_close(fused[k], plain[k], rtol=0, atol=moved / 100)
+
+
+@pytest.mark.parametrize("max_epochs", [1, 2, 5, 10, 60, 1000])
+def test_learning_rate_drops_as_the_reference_steplr(max_epochs):
+    """The reference: StepLR(int(0.8 * E)) stepped with ``step(epoch)`` after each epoch."""
+    step_size = max(1, int(0.8 * max_epochs))
+    weight = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    with pytest.warns(UserWarning):  # step(epoch) is deprecated, which is why skuniad does not call it
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=0.1)
+        reference = []
+        for epoch in range(max_epochs):
+            reference.append(optimizer.param_groups[0]["lr"])
+            scheduler.step(epoch)
+    decay_at = training.lr_decay_epoch(max_epochs)
+    ours = [0.1 if epoch >= decay_at else 1.0 for epoch in range(max_epochs)]
+    np.testing.assert_allclose(ours, reference)
+    if max_epochs == 1000:
+        assert decay_at == 801
