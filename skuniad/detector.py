@@ -20,7 +20,13 @@ from skuniad.distributed import DistributedContext, distributed_context, gather_
 from skuniad.io import check_images, iter_batches
 from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
-from skuniad.nn.transformer import UniADReconstruction, anomaly_map, image_score
+from skuniad.nn.transformer import (
+    IMAGE_SCORES,
+    LAYER_QUERIES,
+    UniADReconstruction,
+    anomaly_map,
+    image_score,
+)
 from skuniad.runtime import flushing_denormals
 from skuniad.training import (
     autocast,
@@ -41,6 +47,7 @@ _AUTO_SIGMAS = 3.0
 _NOT_TRAINING = {
     "cache_max_gb",
     "contamination",
+    "image_score",
     "device",
     "precision",
     "verbose",
@@ -92,6 +99,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Feature jitter strength ``alpha``.
     jitter_prob : float, default=1.0
         Probability of jittering a training batch.
+    layer_queries : {"every", "first", "none"}, default="every"
+        Decoder layers that own a learned query table: every layer (the
+        paper's layer-wise queries), the first only, or none (the decoder
+        starts from the encoder output). With ``neighbor_size=None`` and
+        ``jitter_scale=0``, ``"none"`` is the paper's plain reconstruction
+        transformer, the ablation that falls into the "identical shortcut".
+    image_score : {"max", "mean", "std"}, default="max"
+        How an anomaly map becomes the image score, as in the reference's
+        evaluation: ``"max"`` of the 16 x 16 average-pooled map (the paper's
+        choice for MVTec AD), the map's ``"mean"`` (its choice for
+        CIFAR-10) or its standard deviation ``"std"``. Used by
+        ``score_samples`` and everything built on it; the maps do not change.
     max_epochs : int, default=1000
     batch_size : int, default=8
     learning_rate : float, default=1e-4
@@ -224,6 +243,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "neighbor_size": [Interval(Integral, 1, None, closed="left"), None],
         "jitter_scale": [Interval(Real, 0, None, closed="left")],
         "jitter_prob": [Interval(Real, 0, 1, closed="both")],
+        "layer_queries": [StrOptions(set(LAYER_QUERIES))],
+        "image_score": [StrOptions(set(IMAGE_SCORES))],
         "max_epochs": [Interval(Integral, 1, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
@@ -258,6 +279,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         neighbor_size=7,
         jitter_scale=20.0,
         jitter_prob=1.0,
+        layer_queries="every",
+        image_score="max",
         max_epochs=1000,
         batch_size=8,
         learning_rate=1e-4,
@@ -288,6 +311,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.neighbor_size = neighbor_size
         self.jitter_scale = jitter_scale
         self.jitter_prob = jitter_prob
+        self.layer_queries = layer_queries
+        self.image_score = image_score
         self.max_epochs = max_epochs
         self.batch_size = batch_size
         self.learning_rate = learning_rate
@@ -408,6 +433,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             neighbor_size=self.neighbor_size,
             jitter_scale=self.jitter_scale,
             jitter_prob=self.jitter_prob,
+            layer_queries=self.layer_queries,
         )
 
     def _continue_from_fitted_model(self, model: UniADReconstruction) -> None:
@@ -442,6 +468,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
+                score_method=self.image_score,
             )
         # bilinear upsampling with align_corners=True keeps the token maxima
         map_maxima = maps.reshape(len(maps), -1).max(1)
@@ -476,7 +503,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     features = self.backbone_(images.to(device, memory_format=torch.channels_last))
                     reconstruction = self.model_(features)
                 batch_maps = anomaly_map(features, reconstruction, self.image_size)
-                scores.append(image_score(batch_maps).cpu().numpy())
+                scores.append(image_score(batch_maps, method=self.image_score).cpu().numpy())
                 if keep_maps:
                     maps.append(batch_maps.cpu().numpy())
                 sizes.extend(batch_sizes)
@@ -489,8 +516,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     def score_samples(self, X) -> np.ndarray:
         """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
 
-        The image score is the maximum of the 16 x 16 average-pooled anomaly
-        map at model resolution.
+        The image score is taken from the anomaly map at model resolution as
+        ``image_score`` says (by default the maximum of its 16 x 16 average
+        pooling, the paper's).
 
         Returns
         -------

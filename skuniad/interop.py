@@ -273,6 +273,11 @@ def reference_arch(detector) -> list[dict]:
             f"the reference needs an input size divisible by the feature stride "
             f"{max(strides)}; this detector has image_size={detector.image_size}"
         )
+    if detector.layer_queries != "every":
+        raise ValueError(
+            "the reference has learned queries in every decoder layer; this detector has "
+            f"layer_queries={detector.layer_queries!r}, which its checkpoint cannot describe"
+        )
     k = detector.neighbor_size
     return [
         {
@@ -638,16 +643,19 @@ class AnomalyGraph(nn.Module):
     and the max of its 16 x 16 average pool.
     """
 
-    def __init__(self, backbone: nn.Module, model: nn.Module, image_size: int) -> None:
+    def __init__(
+        self, backbone: nn.Module, model: nn.Module, image_size: int, score_method: str = "max"
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.model = model
         self.image_size = image_size
+        self.score_method = score_method
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         features = self.backbone(images)
         maps = anomaly_map(features, self.model(features), self.image_size)
-        return maps, image_score(maps)
+        return maps, image_score(maps, method=self.score_method)
 
 
 def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
@@ -661,6 +669,7 @@ def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -
         copy.deepcopy(detector.backbone_).to("cpu", torch.float32),
         copy.deepcopy(detector.model_).to("cpu", torch.float32),
         int(detector.image_size),
+        detector.image_score,
     ).eval()
     size = int(detector.image_size)
     example = torch.zeros(2, 3, size, size)

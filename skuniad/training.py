@@ -355,8 +355,9 @@ def reconstruction_maps(
     batch_size: int,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    score_method: str = "max",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) and token-level maps (N, h, w) for cached features."""
+    """Image scores (N,) by ``score_method`` and token-level maps (N, h, w) for cached features."""
     from skuniad.nn.transformer import anomaly_map, image_score
 
     model.eval()
@@ -365,6 +366,7 @@ def reconstruction_maps(
         batch = features[begin : begin + batch_size].to(device).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
-        scores.append(image_score(anomaly_map(batch, reconstruction, image_size)).cpu())
+        full_maps = anomaly_map(batch, reconstruction, image_size)
+        scores.append(image_score(full_maps, method=score_method).cpu())
         maps.append(anomaly_map(batch, reconstruction, None).cpu())
     return torch.cat(scores).numpy(), torch.cat(maps).numpy()

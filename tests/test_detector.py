@@ -298,3 +298,19 @@ def test_fit_flushes_denormals_only_while_it_runs(tiny_params, images, monkeypat
     UniADDetector(**tiny_params).fit(images)
     assert seen and all(value == 0.0 for value in seen)
     assert float(torch.tensor([1e-40], dtype=torch.float32) * 1.0) != 0.0
+
+
+@pytest.mark.parametrize("method", ["mean", "std"])
+def test_image_score_parameter_chooses_how_maps_become_scores(fitted_tiny, method):
+    det, X = fitted_tiny
+    other = clone(det).set_params(image_score=method).fit(X)  # same seed: same weights
+    maps = det.anomaly_maps(X, size="model").reshape(len(X), -1)
+    expected = maps.mean(1) if method == "mean" else maps.std(1)
+    np.testing.assert_allclose(-other.score_samples(X), expected, rtol=1e-5)
+    np.testing.assert_array_equal(other.anomaly_maps(X), det.anomaly_maps(X))
+
+
+def test_layer_queries_parameter_builds_the_ablated_decoder(tiny_params, images):
+    det = UniADDetector(**{**tiny_params, "num_decoder_layers": 2, "layer_queries": "first"})
+    det.fit(images)
+    assert [layer.layer_queries is not None for layer in det.model_.decoder] == [True, False]

@@ -92,6 +92,37 @@ def test_every_decoder_layer_restarts_from_its_own_queries():
     assert not torch.allclose(model(x), base)
 
 
+@pytest.mark.parametrize(("layer_queries", "owners"), [("every", 3), ("first", 1), ("none", 0)])
+def test_layer_queries_choose_which_decoder_layers_own_a_query_table(layer_queries, owners):
+    model = _small(num_decoder_layers=3, layer_queries=layer_queries)
+    tables = [layer.layer_queries for layer in model.decoder]
+    assert [t is not None for t in tables] == [i < owners for i in range(3)]
+    per_table = 25 * 16
+    assert sum(p.numel() for p in model.parameters()) == (
+        sum(p.numel() for p in _small(num_decoder_layers=3).parameters()) - (3 - owners) * per_table
+    )
+
+
+def test_decoder_layer_without_queries_starts_from_the_previous_output():
+    torch.manual_seed(0)
+    model = _small(num_decoder_layers=2, layer_queries="first").eval()
+    reference = _small(num_decoder_layers=2).eval()
+    reference.load_state_dict(model.state_dict(), strict=False)
+    memory, previous = torch.randn(1, 25, 16), torch.randn(1, 25, 16)
+    pos, mask = model.pos_embed().unsqueeze(0), model.attn_bias
+    with torch.no_grad():
+        reference.decoder[1].layer_queries.copy_(previous[0])
+        torch.testing.assert_close(
+            model.decoder[1](memory, previous, pos, mask),
+            reference.decoder[1](memory, previous, pos, mask),
+        )
+
+
+def test_unknown_layer_queries_are_refused():
+    with pytest.raises(ValueError, match="layer_queries"):
+        _small(layer_queries="some")
+
+
 def test_forward_rejects_wrong_grid():
     with pytest.raises(ValueError, match="grid 4x4"):
         _small()(torch.randn(1, 8, 4, 4))
@@ -206,3 +237,13 @@ def test_training_layers_are_textbook_post_norm_layers_with_the_drawn_masks(
     assert 0.2 < float(1 - torch.cat([m.flatten() for m in masks]).mean()) < 0.4
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     got.sum().backward()  # the in-place masking leaves autograd a consistent graph
+
+
+def test_image_score_mean_and_std_are_the_references_over_the_whole_map():
+    maps = torch.rand(3, 40, 40, dtype=torch.float64)
+    flat = maps.numpy().reshape(3, -1)
+    torch.testing.assert_close(image_score(maps, method="mean"), torch.from_numpy(flat.mean(1)))
+    # numpy's population std, as the reference's EvalImageStd
+    torch.testing.assert_close(image_score(maps, method="std"), torch.from_numpy(flat.std(1)))
+    with pytest.raises(ValueError, match="method"):
+        image_score(maps, method="median")

@@ -11,6 +11,14 @@ from skuniad.nn.dropout import dropout_add, keep_mask
 from skuniad.nn.jitter import feature_jitter
 
 
+LAYER_QUERIES = ("every", "first", "none")
+"""Values of ``layer_queries``: the paper's layer-wise queries, then its two ablations."""
+
+
+IMAGE_SCORES = ("max", "mean", "std")
+"""Methods of :func:`image_score`, the paper's MVTec choice first."""
+
+
 class PositionEmbedding2d(nn.Module):
     """Learned, factorised 2-D position embedding (column half, row half)."""
 
@@ -86,13 +94,23 @@ class DecoderLayer(_PostNormLayer):
     Each layer starts from its own learned queries (``layer_queries``):
     attention 1 reads the encoder output, attention 2 reads the previous
     decoder layer's output (the encoder output for the first layer).
+    ``own_queries=False`` (the paper's ablations) drops the table: the layer
+    starts from the previous layer's output instead, as in a plain
+    transformer decoder whose target flows from layer to layer.
     """
 
     def __init__(
-        self, dim: int, num_tokens: int, num_heads: int, dim_feedforward: int, dropout: float
+        self,
+        dim: int,
+        num_tokens: int,
+        num_heads: int,
+        dim_feedforward: int,
+        dropout: float,
+        own_queries: bool = True,
     ) -> None:
         super().__init__(dropout)
-        self.layer_queries = nn.Parameter(torch.empty(num_tokens, dim))
+        queries = nn.Parameter(torch.empty(num_tokens, dim)) if own_queries else None
+        self.register_parameter("layer_queries", queries)
         self.self_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
         self.multihead_attn = MaskedMultiheadAttention(dim, num_heads, dropout)
         self.ffn = FeedForward(dim, dim_feedforward, dropout)
@@ -107,8 +125,10 @@ class DecoderLayer(_PostNormLayer):
         pos: torch.Tensor,
         mask: torch.Tensor | None,
     ) -> torch.Tensor:
-        # the same for every image: attention 1 projects them once per batch
-        queries = self.layer_queries.to(memory.dtype).unsqueeze(0)
+        if self.layer_queries is None:
+            queries = previous
+        else:  # the same for every image: attention 1 projects them once per batch
+            queries = self.layer_queries.to(memory.dtype).unsqueeze(0)
         x = self.norm1(
             self._add(queries, self.self_attn(queries + pos, memory + pos, memory, mask))
         )
@@ -131,6 +151,11 @@ class UniADReconstruction(nn.Module):
         Window of the neighbor mask; None disables masking.
     jitter_scale, jitter_prob : float
         Feature jittering, applied in training mode only.
+    layer_queries : {"every", "first", "none"}
+        Which decoder layers own a learned query table: every layer (the
+        paper's layer-wise queries), the first only, or none (the decoder
+        then starts from the encoder output). The last two are the paper's
+        ablations.
 
     Notes
     -----
@@ -154,10 +179,13 @@ class UniADReconstruction(nn.Module):
         neighbor_size: int | None = 7,
         jitter_scale: float = 20.0,
         jitter_prob: float = 1.0,
+        layer_queries: str = "every",
     ) -> None:
         super().__init__()
         if not 0 <= dropout < 1:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if layer_queries not in LAYER_QUERIES:
+            raise ValueError(f"layer_queries must be one of {LAYER_QUERIES}, got {layer_queries!r}")
         height, width = grid_size
         self.grid_size = (height, width)
         self.jitter_scale = jitter_scale
@@ -172,9 +200,12 @@ class UniADReconstruction(nn.Module):
             EncoderLayer(hidden_dim, num_heads, dim_feedforward, dropout)
             for _ in range(num_encoder_layers)
         )
+        owners = {"every": num_decoder_layers, "first": 1, "none": 0}[layer_queries]
         self.decoder = nn.ModuleList(
-            DecoderLayer(hidden_dim, height * width, num_heads, dim_feedforward, dropout)
-            for _ in range(num_decoder_layers)
+            DecoderLayer(
+                hidden_dim, height * width, num_heads, dim_feedforward, dropout, i < owners
+            )
+            for i in range(num_decoder_layers)
         )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.output_proj = nn.Linear(hidden_dim, in_channels)
@@ -188,7 +219,7 @@ class UniADReconstruction(nn.Module):
             elif isinstance(module, MaskedMultiheadAttention):
                 nn.init.xavier_uniform_(module.in_proj_weight)
                 nn.init.zeros_(module.in_proj_bias)
-            elif isinstance(module, DecoderLayer):
+            elif isinstance(module, DecoderLayer) and module.layer_queries is not None:
                 nn.init.normal_(module.layer_queries)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
@@ -234,12 +265,21 @@ def anomaly_map(
     return error[:, 0]
 
 
-def image_score(maps: torch.Tensor, window: int = 16) -> torch.Tensor:
-    """UniAD's MVTec image score: max of the ``window`` x ``window`` average-pooled map.
+def image_score(maps: torch.Tensor, window: int = 16, method: str = "max") -> torch.Tensor:
+    """Image anomaly score of (B, H, W) maps at model resolution, higher = more anomalous.
 
-    ``maps`` is (B, H, W) at model resolution; stride 1, no padding. Maps
-    smaller than the window are pooled over their whole extent.
+    ``method`` is one of the reference evaluation's three: ``"max"`` (UniAD's
+    MVTec score: max of the ``window`` x ``window`` average-pooled map, stride
+    1, no padding; maps smaller than the window are pooled over their whole
+    extent), ``"mean"`` (its CIFAR-10 score) or ``"std"`` (population standard
+    deviation of the map).
     """
+    if method == "mean":
+        return maps.flatten(1).mean(dim=1)
+    if method == "std":
+        return maps.flatten(1).std(dim=1, correction=0)
+    if method != "max":
+        raise ValueError(f"method must be one of {IMAGE_SCORES}, got {method!r}")
     height, width = maps.shape[-2:]
     # the box filter is separable: two 1-D passes instead of one 2-D window
     pooled = F.avg_pool2d(maps.unsqueeze(1), kernel_size=(min(window, height), 1), stride=1)
