@@ -331,7 +331,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ fit
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None):
+    def fit(self, X, y=None, *, on_epoch_end=None):
         """Train on normal images of any categories mixed together.
 
         Parameters
@@ -340,6 +340,14 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             Normal images only.
         y : ignored
             Present for API consistency (unsupervised).
+        on_epoch_end : callable or None, default=None
+            Called as ``on_epoch_end(detector, epoch, loss)`` after every
+            epoch (``epoch`` counts from 1, ``loss`` is its mean training
+            loss), e.g. to record learning curves. Inside it the detector
+            scores with the weights of that epoch: ``score_samples`` and
+            ``anomaly_maps`` work, thresholds are not set yet. Scoring there
+            changes nothing in the training: the fitted weights are those of
+            a fit without the callback.
 
         Returns
         -------
@@ -396,6 +404,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 checkpoint_every=self.checkpoint_every,
                 fingerprint=self._training_fingerprint(warm_start_from_epoch=len(previous_curve)),
                 distributed=context is not None,
+                on_epoch_end=self._epoch_hook(on_epoch_end, backbone, model, device, features),
             )
         self.backbone_ = backbone
         self.model_ = model
@@ -407,6 +416,20 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
+
+    def _epoch_hook(self, on_epoch_end, backbone, model, device, features):
+        """``fit``'s ``on_epoch_end`` as the training loop's callback, the detector scorable."""
+        if on_epoch_end is None:
+            return None
+
+        def hook(epoch: int, loss: float) -> None:
+            self.backbone_, self.model_, self.device_ = backbone, model, device
+            self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+            devices = [device.index or 0] if device.type == "cuda" else []
+            with torch.random.fork_rng(devices=devices):  # whatever it draws, training goes on
+                on_epoch_end(self, epoch + 1, loss)
+
+        return hook
 
     def _training_fingerprint(self, warm_start_from_epoch: int) -> dict:
         """What a checkpoint must have been written for to be resumed by this fit."""

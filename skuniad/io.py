@@ -258,6 +258,9 @@ def iter_batches(
         shuffle=False,
         num_workers=workers,
         persistent_workers=False,
+        # its own generator: a loader otherwise draws a seed from the global torch RNG,
+        # and scoring between epochs would change the training that follows
+        generator=torch.Generator(),
     )
     for images, sizes in loader:
         yield images, [tuple(int(v) for v in s) for s in sizes]

@@ -22,13 +22,18 @@ from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
+# torch cannot report the flag, so skuniad tracks what it set: the state outside any
+# flushing_denormals block (True once tune_cpu_runtime ran) and how deep the blocks nest
+_flush_outside = False
+_flush_depth = 0
 
 
 def tune_cpu_runtime() -> bool:
     """Keep freed memory in the process (glibc) and flush denormals; True if malloc was tuned."""
     import torch
 
-    torch.set_flush_denormal(True)
+    global _flush_outside
+    _flush_outside = torch.set_flush_denormal(True)
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -42,13 +47,21 @@ def tune_cpu_runtime() -> bool:
 
 @contextmanager
 def flushing_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero inside the block, then restore torch's default (off)."""
+    """Flush denormal floats to zero inside the block, then restore the state outside it.
+
+    Blocks nest (scoring inside a training callback): only the outermost one
+    restores, to off, or to on after :func:`tune_cpu_runtime`.
+    """
     import torch
 
+    global _flush_depth
     if not torch.set_flush_denormal(True):  # not supported on this CPU
         yield
         return
+    _flush_depth += 1
     try:
         yield
     finally:
-        torch.set_flush_denormal(False)
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(_flush_outside)

@@ -246,6 +246,7 @@ def train_reconstruction(
                         )
                     if on_epoch_end is not None:
                         on_epoch_end(epoch, curve[-1])
+                        model.train()  # the callback may have scored in eval mode
         except KeyboardInterrupt:
             model.load_state_dict(finished)
             warnings.warn(

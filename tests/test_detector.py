@@ -314,3 +314,10 @@ def test_layer_queries_parameter_builds_the_ablated_decoder(tiny_params, images)
     det = UniADDetector(**{**tiny_params, "num_decoder_layers": 2, "layer_queries": "first"})
     det.fit(images)
     assert [layer.layer_queries is not None for layer in det.model_.decoder] == [True, False]
+
+
+def test_scoring_does_not_disturb_the_global_torch_rng(fitted_tiny):
+    det, X = fitted_tiny
+    before = torch.get_rng_state()
+    det.score_samples(X)
+    assert torch.equal(torch.get_rng_state(), before)

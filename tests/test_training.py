@@ -198,3 +198,22 @@ def test_learning_rate_drops_as_the_reference_steplr(max_epochs):
     np.testing.assert_allclose(ours, reference)
     if max_epochs == 1000:
         assert decay_at == 801
+
+
+def test_scoring_after_every_epoch_leaves_the_fit_unchanged(tiny_params, images):
+    params = {**tiny_params, "max_epochs": 3, "dropout": 0.1, "jitter_prob": 0.5}
+    plain = UniADDetector(**params).fit(images)
+    seen = []
+
+    def score_now(det, epoch, loss):
+        seen.append((epoch, loss, det.score_samples(images), det.model_.training))
+
+    observed = UniADDetector(**params).fit(images, on_epoch_end=score_now)
+    assert [epoch for epoch, *_ in seen] == [1, 2, 3]
+    assert [loss for _, loss, *_ in seen] == observed.loss_curve_ == plain.loss_curve_
+    for name, value in plain.model_.state_dict().items():
+        assert torch.equal(value, observed.model_.state_dict()[name]), name
+    # the last epoch's scores are the fitted model's; earlier ones differ
+    np.testing.assert_array_equal(seen[-1][2], plain.score_samples(images))
+    assert not np.array_equal(seen[0][2], seen[-1][2])
+    assert not any(training_mode for *_, training_mode in seen)
