@@ -20,12 +20,16 @@ import numpy as np
 
 from skuniad._progress import progress_bar
 from skuniad.datasets import AnomalyDataset, load_image, load_mask
-from skuniad.metrics import evaluate
+from skuniad.metrics import evaluate, image_auroc
 
 __all__ = [
+    "IMAGE_SCORE_METRICS",
     "METRICS",
     "METRIC_NAMES",
+    "CurveRecorder",
     "evaluate_detector",
+    "image_score_aurocs",
+    "run_experiment",
     "results_markdown",
     "scores_and_maps",
     "write_results",
@@ -42,6 +46,9 @@ METRICS: tuple[str, ...] = (
 )
 """Metric keys of every category and of the mean, in table order."""
 
+IMAGE_SCORE_METRICS: tuple[str, ...] = ("image_auroc_max", "image_auroc_mean", "image_auroc_std")
+"""Image AUROC of each of the reference's image scores; ``image_auroc`` is the detector's own."""
+
 METRIC_NAMES: dict[str, str] = {
     "image_auroc": "Image AUROC",
     "pixel_auroc": "Pixel AUROC",
@@ -50,6 +57,9 @@ METRIC_NAMES: dict[str, str] = {
     "pixel_ap": "Pixel AP",
     "image_f1_max": "Image F1-max",
     "pixel_f1_max": "Pixel F1-max",
+    "image_auroc_max": "Image AUROC (max)",
+    "image_auroc_mean": "Image AUROC (mean)",
+    "image_auroc_std": "Image AUROC (std)",
 }
 """Column titles of the tables."""
 
@@ -77,8 +87,25 @@ def scores_and_maps(det: Any, X: Sequence) -> tuple[np.ndarray, np.ndarray]:
     from skuniad.nn.transformer import image_score
 
     maps = det.anomaly_maps(X, size="model")
-    scores = image_score(torch.from_numpy(np.ascontiguousarray(maps))).numpy()
-    return scores.astype(np.float64), maps
+    scores = image_score(torch.from_numpy(np.ascontiguousarray(maps)), method=det.image_score)
+    return scores.numpy().astype(np.float64), maps
+
+
+def image_score_aurocs(labels: np.ndarray, maps: np.ndarray) -> dict[str, float]:
+    """Image AUROC of each of the reference's image scores (max, mean, std of the maps).
+
+    Keys ``image_auroc_max``, ``image_auroc_mean``, ``image_auroc_std``, as the
+    reference prints them beside the pixel AUROC.
+    """
+    import torch
+
+    from skuniad.nn.transformer import IMAGE_SCORES, image_score
+
+    tensor = torch.from_numpy(np.ascontiguousarray(maps))
+    return {
+        f"image_auroc_{method}": image_auroc(labels, image_score(tensor, method=method).numpy())
+        for method in IMAGE_SCORES
+    }
 
 
 def _overlay_picks(labels: np.ndarray, n_overlays: int) -> list[int]:
@@ -172,6 +199,7 @@ def evaluate_detector(
             except ValueError as exc:
                 raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
             row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
+            row.update(image_score_aurocs(subset.labels, maps))
             row["n_images"] = len(subset)
             row["n_anomalous"] = int(subset.labels.sum())
             per_category[category] = row
@@ -185,8 +213,10 @@ def evaluate_detector(
     results: dict[str, Any] = {
         "categories": per_category,
         "mean": {
-            key: float(np.mean([row[key] for row in per_category.values()])) for key in METRICS
+            key: float(np.mean([row[key] for row in per_category.values()]))
+            for key in (*METRICS, *IMAGE_SCORE_METRICS)
         },
+        "image_score": det.image_score,
         "n_images": len(dataset),
         "n_anomalous": int(dataset.labels.sum()),
         "image_size": int(size[0]),
@@ -197,34 +227,429 @@ def evaluate_detector(
     return results
 
 
+class CurveRecorder:
+    """``fit``'s ``on_epoch_end`` that scores a test split every few epochs.
+
+    The frozen backbone's test features are computed once, at the first
+    point; each point then runs only the reconstruction network, and
+    records per category the image AUROC of every image score and the
+    pixel AUROC at model resolution (the threshold-free metrics that are
+    cheap enough to repeat). Nothing is selected on the test set: the
+    points only describe the training.
+
+    Parameters
+    ----------
+    dataset : AnomalyDataset
+        Test split with masks.
+    every : int
+        Score after epochs ``every``, ``2 * every``... and after ``last``.
+    last : int
+        The fit's number of epochs.
+
+    Attributes
+    ----------
+    curve : dict
+        ``epoch``, ``loss`` (mean training loss of those epochs),
+        ``fit_seconds`` (training time up to each point, the scoring
+        excluded), ``loss_curve`` (every epoch's loss), ``categories``
+        (per category, each metric's values) and ``mean`` (over categories).
+    """
+
+    def __init__(self, dataset: AnomalyDataset, every: int, last: int) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
+        self.dataset, self.every, self.last = dataset, every, last
+        self.curve: dict[str, Any] = {
+            "epoch": [],
+            "loss": [],
+            "fit_seconds": [],
+            "loss_curve": [],
+            "categories": {c: {} for c in dataset.category_names},
+            "mean": {},
+        }
+        self._features: dict[str, Any] = {}
+        self._masks: dict[str, np.ndarray] = {}
+        self._start = time.perf_counter()
+        self._scoring_seconds = 0.0
+
+    def __call__(self, det: Any, epoch: int, loss: float) -> None:
+        entered = time.perf_counter()
+        self.curve["loss_curve"].append(loss)
+        if epoch % self.every and epoch != self.last:
+            return
+        self.curve["epoch"].append(epoch)
+        self.curve["loss"].append(loss)
+        self.curve["fit_seconds"].append(entered - self._start - self._scoring_seconds)
+        rows = {c: self._score(det, c) for c in self.dataset.category_names}
+        for category, row in rows.items():
+            for key, value in row.items():
+                self.curve["categories"][category].setdefault(key, []).append(value)
+        for key in rows[self.dataset.category_names[0]]:
+            mean = float(np.mean([row[key] for row in rows.values()]))
+            self.curve["mean"].setdefault(key, []).append(mean)
+        self._scoring_seconds += time.perf_counter() - entered
+
+    def _score(self, det: Any, category: str) -> dict[str, float]:
+        import torch
+        import torch.nn.functional as F
+
+        from skuniad.metrics import pixel_auroc
+        from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
+
+        subset = self.dataset.subset(category)
+        size = (det.image_size, det.image_size)
+        batch = inference_batch_size(det.batch_size)
+        if category not in self._features:
+            self._features[category] = extract_features(
+                det.backbone_,
+                subset.paths,
+                image_size=det.image_size,
+                batch_size=batch,
+                device=det.device_,
+                amp_dtype=det._amp_dtype(),
+            )
+            self._masks[category] = _load_masks(subset, size)
+        _, token_maps = reconstruction_maps(
+            det.model_,
+            self._features[category],
+            image_size=det.image_size,
+            batch_size=batch,
+            device=det.device_,
+            amp_dtype=det._amp_dtype(),
+        )
+        # as anomaly_map: bilinear, aligned corners, to model resolution
+        maps = F.interpolate(
+            torch.from_numpy(token_maps)[:, None], size=size, mode="bilinear", align_corners=True
+        )[:, 0].numpy()
+        row = image_score_aurocs(subset.labels, maps)
+        row["image_auroc"] = row[f"image_auroc_{det.image_score}"]
+        row["pixel_auroc"] = pixel_auroc(self._masks[category], maps)
+        return row
+
+
+def _load_masks(subset: AnomalyDataset, size: tuple[int, int]) -> np.ndarray:
+    return np.stack(
+        [
+            np.zeros(size, dtype=bool) if m is None else load_mask(m, size=size)
+            for m in subset.mask_paths
+        ]
+    )
+
+
+def _merge_curves(curves: list[dict[str, Any]]) -> dict[str, Any]:
+    """One curve from the separate setting's per-category curves (same epochs)."""
+    if len(curves) == 1:
+        return curves[0]
+    merged: dict[str, Any] = {"epoch": curves[0]["epoch"], "categories": {}, "mean": {}}
+    for key in ("loss", "fit_seconds", "loss_curve"):
+        # the models train one after another: their losses are averaged, their times add up
+        values = np.array([c[key] for c in curves], dtype=np.float64)
+        merged[key] = (values.sum(0) if key == "fit_seconds" else values.mean(0)).tolist()
+    for curve in curves:
+        merged["categories"].update(curve["categories"])
+    rows = list(merged["categories"].values())
+    for key in rows[0]:
+        merged["mean"][key] = np.mean([row[key] for row in rows], axis=0).tolist()
+    return merged
+
+
+SETTINGS = ("unified", "separate")
+"""UniAD's two settings: one model for all categories, or one model per category."""
+
+
+def run_experiment(
+    train: AnomalyDataset,
+    test: AnomalyDataset,
+    params: dict[str, Any] | None = None,
+    *,
+    setting: str = "unified",
+    seeds: Sequence[int | None] = (None,),
+    eval_every: int | None = None,
+    output_dir: str | os.PathLike[str] | None = None,
+    n_overlays: int = 0,
+    curve_categories: bool = False,
+    verbose: int = 0,
+) -> dict[str, Any]:
+    """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
+
+    Parameters
+    ----------
+    train, test : AnomalyDataset
+        The training split (normal images) and the test split, e.g. from
+        :func:`~skuniad.datasets.load_mvtec`.
+    params : dict, optional
+        :class:`~skuniad.UniADDetector` parameters (``random_state`` is set
+        from ``seeds``).
+    setting : {"unified", "separate"}, default="unified"
+        ``"unified"``: one model on the normal images of all categories
+        (UniAD's setting). ``"separate"``: one model per category, trained
+        on that category's images only (the paper's "separate case").
+    seeds : sequence of int or None, default=(None,)
+        The whole experiment runs once per seed; the results give each
+        metric's mean and (with several seeds) sample standard deviation.
+    eval_every : int, optional
+        Score the test split every ``eval_every`` epochs and after the last
+        (:class:`CurveRecorder`) during the fit itself; the fit is the same
+        as without, and the reported model is always the last epoch's.
+    output_dir : str or path-like, optional
+        Where the models (``model[_<category>][_seed<k>].skuniad``),
+        ``results.json``, ``results.md``, overlays and, with ``eval_every``,
+        ``curve.json`` and ``curve.png`` go.
+    n_overlays : int, default=0
+        Heat-map overlays per category (needs ``output_dir``).
+    curve_categories : bool, default=False
+        Draw one line per category in ``curve.png`` besides the mean.
+    verbose : int, default=0
+
+    Returns
+    -------
+    dict
+        ``categories`` and ``mean``: each metric's mean over seeds; with
+        several seeds ``std`` (same layout, sample standard deviation);
+        ``runs``: every seed's own results (:func:`evaluate_detector`) with
+        its ``seed``, ``fit_seconds`` and, with ``eval_every``, ``curve``;
+        ``paper``: the paper's AUROCs of the categories it reports, for this
+        setting; ``setting``, ``seeds``, ``image_score``, ``image_size``,
+        ``n_images``, ``n_anomalous``.
+    """
+    from skuniad import UniADDetector
+    from skuniad.paper import paper_aurocs
+
+    if setting not in SETTINGS:
+        raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
+    seeds = list(seeds)
+    if not seeds:
+        raise ValueError("seeds must name at least one seed (None for an unseeded run)")
+    params = dict(params or {})
+    max_epochs = params.get("max_epochs", UniADDetector().max_epochs)
+    if eval_every is not None and not 1 <= eval_every <= max_epochs:
+        raise ValueError(f"eval_every must be in [1, max_epochs={max_epochs}], got {eval_every}")
+    missing = sorted(set(test.category_names) - set(train.category_names))
+    if setting == "separate" and missing:
+        raise ValueError(f"the separate setting needs training images of {missing}")
+    folder = None if output_dir is None else Path(output_dir)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+    groups = [None] if setting == "unified" else test.category_names
+    runs = []
+    for seed in seeds:
+        run: dict[str, Any] = {"seed": seed, "categories": {}, "fit_seconds": 0.0}
+        curves, evaluations = [], []
+        for category in groups:
+            train_part = train if category is None else train.subset(category)
+            test_part = test if category is None else test.subset(category)
+            det = UniADDetector(**{**params, "random_state": seed})
+            if verbose > 0:
+                det.set_params(verbose=verbose)
+            recorder = (
+                None if eval_every is None else CurveRecorder(test_part, eval_every, max_epochs)
+            )
+            start = time.perf_counter()
+            det.fit(train_part.paths, on_epoch_end=recorder)
+            run["fit_seconds"] += time.perf_counter() - start
+            if recorder is not None:
+                curves.append(recorder.curve)
+            if folder is not None:
+                det.save(folder / _model_name(category, seed, len(seeds)))
+            overlay_dir = None
+            if folder is not None and n_overlays:
+                overlay_dir = folder / "overlays" / ("" if len(seeds) == 1 else f"seed{seed}")
+            evaluations.append(
+                evaluate_detector(
+                    det, test_part, overlay_dir=overlay_dir, n_overlays=n_overlays, verbose=verbose
+                )
+            )
+        for evaluation in evaluations:
+            run["categories"].update(evaluation["categories"])
+        run["mean"] = _mean_over_categories(run["categories"])
+        run["seconds"] = sum(e["seconds"] for e in evaluations)
+        if curves:
+            run["curve"] = _merge_curves(curves)
+        runs.append(run)
+    results = _summarise_runs(runs, test)
+    results.update(
+        setting=setting,
+        seeds=seeds,
+        image_score=det.image_score,
+        image_size=int(det.image_size),
+        paper=paper_aurocs(test.category_names, setting),
+    )
+    if folder is not None:
+        write_results(results, folder)
+        if eval_every is not None:
+            write_curves(results, folder, per_category=curve_categories)
+    return results
+
+
+def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
+    parts = ["model"]
+    if category is not None:
+        parts.append(category)
+    if n_seeds > 1:
+        parts.append(f"seed{seed}")
+    return "_".join(parts) + ".skuniad"
+
+
+def _mean_over_categories(categories: dict[str, dict[str, Any]]) -> dict[str, float]:
+    keys = [k for k in (*METRICS, *IMAGE_SCORE_METRICS) if k in next(iter(categories.values()))]
+    return {k: float(np.mean([row[k] for row in categories.values()])) for k in keys}
+
+
+def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[str, Any]:
+    """Mean (and, with several runs, sample std) over seeds of every metric."""
+    names = list(runs[0]["categories"])
+    keys = [k for k in (*METRICS, *IMAGE_SCORE_METRICS) if k in runs[0]["categories"][names[0]]]
+
+    def over_runs(pick, reduce) -> dict[str, float]:
+        return {k: float(reduce([pick(run)[k] for run in runs])) for k in keys}
+
+    results: dict[str, Any] = {
+        "categories": {
+            name: {
+                **over_runs(lambda run, n=name: run["categories"][n], np.mean),
+                "n_images": runs[0]["categories"][name]["n_images"],
+                "n_anomalous": runs[0]["categories"][name]["n_anomalous"],
+            }
+            for name in names
+        },
+        "mean": over_runs(lambda run: run["mean"], np.mean),
+        "runs": runs,
+        "n_images": len(test),
+        "n_anomalous": int(test.labels.sum()),
+    }
+    if len(runs) > 1:
+
+        def std(values):
+            return np.std(values, ddof=1)
+
+        results["std"] = {
+            "categories": {
+                name: over_runs(lambda run, n=name: run["categories"][n], std) for name in names
+            },
+            "mean": over_runs(lambda run: run["mean"], std),
+        }
+    return results
+
+
+def write_curves(
+    results: dict[str, Any], output_dir: str | os.PathLike[str], *, per_category: bool = False
+) -> tuple[Path, Path]:
+    """Write ``curve.json`` (every seed's learning curve) and ``curve.png``.
+
+    Returns
+    -------
+    (json_path, png_path)
+    """
+    from skuniad.visualize import plot_learning_curves
+
+    folder = Path(output_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    curves = [{"seed": run["seed"], **run["curve"]} for run in results["runs"]]
+    document = {
+        "setting": results["setting"],
+        "image_score": results["image_score"],
+        "runs": curves,
+    }
+    json_path = folder / "curve.json"
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    png_path = plot_learning_curves(curves, folder / "curve.png", per_category=per_category)
+    return json_path, png_path
+
+
+def _score_columns(results: dict[str, Any]) -> list[str]:
+    """The image-score AUROCs the results have, the detector's own first."""
+    present = [k for k in IMAGE_SCORE_METRICS if k in results["mean"]]
+    first = f"image_auroc_{results.get('image_score', 'max')}"
+    return sorted(present, key=lambda k: k != first)  # stable: the others keep their order
+
+
+def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Column keys and rows (categories, then ``mean``) of the report, values in %.
+
+    With several seeds a cell reads ``mean ± std``. Where the paper reports
+    a category, the paper's image and pixel AUROC and the differences
+    (ours - paper) follow.
+    """
+    keys = [*METRICS, *_score_columns(results)]
+    paper = results.get("paper") or {}
+    std = results.get("std")
+
+    def cells(row: dict[str, Any], spread: dict[str, Any] | None, name: str) -> list[str]:
+        out = []
+        for key in keys:
+            text = f"{100 * row[key]:.1f}"
+            if spread is not None:
+                text += f" ± {100 * spread[key]:.1f}"
+            out.append(text)
+        if paper:
+            theirs = paper.get(name)
+            for key in ("image_auroc", "pixel_auroc"):
+                out.append("" if theirs is None else f"{theirs[key]:.1f}")
+            for key in ("image_auroc", "pixel_auroc"):
+                out.append("" if theirs is None else f"{100 * row[key] - theirs[key]:+.1f}")
+        return out
+
+    rows = [
+        [name, *cells(row, None if std is None else std["categories"][name], name)]
+        for name, row in results["categories"].items()
+    ]
+    rows.append(["mean", *cells(results["mean"], None if std is None else std["mean"], "mean")])
+    columns = list(keys)
+    if paper:
+        columns += ["paper_image_auroc", "paper_pixel_auroc", "delta_image", "delta_pixel"]
+    return columns, rows
+
+
+COLUMN_TITLES: dict[str, str] = {
+    **METRIC_NAMES,
+    "paper_image_auroc": "Paper image AUROC",
+    "paper_pixel_auroc": "Paper pixel AUROC",
+    "delta_image": "Δ image",
+    "delta_pixel": "Δ pixel",
+}
+"""Titles of the report's columns (:func:`results_table`)."""
+
+
 def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation") -> str:
     """A Markdown report: optional run details, then one row per category and the mean.
 
-    Values are percentages with one decimal, as in the UniAD paper. Keys of
-    ``results["run"]`` (if present) are listed above the table.
+    Values are percentages with one decimal, as in the UniAD paper, ``± std``
+    over seeds when there are several. Keys of ``results["run"]`` (if
+    present) are listed above the table.
     """
     lines = [f"# {title}", ""]
     for key, value in results.get("run", {}).items():
         lines.append(f"- {key}: {value}")
     if results.get("run"):
         lines.append("")
-    header = ["Category", *(METRIC_NAMES[k] for k in METRICS), "Images", "Anomalous"]
+    columns, rows = results_table(results)
+    header = ["Category", *(COLUMN_TITLES[k] for k in columns), "Images", "Anomalous"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
-    for name, row in results["categories"].items():
-        cells = [f"{100 * row[k]:.1f}" for k in METRICS]
-        lines.append(
-            "| " + " | ".join([name, *cells, str(row["n_images"]), str(row["n_anomalous"])]) + " |"
+    for name, *cells in rows:
+        source = results["categories"].get(name)
+        counts = (
+            [str(results["n_images"]), str(results["n_anomalous"])]
+            if source is None
+            else [str(source["n_images"]), str(source["n_anomalous"])]
         )
-    mean = [f"**{100 * results['mean'][k]:.1f}**" for k in METRICS]
-    totals = [str(results["n_images"]), str(results["n_anomalous"])]
-    lines.append("| " + " | ".join(["**mean**", *mean, *totals]) + " |")
-    lines += [
-        "",
+        if source is None:
+            name, cells = f"**{name}**", [f"**{c}**" if c else c for c in cells]
+        lines.append("| " + " | ".join([name, *cells, *counts]) + " |")
+    seeds = results.get("seeds") or []
+    notes = [
         f"Metrics in %, at model resolution ({results['image_size']} x {results['image_size']}); "
         "AUPRO integrated to FPR 0.3; the mean is over categories.",
-        "",
     ]
+    if len(seeds) > 1:
+        notes.append(f"Mean ± sample standard deviation over {len(seeds)} seeds ({seeds}).")
+    if "setting" in results:
+        notes.append(f"Setting: {results['setting']}; image score: {results['image_score']}.")
+    if results.get("paper"):
+        from skuniad.paper import SOURCE
+
+        notes.append(f"Paper columns: {SOURCE}; Δ = ours - paper.")
+    lines += ["", *notes, ""]
     return "\n".join(lines)
 
 

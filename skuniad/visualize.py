@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["jet", "heatmap_overlay", "outline", "save_overlay"]
+__all__ = ["jet", "heatmap_overlay", "outline", "plot_learning_curves", "save_overlay"]
 
 GROUND_TRUTH_COLOR = (255, 255, 255)
 THRESHOLD_COLOR = (0, 255, 0)
@@ -150,4 +150,50 @@ def save_overlay(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(overlay).save(path)
+    return path
+
+
+def plot_learning_curves(
+    curves: list[dict], path: str | os.PathLike, *, per_category: bool = False
+) -> Path:
+    """Training loss and test AUROCs against epochs, as the poster's Fig. 3a; a PNG.
+
+    ``curves`` are :class:`skuniad.evaluation.CurveRecorder` curves with a
+    ``seed`` each. Left: every epoch's mean training loss (log scale).
+    Right: the mean over categories of the image AUROC (the detector's image
+    score) and of the pixel AUROC at the scored epochs; ``per_category``
+    adds one thin line per category. Drawn with matplotlib's Agg canvas: no
+    display needed and pyplot's global state is left alone.
+    """
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    loss_axes, auroc_axes = figure.subplots(1, 2)
+    for curve in curves:
+        suffix = "" if len(curves) == 1 else f", seed {curve['seed']}"
+        losses = curve["loss_curve"]
+        loss_axes.plot(range(1, len(losses) + 1), losses, label=f"training loss{suffix}")
+        for key, marker in (("image_auroc", "o"), ("pixel_auroc", "s")):
+            values = 100 * np.asarray(curve["mean"][key])
+            name = key.replace("_auroc", "")
+            auroc_axes.plot(curve["epoch"], values, marker=marker, label=f"{name} AUROC{suffix}")
+        if per_category:
+            for category, row in curve["categories"].items():
+                for key, style in (("image_auroc", "--"), ("pixel_auroc", ":")):
+                    name = key.replace("_auroc", "")
+                    auroc_axes.plot(
+                        curve["epoch"],
+                        100 * np.asarray(row[key]),
+                        style,
+                        linewidth=0.8,
+                        label=f"{category} {name}{suffix}",
+                    )
+    loss_axes.set(xlabel="epoch", ylabel="mean training loss (MSE)", yscale="log")
+    auroc_axes.set(xlabel="epoch", ylabel="AUROC (%), mean over categories")
+    for axes in (loss_axes, auroc_axes):
+        axes.grid(alpha=0.3)
+        axes.legend(fontsize="small")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
     return path

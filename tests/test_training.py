@@ -187,7 +187,8 @@ def test_learning_rate_drops_as_the_reference_steplr(max_epochs):
     step_size = max(1, int(0.8 * max_epochs))
     weight = torch.nn.Parameter(torch.zeros(1))
     optimizer = torch.optim.SGD([weight], lr=1.0)
-    with pytest.warns(UserWarning):  # step(epoch) is deprecated, which is why skuniad does not call it
+    # step(epoch) is deprecated (a UserWarning): skuniad computes the same rule itself
+    with pytest.warns(UserWarning):
         scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma=0.1)
         reference = []
         for epoch in range(max_epochs):

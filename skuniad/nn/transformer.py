@@ -10,7 +10,6 @@ from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neigh
 from skuniad.nn.dropout import dropout_add, keep_mask
 from skuniad.nn.jitter import feature_jitter
 
-
 LAYER_QUERIES = ("every", "first", "none")
 """Values of ``layer_queries``: the paper's layer-wise queries, then its two ablations."""
 
