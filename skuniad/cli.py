@@ -51,6 +51,23 @@ class TestDataKind(str, Enum):
     mvtec = "mvtec"
 
 
+class Setting(str, Enum):
+    unified = "unified"
+    separate = "separate"
+
+
+class LayerQueries(str, Enum):
+    every = "every"
+    first = "first"
+    none = "none"
+
+
+class ImageScore(str, Enum):
+    max = "max"
+    mean = "mean"
+    std = "std"
+
+
 class Precision(str, Enum):
     auto = "auto"
     bf16 = "bf16"
@@ -92,6 +109,27 @@ NeighborSize = Annotated[
         min=0, help="Neighbor-mask window (odd); 0 disables the mask.", rich_help_panel=_TRAIN
     ),
 ]
+JitterScale = Annotated[
+    float,
+    typer.Option(
+        min=0.0, help="Feature-jitter strength alpha; 0 disables jittering.", rich_help_panel=_TRAIN
+    ),
+]
+LayerQueriesOption = Annotated[
+    LayerQueries,
+    typer.Option(
+        help="Decoder layers with their own learned queries: every (the paper), first, none.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+ImageScoreOption = Annotated[
+    ImageScore,
+    typer.Option(
+        help="Image score from the anomaly map: max of the 16x16-pooled map (the paper's), "
+        "mean or std.",
+        rich_help_panel=_TRAIN,
+    ),
+]
 Contamination = Annotated[
     str,
     typer.Option(
@@ -129,6 +167,9 @@ _DETECTOR_PARAMS = {
     "decoder_layers": "num_decoder_layers",
     "feedforward_dim": "dim_feedforward",
     "neighbor_size": "neighbor_size",
+    "jitter_scale": "jitter_scale",
+    "layer_queries": "layer_queries",
+    "image_score": "image_score",
     "contamination": "contamination",
     "device": "device",
     "precision": "precision",
@@ -176,8 +217,9 @@ def _detector_params(options: dict[str, Any]) -> dict[str, Any]:
         params["backbone_weights"] = None
     if params.get("neighbor_size") == 0:
         params["neighbor_size"] = None
-    if isinstance(params.get("precision"), Enum):
-        params["precision"] = params["precision"].value
+    for name, value in params.items():
+        if isinstance(value, Enum):
+            params[name] = value.value
     contamination = params.get("contamination")
     if isinstance(contamination, str) and contamination != "auto":
         try:
@@ -299,6 +341,13 @@ _SHORT_NAMES = {
     "pixel_ap": "P-AP",
     "image_f1_max": "I-F1max",
     "pixel_f1_max": "P-F1max",
+    "image_auroc_max": "I-AUROC max",
+    "image_auroc_mean": "I-AUROC mean",
+    "image_auroc_std": "I-AUROC std",
+    "paper_image_auroc": "paper I",
+    "paper_pixel_auroc": "paper P",
+    "delta_image": "Δ I",
+    "delta_pixel": "Δ P",
 }
 
 
@@ -307,21 +356,24 @@ def _print_results(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from skuniad.evaluation import METRICS
+    from skuniad.evaluation import results_table
 
+    columns, rows = results_table(results)
+    seeds = results.get("seeds") or []
+    caption = "I = image level, P = pixel level; mean over categories"
+    if len(seeds) > 1:
+        caption += f"; mean ± std over {len(seeds)} seeds"
     table = Table(
-        title=f"Results (%) at {results['image_size']} px",
-        caption="I = image level, P = pixel level; mean over categories",
-        box=box.SIMPLE_HEAD,
+        title=f"Results (%) at {results['image_size']} px", caption=caption, box=box.SIMPLE_HEAD
     )
     table.add_column("Category", no_wrap=True)
-    for key in METRICS:
+    for key in columns:
         table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
-    for name, row in results["categories"].items():
-        table.add_row(name, *(f"{100 * row[k]:.1f}" for k in METRICS))
+    for name, *cells in rows[:-1]:
+        table.add_row(name, *cells)
     table.add_section()
-    table.add_row("mean", *(f"{100 * results['mean'][k]:.1f}" for k in METRICS), style="bold")
-    Console().print(table)
+    table.add_row(*rows[-1], style="bold")
+    Console(width=max(120, 11 * len(columns) + 16)).print(table)
 
 
 def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
@@ -373,6 +425,9 @@ def fit(
     decoder_layers: DecoderLayers = 4,
     feedforward_dim: FeedforwardDim = 1024,
     neighbor_size: NeighborSize = 7,
+    jitter_scale: JitterScale = 20.0,
+    layer_queries: LayerQueriesOption = LayerQueries.every,
+    image_score: ImageScoreOption = ImageScore.max,
     contamination: Contamination = "auto",
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
@@ -548,12 +603,36 @@ def evaluate_command(
         typer.Option(
             "--output",
             "-o",
-            help="Folder for results.json, results.md, overlays and (when training) the model.",
+            help="Folder for results.json, results.md, overlays, curves and the trained models.",
         ),
     ] = None,
     overlays: Annotated[
         int, typer.Option(min=0, help="Heat-map overlays per category (needs --output).")
     ] = 0,
+    setting: Annotated[
+        Setting,
+        typer.Option(
+            help="unified: one model for all categories (UniAD); separate: one per category."
+        ),
+    ] = Setting.unified,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--seed",
+            help="Random seed; repeat it to run the experiment once per seed (mean ± std).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            help="Score the test split every N epochs of the fit: curve.json and curve.png "
+            "in --output. The reported model is still the last epoch's.",
+        ),
+    ] = None,
+    curve_categories: Annotated[
+        bool, typer.Option(help="One line per category in curve.png.")
+    ] = False,
     epochs: Epochs = 1000,
     backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
     backbone_weights: BackboneWeights = "imagenet",
@@ -566,87 +645,122 @@ def evaluate_command(
     decoder_layers: DecoderLayers = 4,
     feedforward_dim: FeedforwardDim = 1024,
     neighbor_size: NeighborSize = 7,
+    jitter_scale: JitterScale = 20.0,
+    layer_queries: LayerQueriesOption = LayerQueries.every,
+    image_score: ImageScoreOption = ImageScore.max,
     contamination: Contamination = "auto",
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
-    seed: Seed = None,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
     """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
 
-    Without --model, one model is trained on the normal training images of
-    all chosen categories together (UniAD's unified setting), then each
-    category's test split is scored at model resolution.
+    Without --model, models are trained as the paper's experiments: one on
+    the normal training images of all chosen categories together (UniAD's
+    unified setting) or one per category (--setting separate), once per
+    --seed; each category's test split is then scored at model resolution.
+    MVTec AD categories are shown next to the paper's AUROCs.
     """
     options = dict(locals())
     params = _detector_params(options)
     if model is not None:
         given = [
             name
-            for name in _DETECTOR_PARAMS
+            for name in (*_DETECTOR_PARAMS, "setting", "eval_every")
             if name != "device"
             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         ]
-        if given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        if len(seed or []) > 1 or given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given or ["seed"])
             raise typer.BadParameter(
-                f"{flags} cannot be combined with --model", param_hint="--model"
+                f"{flags} cannot be combined with --model (it evaluates one trained model)",
+                param_hint="--model",
             )
+    if eval_every is not None and not 1 <= eval_every <= epochs:
+        raise typer.BadParameter(
+            f"must be between 1 and --epochs ({epochs}), got {eval_every}",
+            param_hint="--eval-every",
+        )
+    if eval_every is not None and output is None:
+        raise typer.BadParameter("--eval-every needs --output", param_hint="--eval-every")
     if overlays and output is None:
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with _domain_errors():
         from skuniad.datasets import load_mvtec
-        from skuniad.evaluation import evaluate_detector, write_results
+        from skuniad.evaluation import evaluate_detector, run_experiment, write_results
 
         test = load_mvtec(root, "test", category or None)
         _tune_runtime(threads)
-        fit_seconds = None
         if model is None:
+            train = load_mvtec(root, "train", category or None)
+            params.pop("random_state", None)  # one run per --seed
+            seed_list = list(dict.fromkeys(seed)) if seed else [None]
+            models = 1 if setting is Setting.unified else len(train.category_names)
+            typer.echo(
+                f"Training {models * len(seed_list)} model(s) ({setting.value} setting, "
+                f"seeds {seed_list}) on {len(train)} normal images of "
+                f"{len(train.category_names)} categories."
+            )
+            start = time.perf_counter()
+            results = run_experiment(
+                train,
+                test,
+                params,
+                setting=setting.value,
+                seeds=seed_list,
+                eval_every=eval_every,
+                output_dir=output,
+                n_overlays=overlays,
+                curve_categories=curve_categories,
+                verbose=0 if quiet else 1,
+            )
+            fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
+            evaluate_seconds = sum(run["seconds"] for run in results["runs"])
+            typer.echo(f"Wall time: {_format_seconds(time.perf_counter() - start)}, ", nl=False)
+            typer.echo(
+                f"of which fitting {_format_seconds(fit_seconds)}, "
+                f"evaluation {_format_seconds(evaluate_seconds)}"
+            )
             from skuniad import UniADDetector
 
-            train = load_mvtec(root, "train", category or None)
-            if output is not None:
-                output.mkdir(parents=True, exist_ok=True)
-            typer.echo(
-                f"Training on {len(train)} normal images of {len(train.category_names)} categories."
+            det = UniADDetector(**params)
+            results["run"] = _run_info(
+                det,
+                dataset=str(root),
+                model="trained by this command",
+                epochs=results["runs"][0]["n_epochs"],
+                fit_seconds=round(fit_seconds, 1),
+                evaluate_seconds=round(evaluate_seconds, 1),
             )
-            det = UniADDetector(**params, verbose=0 if quiet else 1)
-            det, interrupted, fit_seconds = _fit_detector(det, train.paths)
-            if interrupted:
-                raise KeyboardInterrupt
-            typer.echo(f"Fit: {_format_seconds(fit_seconds)}")
-            if output is not None:
-                det.save(output / f"model{MODEL_SUFFIX}")
         else:
             det = _load_detector(model, device)
             det.set_params(verbose=0 if quiet else 1)
-        typer.echo(f"Evaluating {len(test)} test images of {len(test.category_names)} categories.")
-        results = evaluate_detector(
-            det,
-            test,
-            overlay_dir=None if output is None or not overlays else output / "overlays",
-            n_overlays=overlays,
-            verbose=0 if quiet else 1,
-        )
-        results["run"] = _run_info(
-            det,
-            dataset=str(root),
-            model=str(model) if model is not None else "trained by this command",
-            fit_seconds=None if fit_seconds is None else round(fit_seconds, 1),
-            evaluate_seconds=round(results["seconds"], 1),
-        )
+            typer.echo(
+                f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
+            )
+            results = evaluate_detector(
+                det,
+                test,
+                overlay_dir=None if output is None or not overlays else output / "overlays",
+                n_overlays=overlays,
+                verbose=0 if quiet else 1,
+            )
+            results["run"] = _run_info(
+                det,
+                dataset=str(root),
+                model=str(model),
+                evaluate_seconds=round(results["seconds"], 1),
+            )
+            typer.echo(f"Wall time: evaluation {_format_seconds(results['seconds'])}")
         _print_results(results)
-        if fit_seconds is not None:
-            typer.echo(f"Wall time: fit {_format_seconds(fit_seconds)}, ", nl=False)
-        else:
-            typer.echo("Wall time: ", nl=False)
-        typer.echo(f"evaluation {_format_seconds(results['seconds'])}")
         if output is not None:
             json_path, md_path = write_results(results, output)
             typer.echo(f"Results: {json_path}, {md_path}")
+            if eval_every is not None:
+                typer.echo(f"Learning curves: {output / 'curve.json'}, {output / 'curve.png'}")
             if model is None:
-                typer.echo(f"Model: {output / f'model{MODEL_SUFFIX}'}")
+                typer.echo(f"Models: {output}/model*{MODEL_SUFFIX}")
 
 
 # --------------------------------------------------------------------- demo

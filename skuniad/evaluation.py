@@ -447,6 +447,7 @@ def run_experiment(
             start = time.perf_counter()
             det.fit(train_part.paths, on_epoch_end=recorder)
             run["fit_seconds"] += time.perf_counter() - start
+            run["n_epochs"] = det.n_epochs_
             if recorder is not None:
                 curves.append(recorder.curve)
             if folder is not None:

@@ -143,12 +143,48 @@ def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_pa
         ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2", *TINY_ARGS],
     )
     assert result.exit_code == 0, result.output
-    assert "Wall time: fit" in result.output
+    assert "of which fitting" in result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert list(results["categories"]) == ["grain", "parts"]
     assert results["n_images"] == 12 and results["run"]["epochs"] == 2
     assert results["run"]["fit_seconds"] > 0
     assert UniADDetector.load(tmp_path / "model.skuniad", device="cpu").n_epochs_ == 2
+
+
+def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tmp_path):
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2"]
+    args += ["--setting", "separate", "--seed", "1", "--eval-every", "1", "--curve-categories"]
+    result = runner.invoke(app, args + TINY_ARGS)  # TINY_ARGS adds --seed 0
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["setting"] == "separate" and results["seeds"] == [1, 0]
+    assert [run["seed"] for run in results["runs"]] == [1, 0]
+    for name in ("grain", "parts"):
+        values = [run["categories"][name]["image_auroc"] for run in results["runs"]]
+        assert results["categories"][name]["image_auroc"] == pytest.approx(np.mean(values))
+        assert results["std"]["categories"][name]["image_auroc"] == pytest.approx(
+            np.std(values, ddof=1)
+        )
+        for seed in (0, 1):  # one model per category and seed, each trained on its category
+            det = UniADDetector.load(tmp_path / f"model_{name}_seed{seed}.skuniad", device="cpu")
+            assert det.random_state == seed and det.n_epochs_ == 2
+    assert " ± " in (tmp_path / "results.md").read_text()
+    curves = json.loads((tmp_path / "curve.json").read_text())
+    assert [run["epoch"] for run in curves["runs"]] == [[1, 2], [1, 2]]
+    assert set(curves["runs"][0]["categories"]) == {"grain", "parts"}
+    assert (tmp_path / "curve.png").stat().st_size > 10_000
+
+
+def test_evaluate_ablation_options_reach_the_model(data_root, tmp_path):
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1"]
+    args += ["--layer-queries", "none", "--jitter-scale", "0", "--image-score", "std"]
+    result = runner.invoke(app, args + TINY_ARGS + ["--neighbor-size", "0"])
+    assert result.exit_code == 0, result.output
+    det = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
+    assert (det.layer_queries, det.jitter_scale, det.neighbor_size) == ("none", 0.0, None)
+    assert det.image_score == "std"
+    assert all(layer.layer_queries is None for layer in det.model_.decoder)
+    assert "I-AUROC std" in result.output
 
 
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
@@ -206,6 +242,14 @@ def test_bad_model_file_and_bad_dataset_are_domain_errors(data_root, tmp_path):
         ["evaluate", "--root", ".", "--dataset", "btad"],
         ["evaluate", "--root", ".", "--model", "m.skuniad", "--epochs", "3"],
         ["evaluate", "--root", ".", "--overlays", "2"],  # needs --output
+        ["evaluate", "--root", ".", "-o", "out", "--eval-every", "0"],
+        ["evaluate", "--root", ".", "-o", "out", "--epochs", "2", "--eval-every", "3"],
+        ["evaluate", "--root", ".", "--epochs", "2", "--eval-every", "1"],  # needs --output
+        ["evaluate", "--root", ".", "--model", "m.skuniad", "--seed", "0", "--seed", "1"],
+        ["evaluate", "--root", ".", "--model", "m.skuniad", "--eval-every", "1"],
+        ["evaluate", "--root", ".", "--model", "m.skuniad", "--layer-queries", "none"],
+        ["evaluate", "--root", ".", "--model", "m.skuniad", "--setting", "separate"],
+        ["evaluate", "--root", ".", "--setting", "both"],
     ],
 )
 def test_usage_errors_exit_2(args):
