@@ -245,6 +245,9 @@ class CurveRecorder:
         Score after epochs ``every``, ``2 * every``... and after ``last``.
     last : int
         The fit's number of epochs.
+    path : str or path-like, optional
+        Rewrite this JSON file with the curve so far after every point, so
+        that a long run can be followed (and is not lost if stopped).
 
     Attributes
     ----------
@@ -255,10 +258,17 @@ class CurveRecorder:
         (per category, each metric's values) and ``mean`` (over categories).
     """
 
-    def __init__(self, dataset: AnomalyDataset, every: int, last: int) -> None:
+    def __init__(
+        self,
+        dataset: AnomalyDataset,
+        every: int,
+        last: int,
+        path: str | os.PathLike[str] | None = None,
+    ) -> None:
         if every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
         self.dataset, self.every, self.last = dataset, every, last
+        self.path = None if path is None else Path(path)
         self.curve: dict[str, Any] = {
             "epoch": [],
             "loss": [],
@@ -287,6 +297,8 @@ class CurveRecorder:
         for key in rows[self.dataset.category_names[0]]:
             mean = float(np.mean([row[key] for row in rows.values()]))
             self.curve["mean"].setdefault(key, []).append(mean)
+        if self.path is not None:
+            self.path.write_text(json.dumps(self.curve, indent=2) + "\n")
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
@@ -441,9 +453,11 @@ def run_experiment(
             det = UniADDetector(**{**params, "random_state": seed})
             if verbose > 0:
                 det.set_params(verbose=verbose)
-            recorder = (
-                None if eval_every is None else CurveRecorder(test_part, eval_every, max_epochs)
-            )
+            recorder = None
+            if eval_every is not None:
+                # until the experiment ends, curve.json follows the model being trained
+                progress = None if folder is None else folder / "curve.json"
+                recorder = CurveRecorder(test_part, eval_every, max_epochs, progress)
             start = time.perf_counter()
             det.fit(train_part.paths, on_epoch_end=recorder)
             run["fit_seconds"] += time.perf_counter() - start

@@ -126,3 +126,77 @@ def test_markdown_and_json_reports(test_split, tmp_path):
     assert rows[0].startswith("| Category | Image AUROC | Pixel AUROC | AUPRO")
     assert [r.split(" | ")[0] for r in rows[1:]] == ["| parts", "| stripes", "| **mean**"]
     assert "| 100.0 |" in rows[1]
+
+
+def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_split, tmp_path):
+    from skuniad.evaluation import CurveRecorder
+
+    train = load_mvtec(root, "train")
+    recorder = CurveRecorder(test_split, every=2, last=3, path=tmp_path / "curve.json")
+    det = UniADDetector(**{**TINY, "max_epochs": 3, "precision": "fp32"})
+    det.fit(train.paths, on_epoch_end=recorder)
+    curve = recorder.curve
+    assert curve["epoch"] == [2, 3] and len(curve["loss_curve"]) == 3
+    assert curve["loss"] == [det.loss_curve_[1], det.loss_curve_[2]]
+    assert curve["fit_seconds"][0] < curve["fit_seconds"][1]
+    final = evaluate_detector(det, test_split)
+    for name in CATEGORIES:
+        for key in ("image_auroc", "pixel_auroc", "image_auroc_mean", "image_auroc_std"):
+            assert curve["categories"][name][key][-1] == pytest.approx(
+                final["categories"][name][key], abs=1e-6
+            )
+    assert curve["mean"]["pixel_auroc"][-1] == pytest.approx(final["mean"]["pixel_auroc"])
+    assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == [2, 3]
+
+
+def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_split):
+    from skuniad.evaluation import run_experiment
+
+    train = load_mvtec(root, "train")
+    params = {**TINY, "max_epochs": 1}
+    results = run_experiment(train, test_split, params, seeds=[0, 1])
+    assert [run["seed"] for run in results["runs"]] == [0, 1]
+    per_seed = [run["mean"]["pixel_auroc"] for run in results["runs"]]
+    assert per_seed[0] != per_seed[1]
+    assert results["mean"]["pixel_auroc"] == pytest.approx(np.mean(per_seed))
+    assert results["std"]["mean"]["pixel_auroc"] == pytest.approx(np.std(per_seed, ddof=1))
+    # seed 0 alone is the same fit: the first run is a plain evaluation of it
+    alone = evaluate_detector(
+        UniADDetector(**{**params, "random_state": 0}).fit(train.paths), test_split
+    )
+    assert results["runs"][0]["categories"] == alone["categories"]
+    assert results["paper"] == {}  # synthetic categories are not the paper's
+
+
+def test_report_shows_the_papers_numbers_and_the_difference():
+    from skuniad.evaluation import results_table
+
+    row = {k: 0.5 for k in METRICS} | {"image_auroc": 0.99, "pixel_auroc": 0.95}
+    row |= {"image_auroc_max": 0.99, "image_auroc_mean": 0.9, "image_auroc_std": 0.8}
+    results = {
+        "categories": {"bottle": dict(row), "mystery": dict(row)},
+        "mean": dict(row),
+        "image_score": "mean",
+        "paper": {"bottle": {"image_auroc": 99.7, "pixel_auroc": 98.1}},
+    }
+    columns, rows = results_table(results)
+    assert columns[len(METRICS) : len(METRICS) + 3] == [
+        "image_auroc_mean",
+        "image_auroc_max",
+        "image_auroc_std",
+    ]  # the detector's own image score first
+    assert columns[-4:] == ["paper_image_auroc", "paper_pixel_auroc", "delta_image", "delta_pixel"]
+    assert rows[0][-4:] == ["99.7", "98.1", "-0.7", "-3.1"]
+    assert rows[1][-4:] == ["", "", "", ""]  # not an MVTec AD category
+
+
+def test_paper_numbers_average_to_the_papers_means():
+    from skuniad.paper import MVTEC_AD, paper_aurocs
+
+    unified = paper_aurocs(MVTEC_AD, "unified")
+    assert len(unified) == 15
+    assert np.mean([v["image_auroc"] for v in unified.values()]) == pytest.approx(96.5, abs=0.05)
+    assert np.mean([v["pixel_auroc"] for v in unified.values()]) == pytest.approx(96.8, abs=0.05)
+    assert paper_aurocs(["grid"], "separate") == {
+        "grid": {"image_auroc": 98.5, "pixel_auroc": 94.6}
+    }
