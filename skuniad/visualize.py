@@ -159,7 +159,8 @@ def plot_learning_curves(
     """Training loss and test AUROCs against epochs, as the poster's Fig. 3a; a PNG.
 
     ``curves`` are :class:`skuniad.evaluation.CurveRecorder` curves with a
-    ``seed`` each. Left: every epoch's mean training loss (log scale).
+    ``seed`` each, or a ``label`` that names them in the legend (e.g. to
+    draw UniAD and an ablation in one figure). Left: every epoch's mean training loss (log scale).
     Right: the mean over categories of the image AUROC (the detector's image
     score) and of the pixel AUROC at the scored epochs; ``per_category``
     adds one thin line per category. Drawn with matplotlib's Agg canvas: no
@@ -170,7 +171,10 @@ def plot_learning_curves(
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     loss_axes, auroc_axes = figure.subplots(1, 2)
     for curve in curves:
-        suffix = "" if len(curves) == 1 else f", seed {curve['seed']}"
+        if "label" in curve:
+            suffix = f", {curve['label']}"
+        else:
+            suffix = "" if len(curves) == 1 else f", seed {curve['seed']}"
         losses = curve["loss_curve"]
         loss_axes.plot(range(1, len(losses) + 1), losses, label=f"training loss{suffix}")
         for key, marker in (("image_auroc", "o"), ("pixel_auroc", "s")):

@@ -63,3 +63,53 @@ def test_save_overlay_puts_the_image_on_the_left(tmp_path):
 def test_bad_image_shape_is_rejected():
     with pytest.raises(ValueError, match="image must be"):
         heatmap_overlay(np.zeros((4, 4, 2)), np.zeros((4, 4)))
+
+
+def _curve(seed, image, pixel):
+    return {
+        "seed": seed,
+        "epoch": [1, 2],
+        "loss": [1.0, 0.5],
+        "loss_curve": [1.0, 0.5],
+        "mean": {"image_auroc": image, "pixel_auroc": pixel},
+        "categories": {"a": {"image_auroc": image, "pixel_auroc": pixel}},
+    }
+
+
+def test_learning_curve_plot_draws_loss_and_aurocs_per_run(tmp_path):
+    from matplotlib.image import imread
+
+    from skuniad.visualize import plot_learning_curves
+
+    one = plot_learning_curves([_curve(0, [0.6, 0.7], [0.8, 0.9])], tmp_path / "one.png")
+    two = plot_learning_curves(
+        [_curve(0, [0.6, 0.7], [0.8, 0.9]), {**_curve(1, [0.5, 0.4], [0.7, 0.6]), "label": "x"}],
+        tmp_path / "two.png",
+        per_category=True,
+    )
+    a, b = imread(one), imread(two)
+    assert a.shape == b.shape and a.shape[0] > 300
+    assert not np.array_equal(a, b)  # the second run and the category lines are drawn
+
+
+def test_shortcut_script_draws_runs_side_by_side(tmp_path, capsys, monkeypatch):
+    import json
+    import runpy
+    import sys
+
+    for name, image in (("uniad", [0.6, 0.8]), ("plain", [0.7, 0.5])):
+        (tmp_path / name).mkdir()
+        document = {"setting": "unified", "image_score": "max", "runs": [_curve(0, image, image)]}
+        (tmp_path / name / "curve.json").write_text(json.dumps(document))
+    args = [
+        f"{tmp_path / 'uniad'}:UniAD",
+        f"{tmp_path / 'plain'}:plain",
+        "-o",
+        str(tmp_path / "c.png"),
+    ]
+    monkeypatch.setattr(sys, "argv", ["shortcut_curves.py", *args])
+    runpy.run_path("benchmarks/shortcut_curves.py", run_name="__main__")
+    printed = capsys.readouterr().out
+    assert "| UniAD | 2 | 0.5000 | 80.0 | 80.0 |" in printed
+    assert "| plain | 2 | 0.5000 | 50.0 | 50.0 |" in printed
+    assert (tmp_path / "c.png").stat().st_size > 10_000
