@@ -15,6 +15,7 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import time
 import traceback
@@ -341,7 +342,13 @@ def train_reconstruction(
 
         device_ids = [device] if device.type == "cuda" else None
         # the buffers (neighbor mask) are constants: no broadcast before every forward
-        network = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+        # (the option's name since torch 2.14; broadcast_buffers before, deprecated there)
+        no_sync = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers"
+        )
+        network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
         steps_over = max_over_ranks(len(data), device)
     finished = copy.deepcopy(model.state_dict())
     with (
