@@ -427,3 +427,50 @@ def test_an_error_on_one_rank_aborts_its_process_group(gloo_group, monkeypatch):
     with pytest.raises(DeviceOutOfMemoryError):
         _train(_tiny_model(), torch.randn(6, 8, 3, 3), distributed=True)
     assert not dist.is_initialized()  # the peers' collectives fail instead of waiting
+
+
+STOP_SCRIPT = """
+import json, os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import TINY
+from skuniad import UniADDetector, training
+from skuniad.distributed import finish
+
+rank, epochs = int(os.environ["RANK"]), []
+train_epoch = training._train_epoch
+
+def epoch(*args, **kwargs):
+    epochs.append(train_epoch(*args, **kwargs))
+    if rank == 1 and len(epochs) == 1:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C reaches this rank only
+    return epochs[-1]
+
+training._train_epoch = epoch
+X = np.random.default_rng(0).integers(0, 256, (8, 40, 40, 3), dtype=np.uint8)
+outcome = "returned"
+try:
+    UniADDetector(**{{**TINY, "max_epochs": 3}}).fit(X)
+except KeyboardInterrupt:
+    outcome = "raised"
+with open(os.path.join({out!r}, "rank%d.json" % rank), "w") as f:
+    json.dump({{"epochs": len(epochs), "outcome": outcome}}, f)
+finish()
+"""
+
+
+def test_torchrun_ctrl_c_on_one_rank_stops_every_rank_after_the_same_epoch(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "stop.py"
+    script.write_text(STOP_SCRIPT.format(tests=str(Path(__file__).parent), out=str(tmp_path)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    done = subprocess.run(
+        [*command, "--standalone", str(script)], capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1] and ranks[0]["epochs"] == 1
