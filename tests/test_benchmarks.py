@@ -28,7 +28,9 @@ FAKE = {
 }  # fmt: skip
 
 
-@pytest.mark.parametrize(("script", "argv"), [("train_speed", ["--repeats", "1"]), ("infer_speed", [])])
+@pytest.mark.parametrize(
+    ("script", "argv"), [("train_speed", ["--repeats", "1"]), ("infer_speed", [])]
+)
 @pytest.mark.parametrize("gpu", [False, True])
 def test_both_sides_of_a_ratio_run_on_the_same_device(script, argv, gpu, monkeypatch, capsys):
     module = _script(script)
@@ -49,3 +51,21 @@ def test_both_sides_of_a_ratio_run_on_the_same_device(script, argv, gpu, monkeyp
     compared = [args for kind, args in children if kind in ("a", "b", "c")]
     assert compared and all(args[-1] == device for args in compared)
     assert f"device: {device} for (a)" in out and f"(both on {device})" in out
+
+
+def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys):
+    # the torchrun step runs the same `torchrun ... -m skuniad fit` as test_distributed.py
+    assert _script("gpu_check").main(["--images", "8", "--no-torchrun"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpu check: REDUCED MODE on the CPU")
+    for figure in (
+        "feature extraction (bf16): ",
+        "training (bf16): ",
+        "training (fp32): ",
+        "projected 1000-epoch recipe (bf16): ",
+        "fp32 vs bf16 maps (8 images): ",
+        "stride-0 query in scaled_dot_product_attention",
+        "  math float32 masked: relative difference output ",
+        "gpu check: ok",
+    ):
+        assert figure in out, figure
