@@ -59,7 +59,7 @@ def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys):
     out = capsys.readouterr().out
     assert out.startswith("gpu check: REDUCED MODE on the CPU")
     for figure in (
-        "feature extraction (bf16): ",
+        "feature extraction (fp32): ",
         "training (bf16): ",
         "training (fp32): ",
         "projected 1000-epoch recipe (bf16): ",
