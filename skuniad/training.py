@@ -244,7 +244,8 @@ class FeatureFeed:
                 self.data = features
                 if torch.cuda.is_initialized():
                     torch.cuda.empty_cache()
-        self.staged = self.data.device != device
+        # compared by type: a plain torch.device("cuda") names the GPU the cache went to
+        self.staged = self.data.device.type == "cpu" and device.type != "cpu"
 
     def __len__(self) -> int:
         return len(self.data)

@@ -215,6 +215,13 @@ def test_a_cache_that_stays_on_the_host_is_fed_batch_by_batch():
     assert batch.device.type == "meta" and batch.shape == (3, 4)
 
 
+def test_a_cache_on_the_gpu_is_indexed_there(monkeypatch):
+    features = torch.zeros(10, 4, device="meta")  # as if moved to the GPU already
+    monkeypatch.setattr(training, "features_fit_on_device", lambda *a: True)
+    feed = FeatureFeed(features, torch.device("meta"))
+    assert not feed.staged and feed.order(torch.arange(3)).device.type == "meta"
+
+
 def test_a_failed_move_to_the_gpu_falls_back_to_the_host(monkeypatch):
     features = torch.zeros(10, 4)
     monkeypatch.setattr(training, "features_fit_on_device", lambda *a: True)
