@@ -120,7 +120,7 @@ class MaskedMultiheadAttention(nn.Module):
         if q.device.type == "cpu" and (dropout > 0 or q.dtype != torch.float32):
             out = _cpu_attention(q, k, v, attn_bias, dropout)
         else:
-            if q.device.type != "cpu":
+            if q.device.type != "cpu" and 0 in q.stride():
                 # a shared query is an expand()ed view (batch stride 0): fused GPU kernels
                 # have mishandled such strides in torch versions we allow, so give them a copy
                 q = q.contiguous()
