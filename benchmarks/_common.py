@@ -40,6 +40,27 @@ def training_images(n: int) -> list:
     return make_synthetic("train", n_per_category=max(1, n // 4), image_size=224).images[:n]
 
 
+def benchmark_device(name: str) -> str:
+    """``--device`` resolved: ``"auto"`` is CUDA when available, else the CPU.
+
+    Both sides of a ratio run on this device (a GPU against a CPU is no
+    comparison), and the scripts print it.
+    """
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so that a timer measures it."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 

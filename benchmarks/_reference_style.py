@@ -103,7 +103,7 @@ class ReferenceStyleUniAD(nn.Module):
             -1,
         ).flatten(0, 1)
         pos = pos.unsqueeze(1)
-        mask = loop_mask(h, w, self.k)
+        mask = loop_mask(h, w, self.k).to(feats.device)  # the reference's .cuda()
         x = self.input_proj(tokens)
         memory = x
         for layer in self.encoder:

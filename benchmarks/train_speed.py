@@ -7,9 +7,12 @@
 (b) reference-style: the same transformer fed by the frozen backbone
     recomputed every step, fp32, mask rebuilt every forward, batch 8.
 
-Each path runs in its own process (clean peak RSS). Usage::
+Each path runs in its own process (clean peak RSS), both on ``--device``
+(default ``cpu``; ``cuda`` or ``auto`` on a GPU machine), which is printed
+with the ratio. Usage::
 
     python benchmarks/train_speed.py [--images 96] [--epochs 3] [--steps 8] [--repeats 3]
+                                     [--device cpu]
     python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
     python benchmarks/train_speed.py --breakdown # + the step alone, in phases and variants
 
@@ -31,12 +34,19 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import machine, peak_rss_gb, run_child, training_images  # noqa: E402
+from _common import (  # noqa: E402
+    benchmark_device,
+    machine,
+    peak_rss_gb,
+    run_child,
+    synchronize,
+    training_images,
+)
 
 BACKBONE = "tf_efficientnet_lite0"
 
 
-def skuniad_path(n_images: int, epochs: int) -> dict:
+def skuniad_path(n_images: int, epochs: int, device: str = "cpu") -> dict:
     from skuniad import UniADDetector, training
     from skuniad.runtime import tune_cpu_runtime
 
@@ -46,13 +56,15 @@ def skuniad_path(n_images: int, epochs: int) -> dict:
 
     def timed_epoch(*args, **kwargs):
         start = time.perf_counter()
-        loss = train_epoch(*args, **kwargs)
+        loss = train_epoch(*args, **kwargs)  # returns a float: the GPU work is done
         epoch_s.append(time.perf_counter() - start)
         return loss
 
     training._train_epoch = timed_epoch
     X = training_images(n_images)
-    det = UniADDetector(backbone=BACKBONE, max_epochs=epochs, batch_size=8, random_state=0)
+    det = UniADDetector(
+        backbone=BACKBONE, max_epochs=epochs, batch_size=8, device=device, random_state=0
+    )
     start = time.perf_counter()
     det.fit(X)
     wall = time.perf_counter() - start
@@ -67,7 +79,7 @@ def skuniad_path(n_images: int, epochs: int) -> dict:
     }
 
 
-def reference_path(n_images: int, steps: int) -> dict:
+def reference_path(n_images: int, steps: int, device: str = "cpu") -> dict:
     import torch
     import torch.nn.functional as F
     from _reference_style import ReferenceStyleUniAD
@@ -79,19 +91,20 @@ def reference_path(n_images: int, steps: int) -> dict:
     torch.manual_seed(0)
     X = check_images(training_images(max(n_images, 8 * (steps + 2))))
     batches = [b for b, _ in iter_batches(X, 224, (0.5,) * 3, (0.5,) * 3, 8)]
-    model = ReferenceStyleUniAD(BACKBONE, 192).train()
+    model = ReferenceStyleUniAD(BACKBONE, 192).to(device).train()
     model.backbone.eval()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-4)
     times = []
     for step in range(steps + 2):
         start = time.perf_counter()
-        feats, rec = model(batches[step % len(batches)])
+        feats, rec = model(batches[step % len(batches)].to(device))
         loss = F.mse_loss(rec, feats)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
         optimizer.step()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     step_s = statistics.median(times[2:])
     return {"step_s": step_s, "images_per_s": 8 / step_s, "peak_rss_gb": peak_rss_gb()}
@@ -248,6 +261,9 @@ def main() -> None:
         action="store_true",
         help="also time skuniad's step alone: phases; masks reused, no dropout, fp32",
     )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda or auto: both (a) and (b) run there"
+    )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
@@ -255,14 +271,17 @@ def main() -> None:
         fn = {"a": skuniad_path, "b": reference_path, "s": step_breakdown, "gpu": gpu_projection}[
             kind
         ]
-        print(json.dumps(fn(*map(int, rest))))
+        device = [rest.pop()] if kind in ("a", "b") else []
+        print(json.dumps(fn(*map(int, rest), *device)))
         return
 
     import torch
 
+    device = benchmark_device(args.device)
     print(f"machine: {machine()}")
+    print(f"device: {device} for (a) and (b)")
     if args.full:
-        a = run_child(__file__, "a", "100000", "2")
+        a = run_child(__file__, "a", "100000", "2", device)
         print(
             f"unified fit on {a['images']} images: {a['epoch_s']:.1f} s per epoch "
             f"(median; whole fit incl. features and calibration {a['fit_s']:.1f} s "
@@ -271,8 +290,8 @@ def main() -> None:
         return
     rounds = []
     for round_ in range(1, args.repeats + 1):  # a and b alternate: drifts in machine speed
-        a = run_child(__file__, "a", str(args.images), str(args.epochs))  # hit both alike
-        b = run_child(__file__, "b", str(args.images), str(args.steps))
+        a = run_child(__file__, "a", str(args.images), str(args.epochs), device)  # hit both alike
+        b = run_child(__file__, "b", str(args.images), str(args.steps), device)
         rounds.append((a, b))
         print(
             f"round {round_}: (a) skuniad fit, {a['images']} images x {a['epochs']} epochs in "
@@ -315,7 +334,7 @@ def main() -> None:
         f"{whole_fit:.2f}"
     )
     ratio = statistics.median(a["images_per_s"] / b["images_per_s"] for a, b in rounds)
-    print(f"ratio: {ratio:.2f}")
+    print(f"ratio: {ratio:.2f} (both on {device})")
 
 
 if __name__ == "__main__":

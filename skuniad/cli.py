@@ -868,7 +868,7 @@ def info() -> None:
     import torch
 
     from skuniad import __version__
-    from skuniad.training import cpu_has_fast_bf16
+    from skuniad.training import cpu_has_fast_bf16, cuda_has_fast_bf16
     from skuniad.weights import BUNDLED_WEIGHTS, bundled_weights_path
 
     typer.echo(f"skuniad {__version__}")
@@ -876,9 +876,17 @@ def info() -> None:
         f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}"
     )
     if torch.cuda.is_available():
-        names = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
-        bf16 = "yes" if torch.cuda.is_bf16_supported() else "no"
-        typer.echo(f"device: cuda ({names}); bf16: {bf16}")
+        gpus = []
+        for i in range(torch.cuda.device_count()):
+            major, minor = torch.cuda.get_device_capability(i)
+            # the rule of precision="auto": bf16 hardware from compute capability 8.0 on
+            bf16 = "yes" if cuda_has_fast_bf16(torch.device("cuda", i)) else "no"
+            gpus.append(
+                f"cuda:{i} {torch.cuda.get_device_name(i)} "
+                f"(compute capability {major}.{minor}, bf16: {bf16})"
+            )
+        typer.echo(f"device: cuda ({'; '.join(gpus)})")
+        typer.echo("precision='auto' on a GPU uses bf16 where it says bf16: yes, else fp32")
     else:
         typer.echo(f"device: cpu ({torch.get_num_threads()} threads); CUDA not available")
     fast = cpu_has_fast_bf16()

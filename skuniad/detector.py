@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from numbers import Integral, Real
 from pathlib import Path
@@ -29,11 +30,13 @@ from skuniad.nn.transformer import (
 )
 from skuniad.runtime import flushing_denormals
 from skuniad.training import (
+    DeviceOutOfMemoryError,
     autocast,
     explain_out_of_memory,
     extract_features,
     inference_batch_size,
     reconstruction_maps,
+    release_device_memory,
     resolve_device,
     resolve_precision,
     train_reconstruction,
@@ -55,6 +58,26 @@ _NOT_TRAINING = {
     "checkpoint_path",
     "checkpoint_every",
 }
+
+
+def _releasing_device_memory(method):
+    """On :class:`DeviceOutOfMemoryError`, free what the failed call's frames hold.
+
+    The error's traceback keeps every frame it passed through, with their
+    tensors (model, optimizer state, feature cache on the GPU); a notebook
+    keeps the last error, so a retry with a smaller ``batch_size`` would run
+    out of memory again.
+    """
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except DeviceOutOfMemoryError as error:
+            release_device_memory(error)
+            raise
+
+    return wrapper
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -330,6 +353,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
+    @_releasing_device_memory
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, *, on_epoch_end=None):
         """Train on normal images of any categories mixed together.
@@ -356,16 +380,15 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         self._check_architecture()
         device = resolve_device(self.device)
-        context = distributed_context()  # under torchrun: this rank's shard of X
+        context = distributed_context(device)  # under torchrun: this rank's shard of X
         if context is not None:
-            if device.type == "cuda":
-                device = torch.device("cuda", context.local_rank)
+            device = context.device
             X = [X[i] for i in context.shard(len(X))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
         previous_curve = list(self.loss_curve_) if warm else []
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        devices = [device.index or 0] if device.type == "cuda" else []
+        devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             backbone = self.backbone_ if warm else self._build_backbone(self.backbone_weights)
@@ -504,6 +527,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return resolve_precision(self.precision, self.device_)
 
     # ------------------------------------------------------------ inference
+    @_releasing_device_memory
     @flushing_denormals()
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
@@ -523,7 +547,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         with explain_out_of_memory("scoring", self.batch_size, inference=True):
             for images, batch_sizes in batches:
                 with torch.inference_mode(), autocast(device, amp_dtype):
-                    features = self.backbone_(images.to(device, memory_format=torch.channels_last))
+                    images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
+                    features = self.backbone_(images)
                     reconstruction = self.model_(features)
                 batch_maps = anomaly_map(features, reconstruction, self.image_size)
                 scores.append(image_score(batch_maps, method=self.image_score).cpu().numpy())
@@ -603,6 +628,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
 
     # ------------------------------------ calibration, reference checkpoints, ONNX
+    @_releasing_device_memory
     def calibrate(self, X_normal) -> UniADDetector:
         """Set ``offset_`` and ``pixel_threshold_`` from normal images, without training.
 

@@ -6,14 +6,33 @@ rank extracts the backbone features of its own shard of the images
 (``X[rank::N]``), gradients are averaged across ranks every step (so the
 weights stay identical on all of them), thresholds are calibrated on the
 scores of all images gathered from every rank, and the CLI writes the model
-on rank 0 only. ``nccl`` is used on GPUs, ``gloo`` on CPUs. ``batch_size`` is
-per process, as in the reference (8 per GPU).
+on rank 0 only. ``batch_size`` is per process, as in the reference (8 per GPU).
+
+Devices and backends: with ``device="cuda"`` (or ``"auto"`` on a GPU machine)
+each rank uses GPU ``LOCAL_RANK`` modulo the GPUs it sees, so one GPU per
+process (``CUDA_VISIBLE_DEVICES`` set per task) gives ``cuda:0`` everywhere;
+that GPU is made the current one before any collective runs. The backend
+follows the device the ranks train on, not what the machine has: ``gloo``
+for ``device="cpu"``, ``nccl`` for GPUs, and ``gloo`` again when more local
+ranks than visible GPUs share them (NCCL refuses two ranks on one GPU). A
+process group the caller initialised before ``fit`` is used as it is.
+
+Stopping: Ctrl-C (SIGINT) during distributed training does not stop a rank
+on its own, which would leave the others waiting in a collective; every
+rank stops after the same epoch (:func:`interrupts_deferred`). Any other
+error that escapes training on one rank aborts its process group
+(:func:`abort`), so that the process can exit at once and torchrun stops
+the other ranks.
 """
 
 from __future__ import annotations
 
 import gc
 import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,22 +45,61 @@ class DistributedContext:
     rank: int
     world_size: int
     local_rank: int
+    device: torch.device = torch.device("cpu")
 
     def shard(self, n: int) -> list[int]:
         """Indices of the images this rank handles."""
         return list(range(self.rank, n, self.world_size))
 
 
-def distributed_context() -> DistributedContext | None:
-    """The torchrun context (initialising the process group), or None outside torchrun."""
+def local_device(device: torch.device, local_rank: int) -> torch.device:
+    """The device of the rank with ``local_rank``: GPU ``local_rank`` modulo the visible GPUs.
+
+    Non-CUDA devices are returned unchanged.
+    """
+    if device.type != "cuda":
+        return device
+    return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
+
+
+def process_group_backend(device: torch.device) -> str:
+    """``nccl`` when every local rank has a GPU of its own, else ``gloo``.
+
+    ``gloo`` reduces CUDA tensors too: it is the backend that works when
+    several ranks share one GPU, which NCCL rejects ("duplicate GPU").
+    """
+    if device.type != "cuda":
+        return "gloo"
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    return "nccl" if local_world <= torch.cuda.device_count() else "gloo"
+
+
+def distributed_context(device: torch.device | None = None) -> DistributedContext | None:
+    """The torchrun context, or None outside torchrun.
+
+    ``device`` is the resolved training device (the CPU when None). Under
+    torchrun, this rank's device (:func:`local_device`) becomes the current
+    CUDA device and the process group is initialised for it, unless the
+    caller already did.
+    """
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
         return None
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = local_device(torch.device("cpu") if device is None else device, local_rank)
+    if device.type == "cuda":
+        # object collectives and barrier() run on the current device, cuda:0 unless set
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return DistributedContext(
-        dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0"))
-    )
+        backend = process_group_backend(device)
+        # device_id binds NCCL to this rank's GPU (and connects it now, not at the first use)
+        options = {"device_id": device} if backend == "nccl" else {}
+        dist.init_process_group(backend=backend, **options)
+    elif device.type == "cpu" and dist.get_backend() == "nccl":
+        raise ValueError(
+            "the process group uses nccl, which cannot train on the CPU (device='cpu'); "
+            "initialise it with backend='gloo' or train on the GPUs"
+        )
+    return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
 def is_main_process() -> bool:
@@ -89,4 +147,54 @@ def finish() -> None:
         # group: free it now rather than at interpreter exit, after the group is gone
         gc.collect()
         dist.barrier()
+        dist.destroy_process_group()
+
+
+class RanksStopped(KeyboardInterrupt):
+    """Every rank stopped training after the same epoch, because one was interrupted."""
+
+
+@contextmanager
+def interrupts_deferred(enabled: bool = True) -> Iterator[list[bool]]:
+    """Turn SIGINT (Ctrl-C) into a request, ``flag[0] = True``, inside the block.
+
+    Distributed training checks the request of every rank after each epoch
+    (:func:`any_rank`) and stops all of them together. A KeyboardInterrupt
+    raised in one rank alone would leave the others blocked in the next
+    collective until the process group's timeout. No-op when not
+    ``enabled`` or outside the main thread (only it receives signals).
+    """
+    requested = [False]
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+
+    def request(signum, frame) -> None:
+        requested[0] = True
+
+    previous = signal.signal(signal.SIGINT, request)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is True on at least one (a collective)."""
+    return max_over_ranks(int(flag), device) > 0
+
+
+def abort() -> None:
+    """Tear the process group down after an error on this rank (no-op outside torchrun).
+
+    The other ranks may be waiting in a collective: an NCCL group is aborted
+    rather than shut down cleanly (which would wait for them), a gloo group's
+    connections close so that the peers fail instead of waiting. The process
+    can then exit at once, and torchrun stops the remaining ranks.
+    """
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if dist.get_backend() == "nccl" and hasattr(dist.distributed_c10d, "_abort_process_group"):
+        dist.distributed_c10d._abort_process_group()
+    else:
         dist.destroy_process_group()

@@ -10,6 +10,7 @@ index (and file).
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -223,21 +224,44 @@ class ImageDataset(torch.utils.data.Dataset):
         return tensor, torch.tensor(original)
 
 
+def decoding_cores() -> list[int]:
+    """The CPU cores this process's decoding workers may use.
+
+    All the cores the process may run on, except under torchrun with several
+    processes on the machine: each local rank then gets its own
+    ``1 / LOCAL_WORLD_SIZE`` slice, so the ranks' workers do not all crowd
+    onto the same cores.
+    """
+    try:
+        cores = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = list(range(os.cpu_count() or 1))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    if local_world > 1 and len(cores) >= local_world:
+        share = len(cores) // local_world
+        local_rank = int(os.environ.get("LOCAL_RANK", "0")) % local_world
+        cores = cores[local_rank * share : (local_rank + 1) * share]
+    return cores
+
+
 def decoding_workers(device: torch.device | str = "cpu") -> int:
     """DataLoader workers for decoding files: the cores the model leaves free, at most 4.
 
+    The cores are :func:`decoding_cores` (this rank's share under torchrun).
     A model on the CPU keeps ``torch.get_num_threads()`` cores busy; one on an
     accelerator, one. On a 2-core machine running the model with 2 threads,
     worker processes only compete with it: scoring 128 real-ad JPEGs ran at
     about 90 images/s decoding in the main process and 45-65 images/s with
     2 workers (benchmarks/infer_speed.py, docs/performance.md).
     """
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
     busy = torch.get_num_threads() if torch.device(device).type == "cpu" else 1
-    return max(0, min(4, cores - busy))
+    return max(0, min(4, len(decoding_cores()) - busy))
+
+
+def _keep_worker_on(cores: list[int], worker_id: int) -> None:
+    """DataLoader worker start-up: stay on this rank's share of the cores."""
+    if hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, cores)
 
 
 def iter_batches(
@@ -247,11 +271,14 @@ def iter_batches(
 
     Files are decoded in DataLoader worker processes when there are enough of
     them to be worth it and cores left free by the model on ``device``
-    (:func:`decoding_workers`), so decoding overlaps with the model.
+    (:func:`decoding_workers`), so decoding overlaps with the model. For a
+    CUDA ``device`` the batches come in pinned memory, ready for an
+    asynchronous copy (``.to(device, non_blocking=True)``).
     """
     dataset = ImageDataset(X, image_size, mean, std)
     reads_files = len(X) > 0 and isinstance(X[0], (str, Path))
     workers = decoding_workers(device) if reads_files and len(X) > 2 * batch_size else 0
+    shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=batch_size,
@@ -261,6 +288,10 @@ def iter_batches(
         # its own generator: a loader otherwise draws a seed from the global torch RNG,
         # and scoring between epochs would change the training that follows
         generator=torch.Generator(),
+        pin_memory=torch.device(device).type == "cuda",
+        worker_init_fn=functools.partial(_keep_worker_on, decoding_cores())
+        if workers and shared
+        else None,
     )
     for images, sizes in loader:
         yield images, [tuple(int(v) for v in s) for s in sizes]

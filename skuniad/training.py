@@ -15,8 +15,10 @@ bit-identical to an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import inspect
 import os
 import time
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
@@ -27,7 +29,14 @@ import torch.nn.functional as F
 
 from skuniad._progress import progress_bar
 from skuniad.cache import FeatureCache
-from skuniad.distributed import all_reduce_sum, max_over_ranks
+from skuniad.distributed import (
+    RanksStopped,
+    abort,
+    all_reduce_sum,
+    any_rank,
+    interrupts_deferred,
+    max_over_ranks,
+)
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
@@ -51,24 +60,51 @@ def cpu_has_fast_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def cuda_has_fast_bf16(device: torch.device) -> bool:
+    """True when the GPU ``device`` computes bf16 in hardware: compute capability 8.0 or newer.
+
+    ``torch.cuda.is_bf16_supported()`` is not this test: it also counts bf16
+    emulated in fp32 (V100, T4: slower than fp32), and looks at the current
+    GPU rather than the one given.
+    """
+    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
+
+
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu."""
+    """``"auto"`` -> cuda when available, else cpu; a CUDA device always gets its index.
+
+    ``"cuda"`` means the current CUDA device, named explicitly (``cuda:N``) so
+    that everything keyed by the index (RNG forking, bf16 capability) looks
+    at the GPU really used.
+    """
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was requested but CUDA is not available")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device={device!r} was requested but CUDA is not available")
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
+        elif resolved.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device={device!r} was requested but only {torch.cuda.device_count()} "
+                "CUDA device(s) are visible"
+            )
     return resolved
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device``; None means fp32."""
+    """Autocast dtype for ``precision`` on ``device``; None means fp32.
+
+    ``"auto"``: bf16 on GPUs with bf16 hardware (:func:`cuda_has_fast_bf16`)
+    and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere.
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if cuda_has_fast_bf16(device) else None
     return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
 
 
@@ -104,7 +140,8 @@ def extract_features(
             X, image_size, backbone.mean, backbone.std, batch_size, device
         ):
             with torch.inference_mode(), autocast(device, amp_dtype):
-                features = backbone(images.to(device, memory_format=torch.channels_last))
+                images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
+                features = backbone(images)
             if cache is None:
                 cache = FeatureCache(len(X), features.shape[1:], cache_dtype, cache_max_gb)
             cache.append(features)
@@ -135,10 +172,99 @@ def explain_out_of_memory(task: str, batch_size: int, *, inference: bool = False
             if smaller >= 1
             else f"even batch_size={batch_size} does not fit: lower image_size or use device='cpu'"
         )
+        said = str(exc).split(". ")[0]
+        # the original error's frames hold the batch's activations: drop them now, not
+        # when the caller lets go of this error (a notebook keeps the last one)
+        release_device_memory(exc)
         raise DeviceOutOfMemoryError(
             f"out of device memory while {task} ({images} images per batch): {advice}. "
-            f"PyTorch said: {str(exc).split('. ')[0]}."
+            f"PyTorch said: {said}."
         ) from None
+
+
+def release_device_memory(error: BaseException) -> None:
+    """Free what ``error`` and the errors it chains keep alive, and return cached GPU memory.
+
+    Clears the local variables of every finished frame in their tracebacks
+    (tensors of the failed step, the feature cache, optimizer state), so a
+    retry, e.g. with the smaller ``batch_size`` a
+    :class:`DeviceOutOfMemoryError` suggests, starts from an empty device.
+    Frames still running are left alone.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+# The cache stays on the GPU for the whole training when it takes at most this fraction
+# of the free memory: the rest is for the model, optimizer state and activations.
+RESIDENT_CACHE_FRACTION = 0.5
+
+
+def features_fit_on_device(features: torch.Tensor, device: torch.device) -> bool:
+    """Whether ``features`` fit comfortably in ``device``'s free memory.
+
+    True on the CPU; on CUDA when they take at most
+    :data:`RESIDENT_CACHE_FRACTION` of the free memory
+    (``torch.cuda.mem_get_info``); False whenever the free memory is unknown.
+    """
+    if device.type == "cpu":
+        return True
+    if device.type != "cuda":
+        return False
+    try:
+        free, _ = torch.cuda.mem_get_info(device)
+    except (RuntimeError, AssertionError):  # no driver, unsupported device
+        return False
+    return features.numel() * features.element_size() <= RESIDENT_CACHE_FRACTION * free
+
+
+class FeatureFeed:
+    """Training batches of the feature cache, delivered on ``device``.
+
+    The cache is copied to the device once when it fits comfortably there
+    (:func:`features_fit_on_device`); otherwise (a large or memory-mapped
+    cache, a nearly full GPU) it stays in host memory, and each batch is
+    gathered into pinned memory and copied asynchronously, so that the GPU
+    needs room for one batch only and a smaller ``batch_size`` helps. Build
+    it inside :func:`explain_out_of_memory`.
+    """
+
+    def __init__(self, features: torch.Tensor, device: torch.device) -> None:
+        self.device = device
+        self.data = features
+        if device.type != "cpu" and features_fit_on_device(features, device):
+            try:
+                self.data = features.to(device)
+            except torch.cuda.OutOfMemoryError:  # another process took the memory meanwhile
+                self.data = features
+                if torch.cuda.is_initialized():
+                    torch.cuda.empty_cache()
+        # compared by type: a plain torch.device("cuda") names the GPU the cache went to
+        self.staged = self.data.device.type == "cpu" and device.type != "cpu"
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def order(self, order: torch.Tensor) -> torch.Tensor:
+        """Move an epoch's image order to where the cache is, once per epoch, not per step."""
+        return order.to(self.data.device)
+
+    def batch(self, indices: torch.Tensor) -> torch.Tensor:
+        """The features of ``indices`` (a slice of :meth:`order`'s result) on the device."""
+        if not self.staged:
+            return self.data[indices]
+        staged = torch.empty(
+            (len(indices), *self.data.shape[1:]),
+            dtype=self.data.dtype,
+            pin_memory=self.device.type == "cuda",
+        )
+        torch.index_select(self.data, 0, indices, out=staged)
+        return staged.to(self.device, non_blocking=True)
 
 
 def lr_decay_epoch(max_epochs: int) -> int:
@@ -207,19 +333,29 @@ def train_reconstruction(
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
         curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
-    # the whole cache moves to the accelerator once; a disk-backed cache stays mapped
-    data = features.to(device) if device.type != "cpu" else features
+    if distributed and checkpoint_path is not None:
+        raise ValueError("checkpoint_path is not supported in distributed training")
+    with explain_out_of_memory("training", batch_size):
+        data = FeatureFeed(features, device)
     network, steps_over = model, len(data)
     if distributed:
-        if checkpoint_path is not None:
-            raise ValueError("checkpoint_path is not supported in distributed training")
         from torch.nn.parallel import DistributedDataParallel
 
         device_ids = [device] if device.type == "cuda" else None
-        network = DistributedDataParallel(model, device_ids=device_ids)
+        # the buffers (neighbor mask) are constants: no broadcast before every forward
+        # (the option's name since torch 2.14; broadcast_buffers before, deprecated there)
+        no_sync = (
+            "forward_sync_buffers"
+            if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
+            else "broadcast_buffers"
+        )
+        network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
         steps_over = max_over_ranks(len(data), device)
     finished = copy.deepcopy(model.state_dict())
-    with progress_bar(verbose > 0) as progress:
+    with (
+        progress_bar(verbose > 0) as progress,
+        _stopping_all_ranks(distributed) as interrupted,
+    ):
         task = progress.add_task("training", total=max_epochs, completed=len(curve))
         try:
             with explain_out_of_memory("training", batch_size):
@@ -247,6 +383,8 @@ def train_reconstruction(
                     if on_epoch_end is not None:
                         on_epoch_end(epoch, curve[-1])
                         model.train()  # the callback may have scored in eval mode
+                    if distributed and any_rank(interrupted[0], device):
+                        raise RanksStopped
         except KeyboardInterrupt:
             model.load_state_dict(finished)
             warnings.warn(
@@ -259,9 +397,25 @@ def train_reconstruction(
     return curve
 
 
+@contextmanager
+def _stopping_all_ranks(distributed: bool) -> Iterator[list[bool]]:
+    """Distributed training: defer Ctrl-C to the end of the epoch, abort the group on errors."""
+    if not distributed:
+        yield [False]
+        return
+    try:
+        with interrupts_deferred() as interrupted:
+            yield interrupted
+    except RanksStopped:
+        raise
+    except BaseException:
+        abort()  # the other ranks may wait in a collective for this one
+        raise
+
+
 def _train_epoch(
     model: torch.nn.Module,
-    data: torch.Tensor,
+    data: FeatureFeed,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
     grad_clip: float,
@@ -277,9 +431,11 @@ def _train_epoch(
     order = torch.randperm(n)
     if length is not None and length > n:
         order = torch.cat([order, torch.randint(n, (length - n,))])
+    # one copy per epoch: a per-step copy to the GPU would block the CPU every step
+    order = data.order(order)
     total = torch.zeros((), device=device)
     for begin in range(0, len(order), batch_size):
-        batch = data[order[begin : begin + batch_size].to(data.device)].to(device).float()
+        batch = data.batch(order[begin : begin + batch_size]).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
         loss = F.mse_loss(reconstruction.float(), batch)
@@ -364,7 +520,7 @@ def reconstruction_maps(
     model.eval()
     scores, maps = [], []
     for begin in range(0, len(features), batch_size):
-        batch = features[begin : begin + batch_size].to(device).float()
+        batch = features[begin : begin + batch_size].to(device, non_blocking=True).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
         full_maps = anomaly_map(batch, reconstruction, image_size)

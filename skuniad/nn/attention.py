@@ -11,7 +11,7 @@ from skuniad.nn.dropout import keep_mask
 
 def attention_bias(allowed: torch.Tensor) -> torch.Tensor:
     """Additive logits bias for a boolean ``allowed`` mask: 0 where allowed, -inf elsewhere."""
-    return torch.zeros(allowed.shape).masked_fill(~allowed, float("-inf"))
+    return torch.zeros(allowed.shape, device=allowed.device).masked_fill(~allowed, float("-inf"))
 
 
 def neighbor_mask(height: int, width: int, neighbor_size: int) -> torch.Tensor:
@@ -120,6 +120,10 @@ class MaskedMultiheadAttention(nn.Module):
         if q.device.type == "cpu" and (dropout > 0 or q.dtype != torch.float32):
             out = _cpu_attention(q, k, v, attn_bias, dropout)
         else:
+            if q.device.type != "cpu" and 0 in q.stride():
+                # a shared query is an expand()ed view (batch stride 0): fused GPU kernels
+                # have mishandled such strides in torch versions we allow, so give them a copy
+                q = q.contiguous()
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, dropout_p=dropout)
         return self.out_proj(out.transpose(1, 2).reshape(batch, length, self.embed_dim))
 

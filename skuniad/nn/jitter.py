@@ -25,7 +25,9 @@ def feature_jitter(
     prob : float
         Probability of jittering this batch.
     generator : torch.Generator, optional
-        Source of randomness; the global generator when None.
+        Source of randomness; the global generators when None. Its draws are
+        made on its own device and moved to ``tokens``' (a CPU generator
+        works for CUDA tokens).
 
     Returns
     -------
@@ -34,10 +36,13 @@ def feature_jitter(
     """
     if scale == 0 or prob == 0:
         return tokens
-    device = tokens.device
-    if prob < 1 and torch.rand((), generator=generator, device=device) >= prob:
+    device = tokens.device if generator is None else generator.device
+    # the coin is tossed on the CPU (the global CPU generator by default): reading a GPU
+    # draw back would make the host wait for the GPU every step
+    coin_device = "cpu" if generator is None else generator.device
+    if prob < 1 and torch.rand((), generator=generator, device=coin_device) >= prob:
         return tokens
     channels = tokens.shape[-1]
     norms = tokens.norm(dim=-1, keepdim=True) / channels
     noise = torch.randn(tokens.shape, generator=generator, device=device, dtype=tokens.dtype)
-    return tokens + noise * norms * scale
+    return tokens + noise.to(tokens.device) * norms * scale

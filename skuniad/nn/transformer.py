@@ -235,8 +235,10 @@ class UniADReconstruction(nn.Module):
         if self.training:
             tokens = feature_jitter(tokens, self.jitter_scale, self.jitter_prob)
         x = self.input_proj(tokens)
-        # Under autocast x is bf16: keep the whole token stream in it, so that
+        # Under CPU autocast x is bf16: keep the whole token stream in it, so that
         # residual adds and LayerNorms do not bounce activations through fp32.
+        # (CUDA autocast runs LayerNorm in fp32 whatever its input: there the
+        # stream is fp32 after the first norm and only the matmuls run in bf16.)
         pos = self.pos_embed().to(x.dtype).unsqueeze(0)
         mask = self.attn_bias
         memory = x

@@ -1,0 +1,75 @@
+"""The benchmark scripts compare like with like, and the GPU check runs on a CPU."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _script(name):
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    return module
+
+
+FAKE = {
+    "images": 8, "epochs": 1, "fit_s": 1.0, "fit_images_per_s": 8.0, "epoch_s": 0.5,
+    "images_per_s": 16.0, "peak_rss_gb": 1.0, "step_s": 1.0, "extract_s": 1.0,
+    "projected_1000_epochs_min": 1.0,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("script", "argv"), [("train_speed", ["--repeats", "1"]), ("infer_speed", [])]
+)
+@pytest.mark.parametrize("gpu", [False, True])
+def test_both_sides_of_a_ratio_run_on_the_same_device(script, argv, gpu, monkeypatch, capsys):
+    module = _script(script)
+    children = []
+
+    def run_child(path, kind, *args):
+        children.append((kind, args))
+        return FAKE
+
+    monkeypatch.setattr(module, "run_child", run_child)
+    monkeypatch.setattr(module, "machine", lambda: "test machine")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(module, "_onnx_runtime_has_cuda", lambda: False, raising=False)
+    monkeypatch.setattr(sys, "argv", [script, "--device", "auto", *argv])
+    module.main()
+    out = capsys.readouterr().out
+    device = "cuda" if gpu else "cpu"
+    compared = [args for kind, args in children if kind in ("a", "b", "c")]
+    assert compared and all(args[-1] == device for args in compared)
+    assert f"device: {device} for (a)" in out and f"(both on {device})" in out
+
+
+def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys, monkeypatch):
+    import skuniad.runtime
+
+    # process-wide flush-to-zero would outlive this test (and break hypothesis's floats)
+    monkeypatch.setattr(skuniad.runtime, "tune_cpu_runtime", lambda: False)
+    # the torchrun step runs the same `torchrun ... -m skuniad fit` as test_distributed.py
+    assert _script("gpu_check").main(["--images", "8", "--no-torchrun"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpu check: REDUCED MODE on the CPU")
+    for figure in (
+        "feature extraction (fp32): ",
+        "training (bf16): ",
+        "training (fp32): ",
+        "projected 1000-epoch recipe (bf16): ",
+        "fp32 vs bf16 maps (8 images): ",
+        "stride-0 query in scaled_dot_product_attention",
+        "  math float32 masked: relative difference output ",
+        "gpu check: ok",
+    ):
+        assert figure in out, figure
