@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import check_images, iter_batches
+from skuniad.io import RESIZE_MODES, check_images, iter_batches
 from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import (
@@ -105,13 +105,23 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Backbone stages whose features are aligned and concatenated.
     image_size : int, default=224
         Images are resized (aspect not kept) to ``image_size`` squared.
-    static_padding_size : int or None, default=None
-        None: the backbone's TF "same" padding is computed from each input, as
-        timm does. An int S: every strided convolution pads as it would on an
-        S x S input, fixed, as the reference implementation's EfficientNet does
-        (S = 380 for B4; at 224 px this changes one layer). Set by
-        :meth:`from_reference_checkpoint` so imported models give the
-        reference's anomaly maps exactly.
+    resize : {"pil-uint8", "float"}, default="pil-uint8"
+        How images are resized. ``"pil-uint8"``, the reference
+        implementation's: the 8-bit RGB image is resized with Pillow's
+        bilinear filter and then scaled to [0, 1] (16-bit and float images
+        are rounded to 8 bits first; files are decoded at full resolution).
+        ``"float"``: the image is scaled to [0, 1] first and resized in
+        float32 with torch's antialiased bilinear interpolation, keeping
+        16-bit precision; huge JPEGs are decoded at a reduced scale. Both
+        give the same pixels for images already ``image_size`` squared.
+    static_padding_size : "auto", int or None, default="auto"
+        TF "same" padding of the backbone's strided convolutions. An int S:
+        every one pads as it would on an S x S input, fixed, as the reference
+        implementation's EfficientNet does. None: computed from each input,
+        as timm does. ``"auto"``: the variant's native resolution for
+        ``tf_efficientnet_b0`` ... ``b8`` (380 for B4: the paper's network;
+        at 224 px one B4 layer pads (2, 2) instead of timm's (1, 2)), None
+        for any other backbone.
     hidden_dim, num_heads, num_encoder_layers, num_decoder_layers, dim_feedforward : int
         Transformer shape (256, 8, 4, 4, 1024 as in the paper).
     dropout : float, default=0.1
@@ -256,7 +266,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "backbone_weights": [str, os.PathLike, None],
         "out_indices": [tuple, list],
         "image_size": [Interval(Integral, 32, None, closed="left")],
-        "static_padding_size": [Interval(Integral, 1, None, closed="left"), None],
+        "resize": [StrOptions(set(RESIZE_MODES))],
+        "static_padding_size": [
+            StrOptions({"auto"}),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "hidden_dim": [Interval(Integral, 1, None, closed="left")],
         "num_heads": [Interval(Integral, 1, None, closed="left")],
         "num_encoder_layers": [Interval(Integral, 0, None, closed="left")],
@@ -292,7 +307,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         backbone_weights="imagenet",
         out_indices=(0, 1, 2, 3),
         image_size=224,
-        static_padding_size=None,
+        resize="pil-uint8",
+        static_padding_size="auto",
         hidden_dim=256,
         num_heads=8,
         num_encoder_layers=4,
@@ -324,6 +340,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.backbone_weights = backbone_weights
         self.out_indices = out_indices
         self.image_size = image_size
+        self.resize = resize
         self.static_padding_size = static_padding_size
         self.hidden_dim = hidden_dim
         self.num_heads = num_heads
@@ -406,6 +423,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     verbose=self.verbose,
                     cache_dtype=self.cache_dtype,
                     cache_max_gb=self.cache_max_gb,
+                    resize=self.resize,
                 )
             model = self._build_model(*features.shape[1:])
             if warm:
@@ -462,8 +480,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     def _build_backbone(self, backbone_weights) -> FrozenBackbone:
         backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
-        if self.static_padding_size is not None:
-            interop.use_static_same_padding(backbone.body, self.static_padding_size)
+        padding_size = interop.static_padding_for(self.backbone, self.static_padding_size)
+        if padding_size is not None:
+            interop.use_static_same_padding(backbone.body, padding_size)
         return backbone
 
     def _build_model(self, channels: int, height: int, width: int) -> UniADReconstruction:
@@ -543,6 +562,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             self.backbone_.std,
             inference_batch_size(self.batch_size),
             device,
+            self.resize,
         )
         with explain_out_of_memory("scoring", self.batch_size, inference=True):
             for images, batch_sizes in batches:
@@ -651,6 +671,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
                 verbose=self.verbose,
+                resize=self.resize,
             )
         self._calibrate_features(features)
         return self
@@ -679,7 +700,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Backbone and reconstruction weights and the architecture (feature
         stages, grid, hidden size, layers, heads, FFN, neighbor window, jitter)
         come from the checkpoint; inputs are 224 px (the checkpoint's grid
-        times its stride) with ImageNet normalisation, ``precision="fp32"``.
+        times its stride), resized as the reference does (``resize="pil-uint8"``)
+        with ImageNet normalisation, ``precision="fp32"``.
         Reading runs no code from the file (see :mod:`skuniad.interop`).
 
         The checkpoint holds no decision thresholds. Pass normal images as
@@ -724,7 +746,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ``n_epochs_``; no optimizer state (``optimizer`` None, ``best_metric``
         NaN), so the reference can evaluate it but not resume training.
         :meth:`from_reference_checkpoint` reads it back; the outputs are
-        identical when ``static_padding_size`` matches its ``reference_padding``.
+        identical when ``static_padding_size`` matches its ``reference_padding``
+        (the defaults do: ``"auto"`` and True) and ``resize`` is ``"pil-uint8"``.
         Needs a ``tf_efficientnet_b*`` backbone.
         """
         check_is_fitted(self, "model_")
@@ -785,7 +808,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return state
 
     def __setstate__(self, state):
-        state = dict(state)
+        # pickled before a parameter existed: the behaviour it was fitted with
+        state = {**persistence.LEGACY_DEFAULTS, **state}
         tensors = state.pop("_module_tensors", None)
         norm = state.pop("_backbone_norm", None)
         super().__setstate__(state)

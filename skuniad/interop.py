@@ -498,6 +498,7 @@ def detector_from_reference(
     params, native_resolution = detector_params(checkpoint.arch)
     detector = cls(
         **params,
+        resize="pil-uint8",  # the reference resizes the 8-bit image, then scales it
         static_padding_size=native_resolution if reference_padding else None,
         precision="fp32",
         device=device,
@@ -585,6 +586,21 @@ def same_padding(
         pads.append((total // 2, total - total // 2))
     (top, bottom), (left, right) = pads
     return left, right, top, bottom
+
+
+def static_padding_for(backbone: str, static_padding_size) -> int | None:
+    """The input size whose padding ``backbone`` fixes, or None for timm's per-input padding.
+
+    ``static_padding_size`` is the detector parameter: ``"auto"`` means the
+    native resolution for ``tf_efficientnet_b0`` ... ``b8`` (the networks the
+    reference builds) and None for any other backbone; an int or None is kept.
+    """
+    if static_padding_size != "auto":
+        return static_padding_size
+    try:
+        return NATIVE_RESOLUTION[reference_variant(backbone)]
+    except ValueError:  # not a network the reference builds
+        return None
 
 
 def use_static_same_padding(

@@ -6,6 +6,12 @@ PIL images; a list of file paths. uint8 is scaled by 1/255, uint16 by
 1/65535, floats must lie in [0, 1]. Grayscale becomes RGB, alpha is dropped,
 palette and CMYK images are converted. Every error names the offending
 index (and file).
+
+Two ways to bring an image to the model's square input (:data:`RESIZE_MODES`):
+``"pil-uint8"`` is the reference implementation's (8-bit RGB resized with
+Pillow's bilinear filter, then scaled to [0, 1]); ``"float"`` scales first and
+resizes in float32 with torch's antialiased bilinear interpolation, keeping
+the precision of 16-bit and float inputs.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 MIN_IMAGE_SIDE = 8
+RESIZE_MODES = ("pil-uint8", "float")
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -145,20 +152,35 @@ def to_float_rgb(image: np.ndarray) -> np.ndarray:
     return out[..., :3]
 
 
-def read_image(item, index: int, max_side: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
+def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
+    """A checked array image as uint8 RGB ``(H, W, 3)``; other dtypes are rounded to 8 bits."""
+    if image.dtype != np.uint8:
+        return np.rint(to_float_rgb(image) * 255.0).astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=-1)
+    return image[..., :3]
+
+
+def read_image(
+    item, index: int, max_side: int | None = None, *, as_uint8: bool = False
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Decode one input into float32 RGB ``(h, w, 3)`` and its original size ``(H, W)``.
 
     ``max_side`` lets huge files be decoded at a reduced scale (bounded
     memory); the returned original size is always the full one.
+    ``as_uint8``: return uint8 RGB instead (16-bit and float images rounded
+    to 8 bits), with no float round trip for 8-bit ones.
     """
     if isinstance(item, np.ndarray):
-        return to_float_rgb(item), item.shape[:2]
+        return (to_uint8_rgb(item) if as_uint8 else to_float_rgb(item)), item.shape[:2]
     if isinstance(item, Image.Image):
-        return _pil_to_array(item, index, max_side, None)
+        return _pil_to_array(item, index, max_side, None, as_uint8)
     path = Path(item)
     try:
         with Image.open(path) as img:
-            return _pil_to_array(img, index, max_side, path)
+            return _pil_to_array(img, index, max_side, path, as_uint8)
     except FileNotFoundError:
         raise ImageLoadError(f"image {index}: file not found: {path}") from None
     except IsADirectoryError:
@@ -171,7 +193,9 @@ def read_image(item, index: int, max_side: int | None = None) -> tuple[np.ndarra
         raise ImageLoadError(f"image {index}: cannot decode {path}: {exc}") from None
 
 
-def _pil_to_array(img: Image.Image, index: int, max_side: int | None, path: Path | None):
+def _pil_to_array(
+    img: Image.Image, index: int, max_side: int | None, path: Path | None, as_uint8: bool = False
+):
     where = f"image {index}" + (f" ({path})" if path else "")
     width, height = img.size
     if min(width, height) < MIN_IMAGE_SIDE:
@@ -185,7 +209,7 @@ def _pil_to_array(img: Image.Image, index: int, max_side: int | None, path: Path
         array = np.asarray(img)
         scale = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
         array = np.clip(array.astype(np.float32) / scale, 0, 1)
-        return to_float_rgb(array), (height, width)
+        return (to_uint8_rgb(array) if as_uint8 else to_float_rgb(array)), (height, width)
     if max_side is not None:
         factor = min(img.size) // (2 * max_side)
         if factor > 1:
@@ -193,7 +217,7 @@ def _pil_to_array(img: Image.Image, index: int, max_side: int | None, path: Path
     if img.mode not in ("RGB", "L"):
         img = img.convert("RGB")  # palette, alpha, CMYK, 1-bit, ...
     array = np.asarray(img)
-    return to_float_rgb(array), (height, width)
+    return (to_uint8_rgb(array) if as_uint8 else to_float_rgb(array)), (height, width)
 
 
 def resize(image: np.ndarray, size: int) -> torch.Tensor:
@@ -206,12 +230,50 @@ def resize(image: np.ndarray, size: int) -> torch.Tensor:
     return tensor[0].clamp_(0, 1)
 
 
+def resize_uint8(image: np.ndarray, size: int) -> np.ndarray:
+    """uint8 RGB ``(h, w, 3)`` -> uint8 ``(size, size, 3)`` with Pillow's bilinear filter.
+
+    What the reference's ``transforms.Resize(input_size, Image.BILINEAR)``
+    does to the 8-bit image it reads: Pillow's own (antialiased, fixed-point)
+    resampling, rounded to 8 bits.
+    """
+    if image.shape[:2] == (size, size):
+        return image
+    resized = Image.fromarray(np.ascontiguousarray(image)).resize(
+        (size, size), Image.Resampling.BILINEAR
+    )
+    return np.asarray(resized)
+
+
+def load_resized(
+    item, index: int, size: int, mode: str = "pil-uint8"
+) -> tuple[torch.Tensor, tuple[int, int]]:
+    """One input as a ``(3, size, size)`` float32 tensor in [0, 1] and its original ``(H, W)``.
+
+    ``mode`` is one of :data:`RESIZE_MODES`. ``"pil-uint8"`` decodes files at
+    full resolution (as the reference does); ``"float"`` may decode huge
+    files at a reduced scale first.
+    """
+    if mode == "pil-uint8":
+        image, original = read_image(item, index, as_uint8=True)
+        pixels = torch.tensor(resize_uint8(image, size))  # a copy: Pillow's arrays are read-only
+        # as torchvision's ToTensor: float32, then / 255
+        return pixels.permute(2, 0, 1).to(torch.float32).div(255), original
+    if mode == "float":
+        image, original = read_image(item, index, max_side=size)
+        return resize(image, size), original
+    raise ValueError(f"resize must be one of {RESIZE_MODES}, got {mode!r}")
+
+
 class ImageDataset(torch.utils.data.Dataset):
     """Resized, normalised images from any accepted ``X`` (after :func:`check_images`)."""
 
-    def __init__(self, X: Sequence, image_size: int, mean, std) -> None:
+    def __init__(
+        self, X: Sequence, image_size: int, mean, std, resize: str = "pil-uint8"
+    ) -> None:
         self.X = X
         self.image_size = image_size
+        self.resize = resize
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
 
@@ -219,8 +281,8 @@ class ImageDataset(torch.utils.data.Dataset):
         return len(self.X)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, original = read_image(self.X[index], index, max_side=self.image_size)
-        tensor = (resize(image, self.image_size) - self.mean) / self.std
+        image, original = load_resized(self.X[index], index, self.image_size, self.resize)
+        tensor = (image - self.mean) / self.std
         return tensor, torch.tensor(original)
 
 
@@ -265,9 +327,17 @@ def _keep_worker_on(cores: list[int], worker_id: int) -> None:
 
 
 def iter_batches(
-    X: Sequence, image_size: int, mean, std, batch_size: int, device: torch.device | str = "cpu"
+    X: Sequence,
+    image_size: int,
+    mean,
+    std,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    resize: str = "pil-uint8",
 ) -> Iterator[tuple[torch.Tensor, list[tuple[int, int]]]]:
     """Yield ``(images (B, 3, S, S), original sizes)`` in order.
+
+    ``resize``: one of :data:`RESIZE_MODES` (see :func:`load_resized`).
 
     Files are decoded in DataLoader worker processes when there are enough of
     them to be worth it and cores left free by the model on ``device``
@@ -275,7 +345,7 @@ def iter_batches(
     CUDA ``device`` the batches come in pinned memory, ready for an
     asynchronous copy (``.to(device, non_blocking=True)``).
     """
-    dataset = ImageDataset(X, image_size, mean, std)
+    dataset = ImageDataset(X, image_size, mean, std, resize)
     reads_files = len(X) > 0 and isinstance(X[0], (str, Path))
     workers = decoding_workers(device) if reads_files and len(X) > 2 * batch_size else 0
     shared = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1

@@ -20,7 +20,9 @@ Reading uses safetensors and ``json`` only, so a file never runs code when
 loaded. The backbone is rebuilt with random weights (no network, no weights
 search) and then gets the saved tensors, so a model file is self-contained.
 Files of format versions 1 to :data:`FORMAT_VERSION` load; parameters a
-file lacks (added to skuniad after it was written) take their defaults.
+file lacks (added to skuniad after it was written) take their defaults, except
+those in :data:`LEGACY_DEFAULTS`, which take the behaviour the file was
+fitted with.
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ from safetensors.torch import save_file
 FORMAT = "skuniad"
 FORMAT_VERSION = 1
 METADATA_KEY = "skuniad"
+LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
+"""Parameters whose default changed when they were added: their value for older files."""
 
 
 @contextlib.contextmanager
@@ -178,6 +182,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
             f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
             f"does not know: {unknown}; upgrade skuniad to load it"
         )
+    params = {**LEGACY_DEFAULTS, **params}
     if "out_indices" in params:
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)

@@ -12,10 +12,17 @@ from numbers import Integral
 
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
-from sklearn.utils._param_validation import Interval
+from sklearn.utils._param_validation import Interval, StrOptions
 
 from skuniad.detector import DOCS_URL
-from skuniad.io import MIN_IMAGE_SIDE, check_images, read_image, resize
+from skuniad.io import (
+    MIN_IMAGE_SIDE,
+    RESIZE_MODES,
+    check_images,
+    read_image,
+    resize,
+    resize_uint8,
+)
 
 __all__ = ["ImageLoader"]
 
@@ -26,8 +33,7 @@ class ImageLoader(TransformerMixin, BaseEstimator):
     A stateless transformer: ``fit`` learns nothing and ``transform`` reads
     every image, converts it to three 8-bit channels (grayscale is
     replicated, alpha dropped, 16-bit and float images rescaled and rounded)
-    and, when ``size`` is given, resizes it with the detector's own bilinear,
-    antialiased resize.
+    and, when ``size`` is given, resizes it as the detector does.
 
     Parameters
     ----------
@@ -37,10 +43,13 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         that side (aspect not kept, as the detector does) and ``transform``
         returns one ``(n, size, size, 3)`` array. The detector's
         ``image_size`` is the natural choice: the detector then skips its own
-        resize (it gets the same pixels, rounded to 8 bits), and memory stays
-        at ``3 * size**2`` bytes per image. Full-size images of a large data
-        set may not fit in memory at once; pass their paths straight to the
-        detector then, which reads them batch by batch.
+        resize, and memory stays at ``3 * size**2`` bytes per image. Full-size
+        images of a large data set may not fit in memory at once; pass their
+        paths straight to the detector then, which reads them batch by batch.
+    resize : {"pil-uint8", "float"}, default="pil-uint8"
+        The detector's ``resize`` to imitate. With ``"pil-uint8"`` (both
+        defaults) the detector gets exactly the pixels it computes from the
+        files; with ``"float"``, those pixels rounded to 8 bits.
 
     See Also
     --------
@@ -70,14 +79,16 @@ class ImageLoader(TransformerMixin, BaseEstimator):
 
     _parameter_constraints: dict = {
         "size": [Interval(Integral, MIN_IMAGE_SIDE, None, closed="left"), None],
+        "resize": [StrOptions(set(RESIZE_MODES))],
     }
 
     # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
     _doc_link_module = "skuniad"
     _doc_link_template = f"{DOCS_URL}/user-guide.md"
 
-    def __init__(self, *, size=None):
+    def __init__(self, *, size=None, resize="pil-uint8"):
         self.size = size
+        self.resize = resize
 
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None):
@@ -113,6 +124,9 @@ class ImageLoader(TransformerMixin, BaseEstimator):
             return [_to_uint8(read_image(item, i)[0]) for i, item in enumerate(X)]
         out = np.empty((len(X), self.size, self.size, 3), dtype=np.uint8)
         for i, item in enumerate(X):
+            if self.resize == "pil-uint8":
+                out[i] = resize_uint8(read_image(item, i, as_uint8=True)[0], self.size)
+                continue
             # as in the detector: huge files are decoded at a reduced scale first
             image, _ = read_image(item, i, max_side=self.size)
             out[i] = _to_uint8(resize(image, self.size).permute(1, 2, 0).numpy())

@@ -127,17 +127,19 @@ def extract_features(
     description: str = "features",
     cache_dtype: str = "float32",
     cache_max_gb: float | None = None,
+    resize: str = "pil-uint8",
 ) -> torch.Tensor:
     """Run the frozen backbone once over ``X``; return (N, C, h, w) features on the CPU.
 
     The result is the :class:`~skuniad.cache.FeatureCache` storage: float32 in
     memory by default, or ``cache_dtype``, memory-mapped beyond ``cache_max_gb``.
+    ``resize``: how images reach ``image_size`` (:func:`skuniad.io.load_resized`).
     """
     cache = None
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task(description, total=len(X))
         for images, _ in iter_batches(
-            X, image_size, backbone.mean, backbone.std, batch_size, device
+            X, image_size, backbone.mean, backbone.std, batch_size, device, resize
         ):
             with torch.inference_mode(), autocast(device, amp_dtype):
                 images = images.to(device, memory_format=torch.channels_last, non_blocking=True)

@@ -1,9 +1,14 @@
-"""Heat-map overlays of anomaly maps on their images (numpy and PIL only).
+"""Heat-map overlays of anomaly maps on their images.
 
-The colour scale is fixed by the caller (``vmin``/``vmax``), not stretched to
-each map: a normal image then stays cold instead of having its largest noise
-painted red. Outlines mark a boolean region, e.g. the ground-truth mask or the
-pixels above the detector's ``pixel_threshold_``.
+Colours come from matplotlib colormaps, by default ``"inferno"``: perceptually
+uniform (equal steps in the map look like equal steps in colour), its
+lightness rising monotonically from black to pale yellow, readable in
+grayscale and by colour-blind viewers. Only the colormap registry is used,
+never pyplot, so no display and no GUI backend are involved. The colour scale
+is fixed by the caller (``vmin``/``vmax``), not stretched to each map: a
+normal image then stays dark instead of having its largest noise painted hot.
+Outlines mark a boolean region, e.g. the ground-truth mask or the pixels
+above the detector's ``pixel_threshold_``.
 """
 
 from __future__ import annotations
@@ -14,22 +19,44 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["jet", "heatmap_overlay", "outline", "plot_learning_curves", "save_overlay"]
+__all__ = [
+    "DEFAULT_COLORMAP",
+    "colorize",
+    "heatmap_overlay",
+    "outline",
+    "plot_learning_curves",
+    "save_overlay",
+]
 
+DEFAULT_COLORMAP = "inferno"
+"""Colormap of the overlays unless one is named (a perceptual one, see the module docstring)."""
+# outline colours that no part of the default colormap takes
 GROUND_TRUTH_COLOR = (255, 255, 255)
 THRESHOLD_COLOR = (0, 255, 0)
 
 
-def jet(values: np.ndarray) -> np.ndarray:
-    """Map values in [0, 1] to RGB uint8 with a jet-like ramp (blue -> red).
+def colorize(values: np.ndarray, cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
+    """Map values in [0, 1] to RGB uint8 through the matplotlib colormap ``cmap``.
 
-    Values outside [0, 1] are clipped. Returns an array of shape
-    ``values.shape + (3,)``.
+    Values outside [0, 1] are clipped to the colormap's ends. Returns an
+    array of shape ``values.shape + (3,)``.
+
+    Raises
+    ------
+    ValueError
+        ``cmap`` is not a matplotlib colormap name; the message lists some.
     """
-    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)[..., None]
-    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
-    rgb = np.clip(1.5 - np.abs(4.0 * (x - centres)), 0.0, 1.0)
-    return np.rint(rgb * 255.0).astype(np.uint8)
+    import matplotlib
+
+    try:
+        colormap = matplotlib.colormaps[cmap]
+    except KeyError:
+        raise ValueError(
+            f"unknown colormap {cmap!r}; use a matplotlib name such as 'inferno', 'viridis', "
+            "'magma', 'cividis' or 'turbo'"
+        ) from None
+    x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    return np.asarray(colormap(x, bytes=True), dtype=np.uint8)[..., :3]  # a tuple for scalars
 
 
 def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -80,8 +107,9 @@ def heatmap_overlay(
     alpha: float = 0.5,
     mask: np.ndarray | None = None,
     threshold: float | None = None,
+    cmap: str = DEFAULT_COLORMAP,
 ) -> np.ndarray:
-    """Blend a jet-coloured anomaly map over its image.
+    """Blend a coloured anomaly map over its image.
 
     Parameters
     ----------
@@ -98,6 +126,8 @@ def heatmap_overlay(
         Region outlined in white (e.g. the ground truth), resized nearest.
     threshold : float, optional
         Outline in green the region where the map exceeds this value.
+    cmap : str, default=DEFAULT_COLORMAP
+        matplotlib colormap name (``"inferno"``; ``"jet"`` for the old rainbow).
 
     Returns
     -------
@@ -109,7 +139,8 @@ def heatmap_overlay(
     low = float(values.min()) if vmin is None else float(vmin)
     high = float(values.max()) if vmax is None else float(vmax)
     scaled = (values - low) / max(high - low, 1e-12)
-    blend = (1.0 - alpha) * rgb.astype(np.float64) + alpha * jet(scaled).astype(np.float64)
+    colors = colorize(scaled, cmap).astype(np.float64)
+    blend = (1.0 - alpha) * rgb.astype(np.float64) + alpha * colors
     out = np.clip(np.rint(blend), 0, 255).astype(np.uint8)
     width = max(1, min(size) // 200)
     if threshold is not None:
@@ -138,7 +169,7 @@ def save_overlay(
     side_by_side : bool, default=True
         Put the untouched image on the left, so the defect stays visible.
     **kwargs :
-        ``vmin``, ``vmax``, ``alpha``, ``mask``, ``threshold``.
+        ``vmin``, ``vmax``, ``alpha``, ``mask``, ``threshold``, ``cmap``.
 
     Returns
     -------

@@ -260,6 +260,7 @@ def test_hyper_parameters_come_from_the_arch(imported):
     assert (p["num_encoder_layers"], p["num_decoder_layers"]) == (ENCODERS, DECODERS)
     assert (p["neighbor_size"], p["jitter_scale"], p["jitter_prob"]) == (WINDOW, 20.0, 1.0)
     assert p["static_padding_size"] == 224 and p["precision"] == "fp32"
+    assert p["resize"] == "pil-uint8"
     assert imported.feature_shape_ == (B0_CHANNELS, GRID, GRID)
     assert imported.backbone_.mean == (0.485, 0.456, 0.406)
     assert imported.backbone_.std == (0.229, 0.224, 0.225)
@@ -390,6 +391,56 @@ def test_imported_model_needs_calibration_for_decisions(reference, images, tmp_p
     assert (at_import.offset_, at_import.pixel_threshold_) == (det.offset_, det.pixel_threshold_)
 
 
+# ----------------------------------------------------------- preprocessing
+def test_imported_model_reads_files_as_the_reference_does(tmp_path):
+    import timm
+    from PIL import Image
+
+    # timm's initialisation (unit BatchNorm statistics) keeps the features sensitive to the
+    # pixels, and a small output projection keeps the maps close to the features' norm
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        body = timm.create_model("tf_efficientnet_b0")
+        reconstruction = randomized(ReferenceReconstruction(), seed=2).eval()
+    with torch.no_grad():
+        reconstruction.output_proj.weight.mul_(0.01)
+        reconstruction.output_proj.bias.mul_(0.01)
+    backbone = interop.backbone_to_reference(body.state_dict(), timm_block_names(body))
+    state = {f"module.backbone.{k}": v for k, v in backbone.items()}
+    state.update({f"module.reconstruction.{k}": v for k, v in reconstruction.state_dict().items()})
+    save_reference_checkpoint(tmp_path / "ckpt.pth.tar", state)
+    det = UniADDetector.from_reference_checkpoint(tmp_path / "ckpt.pth.tar", device="cpu")
+
+    rng = np.random.default_rng(4)
+    smooth = rng.integers(0, 256, (12, 16, 3), dtype=np.uint8)
+    paths = []
+    for name, image in (
+        ("rgb.png", rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)),
+        ("gray.png", rng.integers(0, 256, (70, 80), dtype=np.uint8)),
+        # large enough for a reduced-scale JPEG decode in the float path
+        ("photo.jpg", np.asarray(Image.fromarray(smooth).resize((200, 160)))),
+    ):
+        Image.fromarray(image).save(tmp_path / name, quality=90)
+        paths.append(tmp_path / name)
+    size = det.image_size
+    # the reference: 8-bit RGB resized by Pillow's bilinear filter, then ToTensor and Normalize
+    resized = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR))
+            for p in paths
+        ]
+    )
+    expected = det.anomaly_maps(resized, size="model")
+    scale = float(expected.max())
+    maps = det.anomaly_maps(paths, size="model")
+    np.testing.assert_allclose(maps, expected, rtol=1e-4, atol=1e-4 * scale)
+    np.testing.assert_allclose(det.score_samples(paths), det.score_samples(resized), rtol=1e-4)
+    # resizing in float moves the maps of files well beyond that tolerance, not of 64-px arrays
+    in_float = copy.deepcopy(det).set_params(resize="float")
+    np.testing.assert_array_equal(in_float.anomaly_maps(resized, size="model"), expected)
+    assert np.abs(in_float.anomaly_maps(paths, size="model") - expected).max() > 1e-3 * scale
+
+
 # -------------------------------------------------------------- round trip
 def test_export_then_import_gives_identical_outputs(imported, images, tmp_path):
     path = tmp_path / "exported.pth.tar"
@@ -434,7 +485,15 @@ def test_fitted_detector_round_trips_with_its_own_padding(
         "neighbor_size": WINDOW,
         "max_epochs": 1,
     }
+    # the defaults build the reference's network: a fit round trips with the default import
     det = UniADDetector(**params, precision="fp32").fit(images)
+    assert det.static_padding_size == "auto" and det.resize == "pil-uint8"
+    det.export_reference_checkpoint(tmp_path / "ckpt.pth.tar")
+    again = UniADDetector.from_reference_checkpoint(tmp_path / "ckpt.pth.tar", device="cpu")
+    assert again.static_padding_size == 224
+    np.testing.assert_array_equal(again.anomaly_maps(images), det.anomaly_maps(images))
+    # timm's per-input padding round trips with reference_padding=False
+    det = UniADDetector(**params, static_padding_size=None, precision="fp32").fit(images)
     det.export_reference_checkpoint(tmp_path / "ckpt.pth.tar")
     again = UniADDetector.from_reference_checkpoint(
         tmp_path / "ckpt.pth.tar", device="cpu", reference_padding=False
@@ -623,7 +682,7 @@ def test_reference_padding_changes_only_that_layers_output_at_224():
 def test_static_padding_survives_save_and_pickle(imported, images, tmp_path):
     imported.save(tmp_path / "model.skuniad")
     loaded = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
-    assert loaded.static_padding_size == 224
+    assert loaded.static_padding_size == 224 and loaded.resize == "pil-uint8"
     assert any(isinstance(m, interop.StaticSamePadConv2d) for m in loaded.backbone_.modules())
     np.testing.assert_array_equal(loaded.anomaly_maps(images), imported.anomaly_maps(images))
     clone = pickle.loads(pickle.dumps(imported))

@@ -5,7 +5,7 @@ from hypothesis import strategies as st
 from PIL import Image
 from sklearn.utils.validation import check_is_fitted
 
-from skuniad.io import ImageLoadError, read_image, resize
+from skuniad.io import ImageLoadError, load_resized, read_image, resize
 from skuniad.preprocessing import ImageLoader
 
 
@@ -58,9 +58,17 @@ def test_size_stacks_images_resized_like_the_detector():
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in [(40, 60, 3), (32, 32)]]
     out = ImageLoader(size=16).transform(images)
     assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
+    in_float = ImageLoader(size=16, resize="float").transform(images)
     for i, image in enumerate(images):
+        # the default: what the detector feeds its backbone, exactly (times 255)
+        tensor, _ = load_resized(image, i, 16, "pil-uint8")
+        np.testing.assert_array_equal(out[i], (tensor * 255).round().byte().permute(1, 2, 0))
+        rgb = image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=-1)
+        pillow = Image.fromarray(rgb).resize((16, 16), Image.Resampling.BILINEAR)
+        np.testing.assert_array_equal(out[i], np.asarray(pillow))
         expected = resize(read_image(image, i)[0], 16).permute(1, 2, 0).numpy()
-        np.testing.assert_array_equal(out[i], np.rint(expected * 255).astype(np.uint8))
+        np.testing.assert_array_equal(in_float[i], np.rint(expected * 255).astype(np.uint8))
+    assert not np.array_equal(out, in_float)  # Pillow's 8-bit filter vs torch's float one
 
 
 def test_loader_is_stateless():

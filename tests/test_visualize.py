@@ -3,21 +3,58 @@ import pytest
 from PIL import Image
 
 from skuniad.visualize import (
+    DEFAULT_COLORMAP,
     GROUND_TRUTH_COLOR,
     THRESHOLD_COLOR,
+    colorize,
     heatmap_overlay,
-    jet,
     outline,
     save_overlay,
 )
 
 
-def test_jet_runs_from_blue_through_green_to_red():
-    colors = jet(np.array([-1.0, 0.0, 0.5, 1.0, 2.0]))
-    np.testing.assert_array_equal(colors[0], colors[1])  # clipped below
-    np.testing.assert_array_equal(colors[3], colors[4])  # clipped above
-    assert colors[1].argmax() == 2 and colors[2].argmax() == 1 and colors[3].argmax() == 0
-    assert colors.dtype == np.uint8
+def _luminance(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float64) @ [0.2126, 0.7152, 0.0722]
+
+
+def test_default_colormap_is_perceptual_dark_to_light():
+    assert DEFAULT_COLORMAP == "inferno"
+    colors = colorize(np.linspace(0, 1, 256))
+    assert colors.shape == (256, 3) and colors.dtype == np.uint8
+    # lightness rises with the value: readable in grayscale, unlike a rainbow
+    assert (np.diff(_luminance(colors)) > 0).mean() > 0.95
+    assert _luminance(colors[-1]) - _luminance(colors[0]) > 200
+    jet = colorize(np.linspace(0, 1, 256), "jet")
+    assert (np.diff(_luminance(jet)) < 0).any()  # the old rainbow is not monotonic
+
+
+def test_colorize_clips_and_uses_matplotlib():
+    import matplotlib
+
+    values = np.array([[-1.0, 0.0, 0.5], [1.0, 2.0, 0.25]])
+    colors = colorize(values, "viridis")
+    assert colors.shape == (2, 3, 3)
+    np.testing.assert_array_equal(colors[0, 0], colors[0, 1])  # clipped below
+    np.testing.assert_array_equal(colors[1, 0], colors[1, 1])  # clipped above
+    expected = matplotlib.colormaps["viridis"](np.clip(values, 0, 1), bytes=True)[..., :3]
+    np.testing.assert_array_equal(colors, expected)
+    with pytest.raises(ValueError, match="unknown colormap 'nope'"):
+        colorize(values, "nope")
+
+
+def test_no_display_backend_is_touched():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np; from skuniad.visualize import heatmap_overlay; "
+        "heatmap_overlay(np.zeros((8, 8, 3), np.uint8), np.ones((4, 4))); "
+        "print('matplotlib.pyplot' in sys.modules)"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": ":".join(sys.path)}  # no DISPLAY
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
 
 
 def test_outline_keeps_only_the_boundary():
@@ -34,8 +71,18 @@ def test_overlay_uses_the_fixed_colour_scale():
     cold = heatmap_overlay(image, np.zeros((5, 5)), vmin=0, vmax=1, alpha=1.0)
     hot = heatmap_overlay(image, np.ones((5, 5)), vmin=0, vmax=1, alpha=1.0)
     assert cold.shape == (20, 30, 3)
-    np.testing.assert_array_equal(cold[0, 0], jet(0.0))
-    np.testing.assert_array_equal(hot[0, 0], jet(1.0))
+    np.testing.assert_array_equal(cold[0, 0], colorize(0.0))
+    np.testing.assert_array_equal(hot[0, 0], colorize(1.0))
+    # the same value gets the same colour in every image, whatever else the map holds
+    half = np.full((5, 5), 0.5)
+    mixed = half.copy()
+    mixed[0, 0] = 3.0
+    alone = heatmap_overlay(image, half, vmin=0, vmax=4, alpha=1.0)
+    among = heatmap_overlay(image, mixed, vmin=0, vmax=4, alpha=1.0)
+    np.testing.assert_array_equal(alone[-1, -1], among[-1, -1])
+    np.testing.assert_array_equal(alone[-1, -1], colorize(0.125))
+    rainbow = heatmap_overlay(image, np.ones((5, 5)), vmin=0, vmax=1, alpha=1.0, cmap="jet")
+    np.testing.assert_array_equal(rainbow[0, 0], colorize(1.0, "jet"))
     plain = heatmap_overlay(image, np.zeros((5, 5)), alpha=0.0)
     np.testing.assert_array_equal(plain, image)
 
