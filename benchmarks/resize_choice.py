@@ -10,7 +10,7 @@ training images: how far apart the two modes put the backbone's features
 (relative L2), and the decode + resize throughput of each mode (one process,
 no workers). Usage::
 
-    python benchmarks/resize_choice.py [--epochs 10] [--seeds 0 1 2]
+    python benchmarks/resize_choice.py [--epochs 10] [--seeds 0] [--precision auto]
         [--data ../shared/data/mvtec-ad/bottle ../shared/data/real-ad/tire]
 
 Prints the machine, one line per data set, mode and seed, a summary per
@@ -84,7 +84,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="+", default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--output", type=Path, default=Path("resize_choice.json"))
     args = parser.parse_args()
 
@@ -94,7 +95,7 @@ def main() -> None:
 
     tune_cpu_runtime()
     print(machine(), flush=True)
-    print(f"{BACKBONE}, {args.epochs} epochs, seeds {args.seeds}, precision fp32", flush=True)
+    print(f"{BACKBONE}, {args.epochs} epochs, seeds {args.seeds}, precision {args.precision}")
     results = {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "data": {}}
     for root in args.data:
         train = [str(p) for p in load_mvtec(root, "train").paths]
@@ -120,7 +121,7 @@ def main() -> None:
                     backbone=BACKBONE,
                     resize=mode,
                     max_epochs=args.epochs,
-                    precision="fp32",
+                    precision=args.precision,
                     random_state=seed,
                 ).fit(train)
                 run = {"seed": seed, "mode": mode, "final_loss": det.loss_curve_[-1]}

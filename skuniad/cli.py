@@ -523,8 +523,9 @@ def predict(
     score (HIGHER = MORE ANOMALOUS, i.e. minus scikit-learn's score_samples);
     label, scikit-learn's outlier convention: +1 normal, -1 anomalous, from
     the threshold the model set on its training images (contamination); and
-    the overlay file. Overlays share one colour scale, 0 to twice the model's
-    pixel threshold, with the pixels above that threshold outlined in black.
+    the overlay file. Overlays share one colour scale (matplotlib's inferno),
+    0 to twice the model's pixel threshold, with the pixels above that
+    threshold outlined in green.
     """
     with _domain_errors():
         if not model.is_file():

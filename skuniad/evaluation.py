@@ -319,6 +319,7 @@ class CurveRecorder:
                 batch_size=batch,
                 device=det.device_,
                 amp_dtype=det._amp_dtype(),
+                resize=det.resize,
             )
             self._masks[category] = _load_masks(subset, size)
         _, token_maps = reconstruction_maps(

@@ -268,9 +268,7 @@ def load_resized(
 class ImageDataset(torch.utils.data.Dataset):
     """Resized, normalised images from any accepted ``X`` (after :func:`check_images`)."""
 
-    def __init__(
-        self, X: Sequence, image_size: int, mean, std, resize: str = "pil-uint8"
-    ) -> None:
+    def __init__(self, X: Sequence, image_size: int, mean, std, resize: str = "pil-uint8") -> None:
         self.X = X
         self.image_size = image_size
         self.resize = resize

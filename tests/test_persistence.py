@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
 import skuniad.persistence as persistence
@@ -167,6 +168,34 @@ def test_older_compatible_file_loads_with_defaults_for_newer_parameters(saved, t
     loaded = UniADDetector.load(older)
     assert (loaded.warm_start, loaded.checkpoint_path, loaded.checkpoint_every) == (False, None, 1)
     np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_files_and_pickles_from_before_resize_keep_their_preprocessing(saved, tmp_path):
+    # written before resize and static_padding_size existed: float resize, timm's padding
+    det, X, path = saved
+    older = tmp_path / "older.skuniad"
+
+    def age(metadata):
+        del metadata["params"]["resize"], metadata["params"]["static_padding_size"]
+
+    _rewrite_metadata(path, older, age)
+    loaded = UniADDetector.load(older)
+    assert (loaded.resize, loaded.static_padding_size) == ("float", None)
+    assert UniADDetector().resize == "pil-uint8"
+    as_fitted = pickle.loads(pickle.dumps(det)).set_params(resize="float")
+    np.testing.assert_array_equal(loaded.score_samples(X), as_fitted.score_samples(X))
+    state = det.__getstate__()
+    del state["resize"], state["static_padding_size"]
+    unpickled = UniADDetector.__new__(UniADDetector)
+    unpickled.__setstate__(state)
+    assert (unpickled.resize, unpickled.static_padding_size) == ("float", None)
+
+
+def test_resize_is_saved_and_part_of_the_training_fingerprint(saved, tmp_path):
+    det, X, path = saved
+    assert UniADDetector.load(path).resize == det.resize == "pil-uint8"
+    assert det._training_fingerprint(0)["resize"] == "pil-uint8"
+    assert clone(det).set_params(resize="float")._training_fingerprint(0)["resize"] == "float"
 
 
 def test_unknown_parameters_are_named(saved, tmp_path):

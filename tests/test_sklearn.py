@@ -177,12 +177,18 @@ def test_pipeline_of_paths_scores_like_the_detector(fitted, normal, validation, 
     np.testing.assert_array_equal(pipe[-1].predict_masks(loaded), fitted.predict_masks(images))
 
 
-def test_loader_at_model_size_scores_close_to_the_detector(fitted):
+def test_loader_at_model_size_scores_like_the_detector(fitted):
     rng = np.random.default_rng(3)
     X = rng.integers(0, 256, (4, 40, 48, 3), dtype=np.uint8)
     resized = ImageLoader(size=fitted.image_size).transform(X)
-    # the same pixels, rounded to 8 bits after the resize
-    np.testing.assert_allclose(fitted.score_samples(resized), fitted.score_samples(X), rtol=2e-3)
+    # resize="pil-uint8" on both: the very pixels the detector computes from X
+    np.testing.assert_array_equal(fitted.score_samples(resized), fitted.score_samples(X))
+    in_float = ImageLoader(size=fitted.image_size, resize="float").transform(X)
+    as_float = copy.deepcopy(fitted).set_params(resize="float")
+    # the float resize's pixels, rounded to 8 bits after the resize
+    np.testing.assert_allclose(
+        as_float.score_samples(in_float), as_float.score_samples(X), rtol=2e-3
+    )
 
 
 # --------------------------------------------------------- model selection
