@@ -14,7 +14,8 @@ builds the reference's network. Measured here:
    ``tf_efficientnet_lite0`` (its stem and stages have the same strides and
    kernels, so fixing its padding for 380 px changes exactly the same layer):
    the feature difference, and the test AUROCs of two detectors that differ
-   only in the padding (``--epochs`` epochs, each seed), per data set.
+   only in the padding (``--epochs`` epochs, each seed), per data set;
+   ``--epochs 0`` skips these fits.
 
 Usage::
 
@@ -157,7 +158,7 @@ def main() -> None:
             f"{entry['channels']} channels change; backbone per batch: {speed}",
             flush=True,
         )
-    for root in args.data:
+    for root in args.data if args.epochs > 0 else []:
         train = [str(p) for p in load_mvtec(root, "train").paths]
         test = load_mvtec(root, "test")
         runs = []

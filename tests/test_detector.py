@@ -42,6 +42,8 @@ def test_default_parameters_are_the_papers():
         8,
     )
     assert (p["learning_rate"], p["weight_decay"], p["grad_clip"]) == (1e-4, 1e-4, 0.1)
+    # the reference's preprocessing and B4 padding
+    assert (p["resize"], p["static_padding_size"], p["image_size"]) == ("pil-uint8", "auto", 224)
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,8 @@ def test_default_parameters_are_the_papers():
         ("image_size", 16, "image_size"),
         ("checkpoint_every", 0, "checkpoint_every"),
         ("warm_start", "yes", "warm_start"),
+        ("resize", "bilinear", "resize"),
+        ("static_padding_size", "native", "static_padding_size"),
     ],
 )
 def test_parameters_are_validated_at_fit(tiny_params, images, param, value, match):

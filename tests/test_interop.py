@@ -679,6 +679,20 @@ def test_reference_padding_changes_only_that_layers_output_at_224():
     assert torch.equal(out, expected)
 
 
+def test_auto_padding_is_the_references_for_efficientnet_b_only():
+    assert interop.static_padding_for("tf_efficientnet_b4.aa_in1k", "auto") == 380
+    assert interop.static_padding_for("tf_efficientnet_b0", "auto") == 224
+    for backbone in ("tf_efficientnet_lite0", "efficientnet_b4", "resnet18"):
+        assert interop.static_padding_for(backbone, "auto") is None
+    assert interop.static_padding_for("tf_efficientnet_b4", None) is None
+    assert interop.static_padding_for("tf_efficientnet_lite0", 300) == 300
+    with torch.device("meta"):
+        backbone = UniADDetector(backbone="tf_efficientnet_b4")._build_backbone(None)
+    conv = backbone.body.blocks[2][0].conv_dw
+    assert isinstance(conv, interop.StaticSamePadConv2d)
+    assert conv.static_padding.padding == (2, 2, 2, 2)
+
+
 def test_static_padding_survives_save_and_pickle(imported, images, tmp_path):
     imported.save(tmp_path / "model.skuniad")
     loaded = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")

@@ -177,3 +177,20 @@ def test_worker_decoding_gives_the_same_batches_as_in_process(tmp_path, monkeypa
     )
     for (a, _), (b, _) in zip(serial, parallel, strict=True):
         assert torch.equal(a, b)
+
+
+def test_pil_uint8_resize_rounds_to_eight_bits_before_resizing():
+    from skuniad.io import load_resized
+
+    sixteen = np.random.default_rng(5).integers(0, 65536, (30, 40), dtype=np.uint16)
+    eight = np.rint(sixteen / 65535 * 255).astype(np.uint8)
+    reference, size = load_resized(sixteen, 0, 16, "pil-uint8")
+    assert size == (30, 40) and reference.shape == (3, 16, 16)
+    torch.testing.assert_close(
+        reference, load_resized(eight, 0, 16, "pil-uint8")[0], rtol=0, atol=0
+    )
+    assert torch.equal(reference * 255, (reference * 255).round())  # 8-bit levels
+    in_float, _ = load_resized(sixteen, 0, 16, "float")
+    assert not torch.equal(in_float * 255, (in_float * 255).round())  # 16-bit precision kept
+    with pytest.raises(ValueError, match="resize must be one of"):
+        load_resized(eight, 0, 16, "nearest")
