@@ -57,7 +57,9 @@ def test_model_file_is_one_safetensors_file_with_json_metadata(saved):
         names = set(f.keys())
     assert set(header) == {"skuniad"}
     metadata = json.loads(header["skuniad"])
-    assert metadata["format"] == "skuniad" and metadata["format_version"] == persistence.FORMAT_VERSION
+    assert (
+        metadata["format"] == "skuniad" and metadata["format_version"] == persistence.FORMAT_VERSION
+    )
     assert set(metadata) == {"format", "format_version", "params", "fitted", "backbone", "versions"}
     assert set(metadata["versions"]) == {"skuniad", "torch", "timm"}
     assert metadata["params"]["out_indices"] == [0, 1, 2, 3]

@@ -44,7 +44,10 @@ def test_validation_fraction_trains_on_the_rest_and_calibrates_on_the_held_out_s
     assert len(held_out) == 6 and not set(train) & set(held_out)
     # the same model as one trained on the training part only, then calibrated on the rest
     expected = UniADDetector(**FAST).fit(X[train])
-    for a, b in zip(held.model_.state_dict().values(), expected.model_.state_dict().values()):
+    weights = zip(
+        held.model_.state_dict().values(), expected.model_.state_dict().values(), strict=True
+    )
+    for a, b in weights:
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     trained_on = (expected.offset_, expected.pixel_threshold_)
     expected.calibrate(X[held_out])
@@ -101,15 +104,15 @@ def test_groups_get_their_own_thresholds_by_the_pooled_rule(grouped, data):
 
 def test_predict_applies_each_groups_threshold_and_the_pooled_one_to_unknown_groups(grouped):
     det = grouped
-    X = np.stack(make_synthetic("test", ("stripes", "dots"), n_per_category=4, image_size=32).images)
+    X = np.stack(
+        make_synthetic("test", ("stripes", "dots"), n_per_category=4, image_size=32).images
+    )
     groups = np.array(["stripes"] * 4 + ["dots"] * 2 + ["new", "new"])
     scores = -det.score_samples(X)
     table = det.group_image_thresholds_
     expected = np.array([table.get(g, det.image_threshold_) for g in groups])
     np.testing.assert_array_equal(det.decision_function(X, groups=groups), -scores + expected)
-    np.testing.assert_array_equal(
-        det.predict(X, groups=groups), np.where(scores > expected, -1, 1)
-    )
+    np.testing.assert_array_equal(det.predict(X, groups=groups), np.where(scores > expected, -1, 1))
     # without groups: the pooled threshold, as before
     np.testing.assert_array_equal(det.predict(X), np.where(scores > det.image_threshold_, -1, 1))
 
