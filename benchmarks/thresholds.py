@@ -227,7 +227,8 @@ def main() -> None:
     )
     settings = (
         f"{BACKBONE}, {args.epochs} epochs, seed {args.seed}, {args.image_size} px; "
-        f"{len(paths)} normal training images, {len(test[0])} test images; held-out share {args.fraction}"
+        f"{len(paths)} normal training images, {len(test[0])} test images; "
+        f"held-out share {args.fraction}"
     )
     print(settings, flush=True)
     results: dict = {"machine": machine(), "settings": settings, "variants": {}, "auroc": {}}

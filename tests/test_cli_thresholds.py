@@ -93,9 +93,7 @@ def test_predict_threshold_options_and_masks_at_input_size(grouped_model, data_r
     wide = tmp_path / "wide.png"  # not the model's size, nor square
     Image.open(next(folder.rglob("*.png"))).resize((48, 40)).save(wide)
     args = ["predict", str(grouped_model), str(folder), str(wide), "-o", str(tmp_path)]
-    result = runner.invoke(
-        app, [*args, "--threshold", "0", "--pixel-threshold", "0.25", "--masks"]
-    )
+    result = runner.invoke(app, [*args, "--threshold", "0", "--pixel-threshold", "0.25", "--masks"])
     assert result.exit_code == 0, result.output
     rows = _rows(tmp_path)
     assert all(r["label"] == "-1" and float(r["threshold"]) == 0 for r in rows)
