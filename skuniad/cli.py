@@ -409,6 +409,14 @@ _SHORT_NAMES = {
     "paper_pixel_auroc": "paper P",
     "delta_image": "Δ I",
     "delta_pixel": "Δ P",
+    "image_precision": "I-prec",
+    "image_recall": "I-recall",
+    "image_f1": "I-F1",
+    "image_false_alarm_rate": "I-false alarms",
+    "pixel_precision": "P-prec",
+    "pixel_recall": "P-recall",
+    "pixel_f1": "P-F1",
+    "pixel_false_alarm_rate": "P-false alarms",
 }
 
 
@@ -435,6 +443,34 @@ def _print_results(results: dict[str, Any]) -> None:
     table.add_section()
     table.add_row(*rows[-1], style="bold")
     Console(width=max(120, 11 * len(columns) + 16)).print(table)
+    _print_operating_point(results)
+
+
+def _print_operating_point(results: dict[str, Any]) -> None:
+    """What the model's own thresholds do, per category: a second table."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from skuniad.evaluation import operating_point_table
+
+    columns, rows = operating_point_table(results)
+    if not columns:
+        return
+    table = Table(
+        title="At the model's own thresholds (%)",
+        caption="false alarms: good images (normal pixels) flagged; per-category thresholds "
+        "where the model has them",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("Category", no_wrap=True)
+    for key in columns:
+        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+    for name, *cells in rows[:-1]:
+        table.add_row(name, *cells)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console(width=max(120, 13 * len(columns) + 16)).print(table)
 
 
 def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
@@ -924,12 +960,25 @@ def evaluate_command(
     layer_queries: LayerQueriesOption = LayerQueries.every,
     image_score: ImageScoreOption = ImageScore.max,
     contamination: Contamination = "auto",
+    validation_fraction: ValidationFraction = None,
+    per_category: Annotated[
+        bool,
+        typer.Option(
+            "--per-category",
+            help="Also set thresholds per category when training, and apply them.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
     """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
+
+    Beside these threshold-free metrics, what the model's own thresholds do:
+    image-level precision, recall, F1 and false-alarm rate on good images at
+    the image threshold, and the same over pixels at the pixel threshold.
 
     Without --model, models are trained as the paper's experiments: one on
     the normal training images of all chosen categories together (UniAD's
@@ -942,7 +991,7 @@ def evaluate_command(
     if model is not None:
         given = [
             name
-            for name in (*_DETECTOR_PARAMS, "setting", "eval_every")
+            for name in (*_DETECTOR_PARAMS, "setting", "eval_every", "per_category")
             if name != "device"
             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         ]
@@ -988,6 +1037,7 @@ def evaluate_command(
                 output_dir=output,
                 n_overlays=overlays,
                 curve_categories=curve_categories,
+                per_category=per_category,
                 verbose=0 if quiet else 1,
             )
             fit_seconds = sum(run["fit_seconds"] for run in results["runs"])

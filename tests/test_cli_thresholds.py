@@ -173,3 +173,21 @@ def test_fit_per_category_names_categories_after_the_folders(data_root, tmp_path
     )
     # both folders are named "good": the categories would collide
     assert result.exit_code == 1 and "both named 'good'" in result.output
+
+
+def test_evaluate_reports_the_operating_point(grouped_model, data_root, tmp_path):
+    result = runner.invoke(
+        app,
+        ["evaluate", "--root", str(data_root), "--model", str(grouped_model), "-o", str(tmp_path)]
+        + ["-q"],
+    )
+    assert result.exit_code == 0, result.output
+    assert "At the model's own thresholds" in result.output and "I-recall" in result.output
+    report = (tmp_path / "results.md").read_text()
+    assert "Image false alarms" in report and "Pixel recall" in report
+    # a model given with --model keeps its thresholds: --per-category is a training option
+    again = runner.invoke(
+        app,
+        ["evaluate", "--root", str(data_root), "--model", str(grouped_model), "--per-category"],
+    )
+    assert again.exit_code == 2 and "--per-category" in again.output

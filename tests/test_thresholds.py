@@ -184,3 +184,48 @@ def test_groups_are_routed_through_a_pipeline_with_metadata_routing(data, tmp_pa
         pipe = make_pipeline(ImageLoader(), det).fit(paths, groups=groups)
         assert set(pipe[-1].group_image_thresholds_) == {"stripes", "dots"}
         assert pipe.predict(paths, groups=groups).shape == (12,)
+
+
+def test_evaluation_reports_what_the_models_own_thresholds_do(grouped, tmp_path):
+    from skuniad.datasets import load_mvtec, write_synthetic
+    from skuniad.evaluation import _load_masks, evaluate_detector, results_markdown
+
+    root = write_synthetic(tmp_path, categories=("stripes", "dots"), n_train=1, n_test=8)
+    test = load_mvtec(root, "test")
+    det = pickle.loads(pickle.dumps(grouped))
+    det.group_image_thresholds_.pop("dots")  # dots: the pooled thresholds
+    det.group_pixel_thresholds_.pop("dots")
+    results = evaluate_detector(det, test)
+    for category in ("stripes", "dots"):
+        subset = test.subset(category)
+        row = results["categories"][category]
+        groups = [category] * len(subset) if category == "stripes" else None
+        flagged = det.predict(subset.paths, groups=groups) == -1
+        labels = subset.labels == 1
+        assert row["image_recall"] == flagged[labels].mean()
+        assert row["image_false_alarm_rate"] == flagged[~labels].mean()
+        precision = flagged[labels].sum() / flagged.sum() if flagged.any() else 0.0
+        assert row["image_precision"] == pytest.approx(precision)
+        maps = det.anomaly_maps(subset.paths, size="model")
+        truth = _load_masks(subset, maps.shape[1:])
+        pixel_t = det.group_pixel_thresholds_.get(category, det.pixel_threshold_)
+        marked = maps > np.float32(pixel_t)
+        assert row["pixel_recall"] == pytest.approx(marked[truth].mean())
+        assert row["pixel_false_alarm_rate"] == pytest.approx(marked[~truth].mean())
+    assert "At the model's own thresholds" in results_markdown(results)
+    assert results["mean"]["image_recall"] == pytest.approx(
+        np.mean([results["categories"][c]["image_recall"] for c in ("stripes", "dots")])
+    )
+
+
+def test_operating_point_counts():
+    from skuniad.metrics import operating_point
+
+    op = operating_point([1, 1, 1, 0, 0, 0, 0], [True, True, False, True, False, False, False])
+    assert op["recall"] == pytest.approx(2 / 3) and op["precision"] == pytest.approx(2 / 3)
+    assert op["false_alarm_rate"] == 0.25 and op["f1"] == pytest.approx(2 / 3)
+    assert (op["n_anomalous"], op["n_normal"], op["n_flagged"]) == (3, 4, 3)
+    nothing = operating_point([0, 0], [False, False])
+    assert nothing["precision"] == nothing["recall"] == nothing["false_alarm_rate"] == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        operating_point([1, 0], [True])
