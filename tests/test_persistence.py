@@ -152,7 +152,9 @@ def test_newer_format_version_says_what_differs(saved, tmp_path):
         metadata["versions"]["skuniad"] = "9.0.0"
 
     _rewrite_metadata(path, newer, bump)
-    with pytest.raises(ValueError, match=r"format version 2, written by skuniad 9\.0\.0.*up to 1"):
+    newest = persistence.FORMAT_VERSION
+    expected = rf"format version {newest + 1}, written by skuniad 9\.0\.0.*up to {newest}"
+    with pytest.raises(ValueError, match=expected):
         UniADDetector.load(newer)
 
 

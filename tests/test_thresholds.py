@@ -229,3 +229,25 @@ def test_operating_point_counts():
     assert nothing["precision"] == nothing["recall"] == nothing["false_alarm_rate"] == 0.0
     with pytest.raises(ValueError, match="shape"):
         operating_point([1, 0], [True])
+
+
+def test_a_format_1_model_file_loads_without_group_thresholds(grouped, data, tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    X, groups = data
+    grouped.save(tmp_path / "new.skuniad")
+    with safe_open(str(tmp_path / "new.skuniad"), framework="pt") as f:
+        metadata = json.loads(f.metadata()["skuniad"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    assert len(metadata["fitted"]["group_thresholds"]) == 2
+    metadata["format_version"] = 1  # as skuniad wrote it before per-group thresholds
+    del metadata["fitted"]["group_thresholds"]
+    for name in ("validation_fraction", "unknown_group"):
+        del metadata["params"][name]
+    save_file(tensors, str(tmp_path / "old.skuniad"), metadata={"skuniad": json.dumps(metadata)})
+    old = UniADDetector.load(tmp_path / "old.skuniad")
+    assert old.group_image_thresholds_ == {} and old.validation_fraction is None
+    np.testing.assert_array_equal(old.predict(X, groups=groups), grouped.predict(X))
