@@ -432,6 +432,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         train, held_out = _validation_split(len(X), groups, self.validation_fraction, seed)
         X_held_out = [X[i] for i in held_out] if held_out is not None else None
         calibration_groups = groups if held_out is None or groups is None else groups[held_out]
+        _check_group_sizes(calibration_groups)  # before training, not after
         if train is not None:
             X = [X[i] for i in train]
         context = distributed_context(device)  # under torchrun: this rank's shard of X
@@ -608,15 +609,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.offset_ = -_anomalous_side(scores, self.contamination)
         self.pixel_threshold_ = _anomalous_side(map_maxima, self.contamination)
         image_table, pixel_table = {}, {}
+        _check_group_sizes(groups)
         if groups is not None:
             for group in _unique(groups):
                 members = np.array([g == group for g in groups])
-                if members.sum() < _MIN_IMAGES:
-                    raise ValueError(
-                        f"group {group!r} has {int(members.sum())} calibration images; its own "
-                        f"thresholds need at least {_MIN_IMAGES} (give more normal images of it, "
-                        "or leave groups out for one pooled threshold)"
-                    )
                 image_table[group] = _anomalous_side(scores[members], self.contamination)
                 pixel_table[group] = _anomalous_side(map_maxima[members], self.contamination)
         self.group_image_thresholds_ = image_table
@@ -983,6 +979,20 @@ def _check_groups(groups, n: int) -> np.ndarray | None:
     out = np.empty(n, dtype=object)
     out[:] = labels
     return out
+
+
+def _check_group_sizes(groups: np.ndarray | None) -> None:
+    """Every group needs :data:`_MIN_IMAGES` calibration images for thresholds of its own."""
+    if groups is None:
+        return
+    for group in _unique(groups):
+        count = sum(g == group for g in groups)
+        if count < _MIN_IMAGES:
+            raise ValueError(
+                f"group {group!r} has {count} calibration images; its own thresholds need at "
+                f"least {_MIN_IMAGES} (give more normal images of it, or leave groups out for "
+                "one pooled threshold)"
+            )
 
 
 def _unique(labels) -> list:

@@ -251,3 +251,11 @@ def test_a_format_1_model_file_loads_without_group_thresholds(grouped, data, tmp
     old = UniADDetector.load(tmp_path / "old.skuniad")
     assert old.group_image_thresholds_ == {} and old.validation_fraction is None
     np.testing.assert_array_equal(old.predict(X, groups=groups), grouped.predict(X))
+
+
+def test_a_group_too_small_for_its_own_thresholds_is_refused_before_training(data):
+    X, _ = data
+    det = UniADDetector(**FAST)
+    with pytest.raises(ValueError, match=r"group 'b' has 2 calibration images") as error:
+        det.fit(X, groups=["a"] * 10 + ["b"] * 2)
+    assert "\n" not in str(error.value) and not hasattr(det, "model_")
