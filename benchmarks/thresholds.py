@@ -185,7 +185,7 @@ def _markdown(results: dict) -> str:
         lines.append("")
     lines += ["## AUROC (%)", "", "| Fit | " + " | ".join(results["auroc"]["A"]) + " |"]
     lines.append("|" + "|".join(["---"] + ["---:"] * len(results["auroc"]["A"])) + "|")
-    for fit in ("A", "B"):
+    for fit in results["auroc"]:
         cells = [
             f"{100 * v['image_auroc']:.1f} / {100 * v['pixel_auroc']:.1f}"
             for v in results["auroc"][fit].values()
@@ -205,6 +205,11 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output-dir", type=Path, default=Path("/tmp/skuniad-thresholds"))
+    parser.add_argument(
+        "--fit-a",
+        type=Path,
+        help="Reuse fit A from this model file (written by an earlier run as fit_a.skuniad).",
+    )
     args = parser.parse_args()
 
     from sklearn.utils import check_random_state
@@ -235,12 +240,20 @@ def main() -> None:
     raw = {}
 
     # fit A: held-out share, per-category thresholds set by fit itself
-    start = time.perf_counter()
-    det_a = UniADDetector(**params, validation_fraction=args.fraction)
-    det_a.fit(paths, groups=groups)
-    results["fit_a_seconds"] = round(time.perf_counter() - start, 1)
-    det_a.save(out / "fit_a.skuniad")
-    print(f"fit A: {results['fit_a_seconds']} s", flush=True)
+    if args.fit_a is not None:
+        det_a = UniADDetector.load(args.fit_a)
+        expected = {**params, "validation_fraction": args.fraction}
+        differ = {k: v for k, v in expected.items() if det_a.get_params()[k] != v}
+        if differ:
+            raise SystemExit(f"{args.fit_a} was fitted with other settings than {differ}")
+        results["fit_a"] = f"reused from {args.fit_a}"
+    else:
+        start = time.perf_counter()
+        det_a = UniADDetector(**params, validation_fraction=args.fraction)
+        det_a.fit(paths, groups=groups)
+        results["fit_a_seconds"] = round(time.perf_counter() - start, 1)
+        det_a.save(out / "fit_a.skuniad")
+        print(f"fit A: {results['fit_a_seconds']} s", flush=True)
     seed = int(check_random_state(args.seed).randint(np.iinfo(np.int32).max))
     train_idx, held_idx = _validation_split(len(paths), groups, args.fraction, seed)
     scores_a, maxima_a = _scores_and_maxima(det_a, paths)
@@ -265,6 +278,7 @@ def main() -> None:
                 "rows": _operating_points(test, scored_a, calibration),
             }
     del scored_a
+    _write(out, results, raw, test)  # fit A's part stands on its own
 
     # fit B: all images (today's recipe and thresholds)
     start = time.perf_counter()
@@ -284,6 +298,11 @@ def main() -> None:
             "thresholds": {"pooled": on_all["pooled"], **on_all["per_category"]},
             "rows": _operating_points(test, scored_b, calibration),
         }
+    _write(out, results, raw, test)
+
+
+def _write(out: Path, results: dict, raw: dict, test) -> None:
+    """results.json, results.md and scores.npz as they stand; the report on stdout."""
     results["peak_rss_gb"] = round(peak_rss_gb(), 2)
     np.savez(out / "scores.npz", **raw, test_labels=test[3], test_categories=test[1].astype(str))
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
