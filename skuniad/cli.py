@@ -138,6 +138,22 @@ Contamination = Annotated[
         rich_help_panel=_TRAIN,
     ),
 ]
+ValidationFraction = Annotated[
+    float | None,
+    typer.Option(
+        help="Hold this share of the normal images (of each category) out of training and set "
+        "the thresholds on it; default: set them on the training images.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+PerCategory = Annotated[
+    bool,
+    typer.Option(
+        "--per-category",
+        help="Also set thresholds per category: the data set's categories with --dataset "
+        "mvtec, else each DATA_DIR is one category, named after its folder.",
+    ),
+]
 Device = Annotated[str, typer.Option(help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1'...")]
 PrecisionOption = Annotated[
     Precision, typer.Option(help="'auto': bf16 where fast, else fp32.", rich_help_panel=_TRAIN)
@@ -171,6 +187,7 @@ _DETECTOR_PARAMS = {
     "layer_queries": "layer_queries",
     "image_score": "image_score",
     "contamination": "contamination",
+    "validation_fraction": "validation_fraction",
     "device": "device",
     "precision": "precision",
     "seed": "random_state",
@@ -279,6 +296,48 @@ def _training_images(
     return _collect_images(data_dirs)
 
 
+def _images_and_categories(
+    data_dirs: list[Path], dataset: DataKind, categories: list[str] | None
+) -> tuple[list[Path], list[str]]:
+    """Normal images and the category of each: MVTec categories, else each DATA_DIR's name."""
+    from skuniad.datasets import load_mvtec
+
+    if dataset is DataKind.mvtec:
+        paths: list[Path] = []
+        names: list[str] = []
+        for root in data_dirs:
+            data = load_mvtec(root, "train", categories or None)
+            paths += data.paths
+            names += data.categories
+        return paths, names
+    paths = _training_images(data_dirs, dataset, categories)
+    owners = {}
+    for folder in data_dirs:
+        name = folder.resolve().name if folder.is_dir() else folder.resolve().parent.name
+        if owners.setdefault(name, folder) != folder and folder.is_dir():
+            raise CliError(
+                f"{owners[name]} and {folder} are both named {name!r}: with --per-category each "
+                "DATA_DIR is one category named after its folder, so the names must differ"
+            )
+    names = []
+    for path in paths:
+        folder = next((d for d in data_dirs if d.is_dir() and path.is_relative_to(d)), path.parent)
+        names.append(folder.resolve().name)
+    return paths, names
+
+
+def _path_categories(paths: list[Path], groups: list[Any]) -> list[Any]:
+    """Each image's category: the nearest folder on its path named like one of the model's
+    ``groups`` (then that group's label), else the name of the folder holding it."""
+    known = {str(g): g for g in groups}
+    found = []
+    for path in paths:
+        parts = path.parent.resolve().parts
+        match = next((p for p in reversed(parts) if p in known), None)
+        found.append(known[match] if match is not None else (parts[-1] if parts else ""))
+    return found
+
+
 def _check_output_file(path: Path) -> None:
     """Fail before training, not after, when the model cannot be written."""
     if path.is_dir():
@@ -286,12 +345,14 @@ def _check_output_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _fit_detector(det: Any, images: list[Path]) -> tuple[Any, bool, float]:
+def _fit_detector(
+    det: Any, images: list[Path], groups: list[str] | None = None
+) -> tuple[Any, bool, float]:
     """Fit; return (det, interrupted, seconds). Ctrl-C keeps the last finished epoch."""
     start = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        det.fit(images)
+        det.fit(images, groups=groups)
     seconds = time.perf_counter() - start
     interrupted = False
     for warning in caught:
@@ -348,6 +409,14 @@ _SHORT_NAMES = {
     "paper_pixel_auroc": "paper P",
     "delta_image": "Δ I",
     "delta_pixel": "Δ P",
+    "image_precision": "I-prec",
+    "image_recall": "I-recall",
+    "image_f1": "I-F1",
+    "image_false_alarm_rate": "I-false alarms",
+    "pixel_precision": "P-prec",
+    "pixel_recall": "P-recall",
+    "pixel_f1": "P-F1",
+    "pixel_false_alarm_rate": "P-false alarms",
 }
 
 
@@ -374,6 +443,34 @@ def _print_results(results: dict[str, Any]) -> None:
     table.add_section()
     table.add_row(*rows[-1], style="bold")
     Console(width=max(120, 11 * len(columns) + 16)).print(table)
+    _print_operating_point(results)
+
+
+def _print_operating_point(results: dict[str, Any]) -> None:
+    """What the model's own thresholds do, per category: a second table."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from skuniad.evaluation import operating_point_table
+
+    columns, rows = operating_point_table(results)
+    if not columns:
+        return
+    table = Table(
+        title="At the model's own thresholds (%)",
+        caption="false alarms: good images (normal pixels) flagged; per-category thresholds "
+        "where the model has them",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("Category", no_wrap=True)
+    for key in columns:
+        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+    for name, *cells in rows[:-1]:
+        table.add_row(name, *cells)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console(width=max(120, 13 * len(columns) + 16)).print(table)
 
 
 def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
@@ -429,6 +526,8 @@ def fit(
     layer_queries: LayerQueriesOption = LayerQueries.every,
     image_score: ImageScoreOption = ImageScore.max,
     contamination: Contamination = "auto",
+    validation_fraction: ValidationFraction = None,
+    per_category: PerCategory = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     seed: Seed = None,
@@ -437,19 +536,27 @@ def fit(
 ) -> None:
     """Train one model on the normal images of all categories together.
 
+    The +1/-1 and pixel thresholds are set on the training images, or with
+    --validation-fraction on a held-out share of them; with --per-category,
+    also per category ('skuniad predict' applies them to images found in a
+    folder of that name).
+
     Ctrl-C stops training after the current epoch's weights: the model of the
     last finished epoch is still written, and the exit code is 130.
     """
     params = _detector_params(locals())
     with _domain_errors():
-        images = _training_images(data_dirs, dataset, category)
+        if per_category:
+            images, groups = _images_and_categories(data_dirs, dataset, category)
+        else:
+            images, groups = _training_images(data_dirs, dataset, category), None
         _check_output_file(output)
         _tune_runtime(threads)
         from skuniad import UniADDetector
 
         typer.echo(f"Training on {len(images)} images.")
         det = UniADDetector(**params, verbose=0 if quiet else 1)
-        det, interrupted, seconds = _fit_detector(det, images)
+        det, interrupted, seconds = _fit_detector(det, images, groups)
         if det.n_epochs_ == 0:
             typer.echo("Interrupted before the first epoch finished: no model written.", err=True)
             raise typer.Exit(EXIT_INTERRUPTED)
@@ -461,9 +568,73 @@ def fit(
                 f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "
                 f"{output}"
             )
+            _echo_thresholds(det)
         distributed.finish()
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _echo_thresholds(det: Any) -> None:
+    """The model's image and pixel thresholds, pooled and per category, one line each."""
+    if not hasattr(det, "offset_"):
+        typer.echo("Thresholds: none (not calibrated; see 'skuniad calibrate').")
+        return
+    typer.echo(
+        f"Thresholds: image {det.image_threshold_:.6g} (anomaly score), pixel "
+        f"{det.pixel_threshold_:.6g} (anomaly map)"
+    )
+    for group, image in getattr(det, "group_image_thresholds_", {}).items():
+        pixel = det.group_pixel_thresholds_[group]
+        typer.echo(f"  {group}: image {image:.6g}, pixel {pixel:.6g}")
+
+
+# ---------------------------------------------------------------- calibrate
+@app.command()
+def calibrate(
+    model: Annotated[
+        Path, typer.Argument(help=f"A model written by 'skuniad fit' ({MODEL_SUFFIX}).")
+    ],
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATA_DIR",
+            help="Normal images (folders searched recursively, or files); with --dataset "
+            "mvtec, MVTec-style roots (CATEGORY/train/good is used).",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option("--output", "-o", help=f"Model file to write ({MODEL_SUFFIX}); may be MODEL."),
+    ],
+    dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
+    category: Annotated[
+        list[str] | None,
+        typer.Option("--category", "-c", help="With --dataset mvtec: categories to use."),
+    ] = None,
+    per_category: PerCategory = False,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    threads: Threads = None,
+) -> None:
+    """Set a model's thresholds from normal images it has not trained on.
+
+    The rule is fit's (the model's contamination), applied to these images:
+    every threshold is replaced, per category too with --per-category (else
+    no per-category thresholds remain). The weights are unchanged.
+    """
+    with _domain_errors():
+        if per_category:
+            images, groups = _images_and_categories(data_dirs, dataset, category)
+        else:
+            images, groups = _training_images(data_dirs, dataset, category), None
+        _check_output_file(output)
+        _tune_runtime(threads)
+        det = _load_detector(model, device)
+        det.set_params(verbose=0 if quiet else 1)
+        det.calibrate(images, groups=groups)
+        det.save(output)
+        typer.echo(f"Calibrated on {len(images)} normal images; model written to {output}")
+        _echo_thresholds(det)
 
 
 # ------------------------------------------------------------------ predict
@@ -510,6 +681,28 @@ def predict(
     overlays: Annotated[
         bool, typer.Option(help="Write heat-map overlays (image | map) as PNG.")
     ] = True,
+    masks: Annotated[
+        bool,
+        typer.Option(
+            "--masks",
+            help="Write defect masks (white = above the pixel threshold) as PNG at each "
+            "image's size to OUTPUT/masks/.",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Image threshold on anomaly_score for every image, instead of the model's.",
+        ),
+    ] = None,
+    pixel_threshold: Annotated[
+        float | None,
+        typer.Option(help="Anomaly-map threshold for masks and overlays, instead of the model's."),
+    ] = None,
+    pooled: Annotated[
+        bool,
+        typer.Option("--pooled", help="Ignore the model's per-category thresholds."),
+    ] = False,
     device: Device = "auto",
     chunk_size: Annotated[
         int, typer.Option(min=1, help="Images scored per pass (bounds memory).")
@@ -519,13 +712,18 @@ def predict(
 ) -> None:
     """Score images: OUTPUT/scores.csv and heat-map overlays in OUTPUT/overlays/.
 
-    scores.csv has one row per image: path; anomaly_score, the UniAD image
-    score (HIGHER = MORE ANOMALOUS, i.e. minus scikit-learn's score_samples);
-    label, scikit-learn's outlier convention: +1 normal, -1 anomalous, from
-    the threshold the model set on its training images (contamination); and
-    the overlay file. Overlays share one colour scale (matplotlib's inferno),
-    0 to twice the model's pixel threshold, with the pixels above that
-    threshold outlined in green.
+    scores.csv has one row per image: path; category; anomaly_score, the UniAD
+    image score (HIGHER = MORE ANOMALOUS, i.e. minus scikit-learn's
+    score_samples); threshold, the image threshold applied; label,
+    scikit-learn's outlier convention: +1 normal, -1 anomalous (anomaly_score
+    above threshold); the overlay and mask files. The thresholds are the
+    model's (set on its training or calibration images, see 'skuniad info
+    MODEL') unless --threshold / --pixel-threshold are given. A model with
+    per-category thresholds applies them to the images in a folder named
+    like the category (nearest such folder on the path); the category column
+    shows it, or else the image's folder. Overlays share one colour scale
+    (matplotlib's inferno), 0 to twice the model's pixel threshold, with the
+    pixels above the image's pixel threshold outlined in green.
     """
     with _domain_errors():
         if not model.is_file():
@@ -534,17 +732,20 @@ def predict(
         _tune_runtime(threads)
         det = _load_detector(model, device)
         det.set_params(verbose=0 if quiet else 1)
+        import numpy as np
+
         from skuniad._progress import progress_bar
         from skuniad.evaluation import scores_and_maps
         from skuniad.visualize import save_overlay
 
-        # a model imported from a reference checkpoint may lack thresholds
-        calibrated = hasattr(det, "offset_")
-        scale = (
-            dict(vmin=0.0, vmax=2.0 * det.pixel_threshold_, threshold=det.pixel_threshold_)
-            if calibrated
-            else {}
+        categories = _path_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
+        image_t, pixel_t = _predict_thresholds(
+            det, None if pooled else categories, len(paths), threshold, pixel_threshold, masks
         )
+        scale = {}
+        if pixel_t is not None:  # one colour scale for all overlays
+            reference = pixel_threshold if pixel_threshold is not None else det.pixel_threshold_
+            scale = dict(vmin=0.0, vmax=2.0 * reference)
         output.mkdir(parents=True, exist_ok=True)
         names = _overlay_names(paths, images)
         rows = []
@@ -554,33 +755,142 @@ def predict(
                 chunk = paths[begin : begin + chunk_size]
                 scores, maps = scores_and_maps(det, chunk)
                 for i, (path, score) in enumerate(zip(chunk, scores, strict=True)):
-                    label = ("-1" if -score - det.offset_ < 0 else "1") if calibrated else ""
-                    overlay = ""
+                    k = begin + i
+                    label = ""
+                    if image_t is not None:
+                        label = str(_labels(np.array([score]), image_t[k : k + 1])[0])
+                    overlay = mask = ""
                     if overlays:
-                        target = output / "overlays" / names[begin + i]
-                        save_overlay(target, _display_image(path), maps[i], **scale)
+                        target = output / "overlays" / names[k]
+                        outline = {} if pixel_t is None else {"threshold": float(pixel_t[k])}
+                        save_overlay(target, _display_image(path), maps[i], **scale, **outline)
                         overlay = str(target)
-                    rows.append((str(path), f"{score:.8g}", label, overlay))
+                    if masks:
+                        target = output / "masks" / names[k]
+                        _save_mask(target, path, maps[i], pixel_t[k])
+                        mask = str(target)
+                    rows.append(
+                        (
+                            str(path),
+                            str(categories[k]),
+                            f"{score:.8g}",
+                            "" if image_t is None else f"{image_t[k]:.8g}",
+                            label,
+                            overlay,
+                            mask,
+                        )
+                    )
                 progress.advance(task, len(chunk))
         csv_path = output / "scores.csv"
         with open(csv_path, "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(["path", "anomaly_score", "label", "overlay"])
-            writer.writerows(rows)
-        if calibrated:
-            n_anomalous = sum(1 for row in rows if row[2] == "-1")
-            typer.echo(
-                f"Scored {len(rows)} images: {n_anomalous} anomalous (label -1), "
-                f"{len(rows) - n_anomalous} normal (+1)."
+            writer.writerow(
+                ["path", "category", "anomaly_score", "threshold", "label", "overlay", "mask"]
             )
+            writer.writerows(rows)
+        if image_t is not None:
+            _echo_flagged(rows, det, threshold, pixel_threshold, pooled)
         else:
             typer.echo(
                 f"Scored {len(rows)} images. The model has no decision threshold "
-                "(an uncalibrated import): labels are left empty."
+                "(an uncalibrated import): labels are left empty; pass --threshold to set one."
             )
         typer.echo(f"Scores: {csv_path}")
         if overlays:
             typer.echo(f"Overlays: {output / 'overlays'}")
+        if masks:
+            typer.echo(f"Masks: {output / 'masks'}")
+
+
+def _labels(scores: Any, thresholds: Any) -> Any:
+    from skuniad.detector import _labels as labels
+
+    return labels(scores, thresholds)
+
+
+def _predict_thresholds(
+    det: Any,
+    categories: list[Any] | None,
+    n: int,
+    threshold: float | None,
+    pixel_threshold: float | None,
+    masks: bool,
+) -> tuple[Any, Any]:
+    """Per-image image and pixel thresholds (None where the model has none and none is given).
+
+    The detector's own helpers map categories to thresholds, so the CLI labels
+    images exactly as ``predict(X, groups=...)`` / ``predict_masks`` would.
+    """
+    import numpy as np
+
+    calibrated = hasattr(det, "offset_")
+    grouped = categories is not None and bool(getattr(det, "group_image_thresholds_", {}))
+
+    def per_image(explicit: float | None, method: str) -> Any:
+        if explicit is not None:
+            return np.full(n, float(explicit))
+        if not calibrated:
+            return None
+        return getattr(det, method)(categories if grouped else None, n)
+
+    if masks and pixel_threshold is None and not calibrated:
+        raise CliError(
+            "--masks needs a pixel threshold: the model has none (an uncalibrated import); "
+            "pass --pixel-threshold or run 'skuniad calibrate' first"
+        )
+    image = per_image(threshold, "_image_thresholds")
+    return image, per_image(pixel_threshold, "_pixel_thresholds")
+
+
+def _save_mask(target: Path, image_path: Path, anomaly_map: Any, threshold: float) -> None:
+    """``anomaly_map > threshold`` at the image's own size, as a black/white PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from skuniad.detector import _masks, _resize_maps
+
+    with Image.open(image_path) as image:
+        width, height = image.size
+    resized = _resize_maps(anomaly_map[None], [(height, width)])
+    mask = _masks(resized, np.array([threshold]))[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+
+
+def _echo_flagged(
+    rows: list[tuple[str, ...]],
+    det: Any,
+    threshold: float | None,
+    pixel_threshold: float | None,
+    pooled: bool,
+) -> None:
+    """How many images were flagged, overall and per category, and by which thresholds."""
+    n_anomalous = sum(1 for row in rows if row[4] == "-1")
+    typer.echo(
+        f"Scored {len(rows)} images: {n_anomalous} anomalous (label -1), "
+        f"{len(rows) - n_anomalous} normal (+1)."
+    )
+    by_category: dict[str, list[int]] = {}
+    for row in rows:
+        counts = by_category.setdefault(row[1], [0, 0])
+        counts[0] += row[4] == "-1"
+        counts[1] += 1
+    if len(by_category) > 1:
+        for name, (flagged, total) in sorted(by_category.items()):
+            typer.echo(f"  {name}: {flagged} of {total} flagged")
+    if threshold is not None:
+        typer.echo(f"Image threshold: {threshold:.6g} (--threshold)")
+    elif getattr(det, "group_image_thresholds_", {}) and not pooled:
+        typer.echo(
+            f"Image thresholds: per category (see the threshold column), "
+            f"{det.image_threshold_:.6g} for other images"
+        )
+    else:
+        typer.echo(f"Image threshold: {det.image_threshold_:.6g} (anomaly_score above it: -1)")
+    if pixel_threshold is not None:
+        typer.echo(f"Pixel threshold: {pixel_threshold:.6g} (--pixel-threshold)")
+    elif hasattr(det, "pixel_threshold_"):
+        typer.echo(f"Pixel threshold: {det.pixel_threshold_:.6g}")
 
 
 # ----------------------------------------------------------------- evaluate
@@ -650,12 +960,25 @@ def evaluate_command(
     layer_queries: LayerQueriesOption = LayerQueries.every,
     image_score: ImageScoreOption = ImageScore.max,
     contamination: Contamination = "auto",
+    validation_fraction: ValidationFraction = None,
+    per_category: Annotated[
+        bool,
+        typer.Option(
+            "--per-category",
+            help="Also set thresholds per category when training, and apply them.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
     """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
+
+    Beside these threshold-free metrics, what the model's own thresholds do:
+    image-level precision, recall, F1 and false-alarm rate on good images at
+    the image threshold, and the same over pixels at the pixel threshold.
 
     Without --model, models are trained as the paper's experiments: one on
     the normal training images of all chosen categories together (UniAD's
@@ -668,7 +991,7 @@ def evaluate_command(
     if model is not None:
         given = [
             name
-            for name in (*_DETECTOR_PARAMS, "setting", "eval_every")
+            for name in (*_DETECTOR_PARAMS, "setting", "eval_every", "per_category")
             if name != "device"
             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         ]
@@ -714,6 +1037,7 @@ def evaluate_command(
                 output_dir=output,
                 n_overlays=overlays,
                 curve_categories=curve_categories,
+                per_category=per_category,
                 verbose=0 if quiet else 1,
             )
             fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
@@ -861,8 +1185,21 @@ def demo(
 
 # --------------------------------------------------------------------- info
 @app.command()
-def info() -> None:
-    """Versions, compute device, bf16 support and bundled backbone weights."""
+def info(
+    model: Annotated[
+        Path | None,
+        typer.Argument(help=f"A model file ({MODEL_SUFFIX}): describe it instead."),
+    ] = None,
+) -> None:
+    """Versions, compute device, bf16 support and bundled backbone weights.
+
+    With MODEL: its parameters, epochs, thresholds (pooled and per category)
+    and the versions that wrote it.
+    """
+    if model is not None:
+        with _domain_errors():
+            _model_info(model)
+        return
     import platform
 
     import timm
@@ -899,6 +1236,44 @@ def info() -> None:
     for name in sorted(BUNDLED_WEIGHTS):
         path = bundled_weights_path(name)
         typer.echo(f"  {name}: {path if path is not None else 'not installed'}")
+
+
+def _model_info(path: Path) -> None:
+    from skuniad import UniADDetector, persistence
+
+    metadata = persistence.read_metadata(path)
+    det = _load_detector(path, "cpu")
+    versions = metadata.get("versions", {})
+    written = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+    typer.echo(f"{path}: skuniad model, format {metadata['format_version']} ({written})")
+    typer.echo(
+        f"Trained: {det.n_epochs_} epochs"
+        + (f", final loss {det.loss_curve_[-1]:.6g}" if det.loss_curve_ else "")
+    )
+    typer.echo("Thresholds:")
+    if not hasattr(det, "offset_"):
+        typer.echo("  none: not calibrated (run 'skuniad calibrate MODEL DIR -o MODEL')")
+    else:
+        source = (
+            f"a held-out share ({det.validation_fraction:g}) of the training images"
+            if det.validation_fraction is not None
+            else "the training images, or the images given to 'skuniad calibrate'"
+        )
+        typer.echo(f"  from {source}, contamination={det.contamination!r}")
+        typer.echo(
+            f"  image (anomaly_score): {det.image_threshold_:.6g}   pixel (anomaly map): "
+            f"{det.pixel_threshold_:.6g}   offset_: {det.offset_:.6g}"
+        )
+        for group, image in det.group_image_thresholds_.items():
+            pixel = det.group_pixel_thresholds_[group]
+            typer.echo(f"  category {group}: image {image:.6g}, pixel {pixel:.6g}")
+        if det.group_image_thresholds_:
+            typer.echo(f"  other categories: unknown_group={det.unknown_group!r}")
+    defaults = UniADDetector().get_params()
+    typer.echo("Parameters (* = not the default):")
+    for name, value in det.get_params().items():
+        mark = "*" if value != defaults[name] else " "
+        typer.echo(f" {mark} {name} = {value!r}")
 
 
 # ---------------------------------------------- reference checkpoints, export

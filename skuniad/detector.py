@@ -46,11 +46,14 @@ DOCS_URL = "https://github.com/skuniad/skuniad/blob/main/docs"
 """Where skuniad's documentation lives; the HTML repr's "?" link points into it."""
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
+# a threshold set from fewer images than this (and a training set this small) is noise
+_MIN_IMAGES = 5
 # parameters that do not change what training computes: left out of the checkpoint fingerprint
 _NOT_TRAINING = {
     "cache_max_gb",
     "contamination",
     "image_score",
+    "unknown_group",
     "device",
     "precision",
     "verbose",
@@ -181,10 +184,31 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     checkpoint_every : int, default=1
         Epochs between checkpoints.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` and ``pixel_threshold_`` from the training images.
+        Sets ``offset_`` and ``pixel_threshold_`` from the calibration images
+        (the training images, the held-out ones with ``validation_fraction``,
+        or those given to :meth:`calibrate`), all assumed normal.
         ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
-        the median training value. A float: that fraction of training images
-        falls on the anomalous side, as in ``IsolationForest``.
+        the median calibration value. UniAD's scores have no fixed scale (it
+        depends on backbone, category and training length), so, unlike
+        ``IsolationForest``'s fixed ``"auto"`` offset, the threshold must come
+        from data; median and MAD ignore a few odd or mislabeled images that
+        would drag a mean and standard deviation up; and 3 sigma flags about
+        0.1 % of normal images when their scores are roughly Gaussian.
+        A float: that fraction of calibration images falls on the anomalous
+        side, as in ``IsolationForest``; on normal images this is the
+        false-alarm rate by construction.
+    validation_fraction : float in (0, 1) or None, default=None
+        None: the thresholds come from the training images (the paper trains
+        on all of them). A float: that share of the normal images, drawn with
+        ``random_state`` (the same share of each group when ``fit`` gets
+        ``groups``), is held out of training and used only to set the
+        thresholds, since a model scores its own training images lower than
+        unseen normal ones. Each part (of each group) needs at least 5
+        images.
+    unknown_group : {"pooled", "error"}, default="pooled"
+        What ``predict``, ``decision_function`` and ``predict_masks`` do with
+        an image whose group has no threshold of its own: use the pooled
+        one (``offset_``, ``pixel_threshold_``), or raise a ValueError.
     device : str, default="auto"
         ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
         ``"cuda:1"``...; resolved in ``fit``.
@@ -203,10 +227,20 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     offset_ : float
         ``decision_function = score_samples - offset_``. Absent from a model
         imported by :meth:`from_reference_checkpoint` until :meth:`calibrate`.
+    image_threshold_ : float
+        ``-offset_``: the image anomaly score (``-score_samples``, the
+        ``anomaly_score`` of ``skuniad predict``) above which ``predict``
+        answers -1. A read-only view of ``offset_``.
     pixel_threshold_ : float
         Anomaly-map value above which ``predict_masks`` marks a pixel. Set so
-        that the per-image maximum of the training maps stays below it (same
-        rule as ``offset_``): a normal image should get an empty mask.
+        that the per-image maximum of the calibration maps stays below it
+        (same rule as ``offset_``): a normal image should get an empty mask.
+    group_image_thresholds_ : dict
+        Group label -> image threshold (anomaly-score units, as
+        ``image_threshold_``), from each group's calibration images, when
+        ``fit`` or :meth:`calibrate` got ``groups``; else empty.
+    group_pixel_thresholds_ : dict
+        Group label -> pixel threshold, likewise.
     n_epochs_ : int
         Epochs actually trained (fewer than ``max_epochs`` after Ctrl-C),
         counting those of earlier fits continued with ``warm_start``.
@@ -294,6 +328,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         "checkpoint_path": [str, os.PathLike, None],
         "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
         "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
+        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
+        "unknown_group": [StrOptions({"pooled", "error"})],
         "device": [str],
         "precision": [StrOptions({"auto", "bf16", "fp32"})],
         "random_state": ["random_state"],
@@ -331,6 +367,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         checkpoint_path=None,
         checkpoint_every=1,
         contamination="auto",
+        validation_fraction=None,
+        unknown_group="pooled",
         device="auto",
         precision="auto",
         random_state=None,
@@ -364,6 +402,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
         self.contamination = contamination
+        self.validation_fraction = validation_fraction
+        self.unknown_group = unknown_group
         self.device = device
         self.precision = precision
         self.random_state = random_state
@@ -372,7 +412,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------------------------------------ fit
     @_releasing_device_memory
     @_fit_context(prefer_skip_nested_validation=True)
-    def fit(self, X, y=None, *, on_epoch_end=None):
+    def fit(self, X, y=None, groups=None, *, on_epoch_end=None):
         """Train on normal images of any categories mixed together.
 
         Parameters
@@ -381,6 +421,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             Normal images only.
         y : ignored
             Present for API consistency (unsupervised).
+        groups : array-like of shape (n,) of str or int, default=None
+            The category (product type) of each image, when known. Training
+            is the same; the thresholds are then also set per category
+            (``group_image_thresholds_``, ``group_pixel_thresholds_``) and
+            ``validation_fraction`` holds out the same share of each one.
+            Under sklearn's metadata routing, request it with
+            ``set_fit_request(groups=True)``.
         on_epoch_end : callable or None, default=None
             Called as ``on_epoch_end(detector, epoch, loss)`` after every
             epoch (``epoch`` counts from 1, ``loss`` is its mean training
@@ -395,16 +442,25 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self : UniADDetector
         """
         X = check_images(X)
+        groups = _check_groups(groups, len(X))
         self._check_architecture()
         device = resolve_device(self.device)
+        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
+        train, held_out = _validation_split(len(X), groups, self.validation_fraction, seed)
+        X_held_out = [X[i] for i in held_out] if held_out is not None else None
+        calibration_groups = groups if held_out is None or groups is None else groups[held_out]
+        _check_group_sizes(calibration_groups)  # before training, not after
+        if train is not None:
+            X = [X[i] for i in train]
         context = distributed_context(device)  # under torchrun: this rank's shard of X
         if context is not None:
             device = context.device
             X = [X[i] for i in context.shard(len(X))]
+            if X_held_out is not None:
+                X_held_out = [X_held_out[i] for i in context.shard(len(X_held_out))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
         previous_curve = list(self.loss_curve_) if warm else []
-        seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
@@ -453,7 +509,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
-        self._calibrate_features(features, context)
+        if X_held_out is not None:  # thresholds from normal images the model has not trained on
+            del features
+            features = self._extract(X_held_out)
+        self._calibrate_features(features, context, calibration_groups)
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
@@ -521,10 +580,27 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if len(self.out_indices) == 0:
             raise ValueError("out_indices must name at least one backbone stage")
 
+    def _extract(self, X) -> torch.Tensor:
+        """Backbone features of ``X`` for calibration (fitted backbone, inference batches)."""
+        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
+            return extract_features(
+                self.backbone_,
+                X,
+                image_size=self.image_size,
+                batch_size=inference_batch_size(self.batch_size),
+                device=self.device_,
+                amp_dtype=self._amp_dtype(),
+                verbose=self.verbose,
+                resize=self.resize,
+            )
+
     def _calibrate_features(
-        self, features: torch.Tensor, context: DistributedContext | None = None
+        self,
+        features: torch.Tensor,
+        context: DistributedContext | None = None,
+        groups: np.ndarray | None = None,
     ) -> None:
-        """Set ``offset_`` and ``pixel_threshold_`` from the training features (all ranks')."""
+        """Set the thresholds from calibration features (all ranks'), pooled and per group."""
         with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
             scores, maps = reconstruction_maps(
                 self.model_,
@@ -539,8 +615,28 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         map_maxima = maps.reshape(len(maps), -1).max(1)
         scores = gather_shards(scores, context)
         map_maxima = gather_shards(map_maxima, context)
+        self._set_thresholds(scores, map_maxima, groups)
+
+    def _set_thresholds(
+        self, scores: np.ndarray, map_maxima: np.ndarray, groups: np.ndarray | None
+    ) -> None:
+        """The ``contamination`` rule on anomaly scores and per-image map maxima.
+
+        Pooled over all calibration images (``offset_``, ``pixel_threshold_``)
+        and, with ``groups``, per group; without groups the group tables are
+        emptied, since thresholds of an earlier calibration would not match.
+        """
         self.offset_ = -_anomalous_side(scores, self.contamination)
         self.pixel_threshold_ = _anomalous_side(map_maxima, self.contamination)
+        image_table, pixel_table = {}, {}
+        _check_group_sizes(groups)
+        if groups is not None:
+            for group in _unique(groups):
+                members = np.array([g == group for g in groups])
+                image_table[group] = _anomalous_side(scores[members], self.contamination)
+                pixel_table[group] = _anomalous_side(map_maxima[members], self.contamination)
+        self.group_image_thresholds_ = image_table
+        self.group_pixel_thresholds_ = pixel_table
 
     def _amp_dtype(self):
         return resolve_precision(self.precision, self.device_)
@@ -595,14 +691,70 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         scores, _, _ = self._infer(X, keep_maps=False)
         return -scores
 
-    def decision_function(self, X) -> np.ndarray:
-        """``score_samples(X) - offset_``: negative = anomalous."""
-        self._check_calibrated()
-        return self.score_samples(X) - self.offset_
+    def decision_function(self, X, groups=None) -> np.ndarray:
+        """``score_samples(X) - offset_``: negative = anomalous.
 
-    def predict(self, X) -> np.ndarray:
-        """+1 for normal images, -1 for anomalous ones (int)."""
-        return np.where(self.decision_function(X) < 0, -1, 1).astype(int)
+        With ``groups``, each image's own group threshold replaces
+        ``offset_`` (``score_samples(X) + group_image_thresholds_[g]``);
+        groups without one use ``offset_`` (see ``unknown_group``).
+        """
+        self._check_calibrated()
+        X = check_images(X)
+        thresholds = self._image_thresholds(groups, len(X))
+        return self.score_samples(X) + thresholds
+
+    def predict(self, X, groups=None) -> np.ndarray:
+        """+1 for normal images, -1 for anomalous ones (int).
+
+        ``groups``: each image's category, to apply its own threshold (see
+        :meth:`decision_function`).
+        """
+        self._check_calibrated()
+        X = check_images(X)
+        thresholds = self._image_thresholds(groups, len(X))
+        return _labels(-self.score_samples(X), thresholds)
+
+    def fit_predict(self, X, y=None, groups=None) -> np.ndarray:
+        """``fit(X, groups=groups).predict(X, groups=groups)``."""
+        return self.fit(X, groups=groups).predict(X, groups=groups)
+
+    @property
+    def image_threshold_(self) -> float:
+        """``-offset_``: the anomaly score (``-score_samples``) above which an image is -1.
+
+        In the units of ``scores.csv``'s ``anomaly_score``, next to
+        ``pixel_threshold_`` for the maps.
+        """
+        self._check_calibrated()
+        return -self.offset_
+
+    def _image_thresholds(self, groups, n: int) -> np.ndarray:
+        """Each image's threshold on the anomaly score: its group's, else the pooled one."""
+        table = getattr(self, "group_image_thresholds_", {})
+        return self._per_image(groups, n, table, -self.offset_)
+
+    def _pixel_thresholds(self, groups, n: int) -> np.ndarray:
+        """Each image's threshold on its anomaly map: its group's, else ``pixel_threshold_``."""
+        table = getattr(self, "group_pixel_thresholds_", {})
+        return self._per_image(groups, n, table, self.pixel_threshold_)
+
+    def _per_image(self, groups, n: int, table: dict, pooled: float) -> np.ndarray:
+        thresholds = np.full(n, float(pooled))
+        groups = _check_groups(groups, n)
+        if groups is None:
+            return thresholds
+        unknown = _unique([g for g in groups if g not in table])
+        if unknown and self.unknown_group == "error":
+            known = ", ".join(repr(g) for g in _unique(table)) or "none"
+            raise ValueError(
+                f"no threshold for group(s) {', '.join(repr(g) for g in unknown)} "
+                f"(this model's groups: {known}) and unknown_group='error' forbids the "
+                "pooled fallback"
+            )
+        for i, group in enumerate(groups):
+            if group in table:
+                thresholds[i] = table[group]
+        return thresholds
 
     def anomaly_maps(self, X, size="input"):
         """Per-pixel anomaly maps, HIGHER = MORE ANOMALOUS.
@@ -622,19 +774,25 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             return maps
         return _resize_maps(maps, sizes)
 
-    def predict_masks(self, X, threshold=None):
+    def predict_masks(self, X, threshold=None, groups=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
 
-        ``threshold=None`` uses ``pixel_threshold_``.
+        ``threshold=None`` uses ``pixel_threshold_``, or with ``groups`` each
+        image's group threshold (``group_pixel_thresholds_``; groups without
+        one use ``pixel_threshold_``, see ``unknown_group``). A number
+        applies to every image.
         """
+        check_is_fitted(self, "model_")
         if threshold is None:
             self._check_calibrated()
-        check_is_fitted(self, "model_")
-        threshold = self.pixel_threshold_ if threshold is None else float(threshold)
-        maps = self.anomaly_maps(X, size="input")
-        if isinstance(maps, list):
-            return [m > threshold for m in maps]
-        return maps > threshold
+        X = check_images(X)
+        n = len(X)
+        if threshold is None:
+            thresholds = self._pixel_thresholds(groups, n)
+        else:
+            _check_groups(groups, n)
+            thresholds = np.full(n, float(threshold))
+        return _masks(self.anomaly_maps(X, size="input"), thresholds)
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -649,12 +807,24 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------ calibration, reference checkpoints, ONNX
     @_releasing_device_memory
-    def calibrate(self, X_normal) -> UniADDetector:
-        """Set ``offset_`` and ``pixel_threshold_`` from normal images, without training.
+    def calibrate(self, X_normal, groups=None) -> UniADDetector:
+        """Set the thresholds from normal images, without training.
 
         The rule is ``fit``'s (``contamination``), applied to ``X_normal``
-        instead of the training images. Needed once by models imported with
-        :meth:`from_reference_checkpoint`; on a fitted model it re-calibrates.
+        instead of the training (or held-out) images: ``offset_`` and
+        ``pixel_threshold_`` from all of them and, with ``groups``, the
+        per-group thresholds from each group's images. Thresholds of an
+        earlier calibration are all replaced (without ``groups``, no group
+        thresholds remain). Needed once by models imported with
+        :meth:`from_reference_checkpoint`; on a fitted model it re-calibrates,
+        e.g. on normal images it has not trained on.
+
+        Parameters
+        ----------
+        X_normal : images
+            Normal images only.
+        groups : array-like of shape (n,) of str or int, default=None
+            The category of each image.
 
         Returns
         -------
@@ -662,18 +832,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         X = check_images(X_normal)
-        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
-            features = extract_features(
-                self.backbone_,
-                X,
-                image_size=self.image_size,
-                batch_size=inference_batch_size(self.batch_size),
-                device=self.device_,
-                amp_dtype=self._amp_dtype(),
-                verbose=self.verbose,
-                resize=self.resize,
-            )
-        self._calibrate_features(features)
+        groups = _check_groups(groups, len(X))
+        self._calibrate_features(self._extract(X), groups=groups)
         return self
 
     def _check_calibrated(self) -> None:
@@ -825,6 +985,90 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.positive_only = True  # pixel values: negative ones are rejected
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _check_groups(groups, n: int) -> np.ndarray | None:
+    """``groups`` as an object array of Python str / int labels, one per image."""
+    if groups is None:
+        return None
+    array = np.asarray(groups)
+    if array.ndim != 1:
+        raise ValueError(f"groups must be one label per image (1-D), got shape {array.shape}")
+    if len(array) != n:
+        raise ValueError(f"groups has {len(array)} labels but there are {n} images")
+    labels = [g.item() if isinstance(g, np.generic) else g for g in array]
+    bad = [g for g in labels if isinstance(g, bool) or not isinstance(g, (str, int))]
+    if bad:
+        raise ValueError(f"groups must be strings or integers, got {bad[0]!r}")
+    out = np.empty(n, dtype=object)
+    out[:] = labels
+    return out
+
+
+def _check_group_sizes(groups: np.ndarray | None) -> None:
+    """Every group needs :data:`_MIN_IMAGES` calibration images for thresholds of its own."""
+    if groups is None:
+        return
+    for group in _unique(groups):
+        count = sum(g == group for g in groups)
+        if count < _MIN_IMAGES:
+            raise ValueError(
+                f"group {group!r} has {count} calibration images; its own thresholds need at "
+                f"least {_MIN_IMAGES} (give more normal images of it, or leave groups out for "
+                "one pooled threshold)"
+            )
+
+
+def _unique(labels) -> list:
+    """Distinct labels in first-seen order (str and int labels may mix: no sorting)."""
+    return list(dict.fromkeys(labels))
+
+
+def _validation_split(
+    n: int, groups: np.ndarray | None, fraction: float | None, seed: int
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Sorted (train, held-out) indices: a seeded ``fraction`` of each group, or (None, None).
+
+    The held-out count of each part is ``ceil(fraction * size)``. Both sides
+    of each part need :data:`_MIN_IMAGES` images, else a one-line ValueError.
+    """
+    if fraction is None:
+        return None, None
+    rng = np.random.RandomState(seed)
+    parts = {None: np.arange(n)} if groups is None else {}
+    if groups is not None:
+        for group in _unique(groups):
+            parts[group] = np.flatnonzero([g == group for g in groups])
+    held_out = []
+    for group, members in parts.items():
+        n_held_out = int(np.ceil(fraction * len(members)))
+        n_train = len(members) - n_held_out
+        if min(n_held_out, n_train) < _MIN_IMAGES:
+            where = "" if group is None else f" of group {group!r}"
+            raise ValueError(
+                f"validation_fraction={fraction:g} splits the {len(members)} images{where} "
+                f"into {n_train} for training and {n_held_out} for the thresholds; each part "
+                f"needs at least {_MIN_IMAGES}"
+            )
+        held_out.append(rng.permutation(members)[:n_held_out])
+    held_out = np.sort(np.concatenate(held_out))
+    return np.setdiff1d(np.arange(n), held_out), held_out
+
+
+def _labels(anomaly_scores: np.ndarray, thresholds) -> np.ndarray:
+    """+1 / -1 from anomaly scores (higher = more anomalous) and per-image thresholds.
+
+    An image is -1 when its score exceeds its threshold (``decision_function < 0``).
+    """
+    anomaly_scores = np.asarray(anomaly_scores, dtype=np.float64)
+    return np.where(anomaly_scores > thresholds, -1, 1).astype(int)
+
+
+def _masks(maps, thresholds: np.ndarray):
+    """``maps > threshold`` per image; ``maps`` an (n, H, W) array or a list of (H, W) ones."""
+    if isinstance(maps, list):
+        return [m > float(t) for m, t in zip(maps, thresholds, strict=True)]
+    return maps > np.asarray(thresholds, dtype=maps.dtype).reshape(-1, 1, 1)
 
 
 def _anomalous_side(values: np.ndarray, contamination) -> float:

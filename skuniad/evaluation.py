@@ -20,12 +20,13 @@ import numpy as np
 
 from skuniad._progress import progress_bar
 from skuniad.datasets import AnomalyDataset, load_image, load_mask
-from skuniad.metrics import evaluate, image_auroc
+from skuniad.metrics import evaluate, image_auroc, operating_point
 
 __all__ = [
     "IMAGE_SCORE_METRICS",
     "METRICS",
     "METRIC_NAMES",
+    "OPERATING_POINT_METRICS",
     "CurveRecorder",
     "evaluate_detector",
     "image_score_aurocs",
@@ -49,6 +50,19 @@ METRICS: tuple[str, ...] = (
 IMAGE_SCORE_METRICS: tuple[str, ...] = ("image_auroc_max", "image_auroc_mean", "image_auroc_std")
 """Image AUROC of each of the reference's image scores; ``image_auroc`` is the detector's own."""
 
+OPERATING_POINT_METRICS: tuple[str, ...] = (
+    "image_precision",
+    "image_recall",
+    "image_f1",
+    "image_false_alarm_rate",
+    "pixel_precision",
+    "pixel_recall",
+    "pixel_f1",
+    "pixel_false_alarm_rate",
+)
+"""What the model's own thresholds do (:func:`operating_point_metrics`): image level at
+the image threshold (``predict``), pixel level at the pixel threshold (``predict_masks``)."""
+
 METRIC_NAMES: dict[str, str] = {
     "image_auroc": "Image AUROC",
     "pixel_auroc": "Pixel AUROC",
@@ -60,6 +74,14 @@ METRIC_NAMES: dict[str, str] = {
     "image_auroc_max": "Image AUROC (max)",
     "image_auroc_mean": "Image AUROC (mean)",
     "image_auroc_std": "Image AUROC (std)",
+    "image_precision": "Image precision",
+    "image_recall": "Image recall",
+    "image_f1": "Image F1",
+    "image_false_alarm_rate": "Image false alarms",
+    "pixel_precision": "Pixel precision",
+    "pixel_recall": "Pixel recall",
+    "pixel_f1": "Pixel F1",
+    "pixel_false_alarm_rate": "Pixel false alarms",
 }
 """Column titles of the tables."""
 
@@ -106,6 +128,42 @@ def image_score_aurocs(labels: np.ndarray, maps: np.ndarray) -> dict[str, float]
         f"image_auroc_{method}": image_auroc(labels, image_score(tensor, method=method).numpy())
         for method in IMAGE_SCORES
     }
+
+
+def operating_point_metrics(
+    det: Any,
+    category: str,
+    labels: np.ndarray,
+    scores: np.ndarray,
+    masks: np.ndarray,
+    maps: np.ndarray,
+) -> dict[str, float]:
+    """Precision, recall, F1 and false-alarm rate at the detector's own thresholds.
+
+    Images of ``category`` get that group's thresholds when the detector has
+    them (as ``predict(X, groups=...)`` does), else the pooled ones. Image
+    level: ``scores`` above the image threshold; pixel level: ``maps`` above
+    the pixel threshold, all pixels of the category pooled. Empty for a
+    detector without thresholds (an uncalibrated import).
+    """
+    if not hasattr(det, "offset_"):
+        return {}
+    has_own = category in getattr(det, "group_image_thresholds_", {})
+    groups = [category] * len(labels) if has_own else None
+    image_t = det._image_thresholds(groups, len(labels))
+    pixel_t = det._pixel_thresholds(groups, len(labels))
+    from skuniad.detector import _labels, _masks
+
+    image = operating_point(labels, _labels(scores, image_t) == -1)
+    pixel = operating_point(masks, _masks(maps, pixel_t))
+    keys = ("precision", "recall", "f1", "false_alarm_rate")
+    return {
+        **{f"image_{k}": float(image[k]) for k in keys},
+        **{f"pixel_{k}": float(pixel[k]) for k in keys},
+    }
+
+
+_ALL_METRICS = (*METRICS, *IMAGE_SCORE_METRICS, *OPERATING_POINT_METRICS)
 
 
 def _overlay_picks(labels: np.ndarray, n_overlays: int) -> list[int]:
@@ -200,6 +258,7 @@ def evaluate_detector(
                 raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
             row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
             row.update(image_score_aurocs(subset.labels, maps))
+            row.update(operating_point_metrics(det, category, subset.labels, scores, masks, maps))
             row["n_images"] = len(subset)
             row["n_anomalous"] = int(subset.labels.sum())
             per_category[category] = row
@@ -212,10 +271,7 @@ def evaluate_detector(
                 progress.console.print(f"{category}: {len(subset)} images  {summary}")
     results: dict[str, Any] = {
         "categories": per_category,
-        "mean": {
-            key: float(np.mean([row[key] for row in per_category.values()]))
-            for key in (*METRICS, *IMAGE_SCORE_METRICS)
-        },
+        "mean": _mean_over_categories(per_category),
         "image_score": det.image_score,
         "n_images": len(dataset),
         "n_anomalous": int(dataset.labels.sum()),
@@ -381,6 +437,7 @@ def run_experiment(
     output_dir: str | os.PathLike[str] | None = None,
     n_overlays: int = 0,
     curve_categories: bool = False,
+    per_category: bool = False,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -412,6 +469,9 @@ def run_experiment(
         Heat-map overlays per category (needs ``output_dir``).
     curve_categories : bool, default=False
         Draw one line per category in ``curve.png`` besides the mean.
+    per_category : bool, default=False
+        Fit with the categories as ``groups``: per-category thresholds, used
+        by the operating-point metrics (:func:`operating_point_metrics`).
     verbose : int, default=0
 
     Returns
@@ -460,7 +520,8 @@ def run_experiment(
                 progress = None if folder is None else folder / "curve.json"
                 recorder = CurveRecorder(test_part, eval_every, max_epochs, progress)
             start = time.perf_counter()
-            det.fit(train_part.paths, on_epoch_end=recorder)
+            categories = train_part.categories if per_category else None
+            det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
             run["fit_seconds"] += time.perf_counter() - start
             run["n_epochs"] = det.n_epochs_
             if recorder is not None:
@@ -507,14 +568,14 @@ def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
 
 
 def _mean_over_categories(categories: dict[str, dict[str, Any]]) -> dict[str, float]:
-    keys = [k for k in (*METRICS, *IMAGE_SCORE_METRICS) if k in next(iter(categories.values()))]
+    keys = [k for k in _ALL_METRICS if k in next(iter(categories.values()))]
     return {k: float(np.mean([row[k] for row in categories.values()])) for k in keys}
 
 
 def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[str, Any]:
     """Mean (and, with several runs, sample std) over seeds of every metric."""
     names = list(runs[0]["categories"])
-    keys = [k for k in (*METRICS, *IMAGE_SCORE_METRICS) if k in runs[0]["categories"][names[0]]]
+    keys = [k for k in _ALL_METRICS if k in runs[0]["categories"][names[0]]]
 
     def over_runs(pick, reduce) -> dict[str, float]:
         return {k: float(reduce([pick(run)[k] for run in runs])) for k in keys}
@@ -616,6 +677,31 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return columns, rows
 
 
+def operating_point_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """Columns and rows (categories, then ``mean``) of :data:`OPERATING_POINT_METRICS`, in %.
+
+    Empty when the results have none (a detector without thresholds).
+    """
+    first = next(iter(results["categories"].values()))
+    keys = [k for k in OPERATING_POINT_METRICS if k in first]
+    if not keys:
+        return [], []
+    std = results.get("std")
+
+    def cells(row: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
+        return [
+            f"{100 * row[k]:.1f}" + ("" if spread is None else f" ± {100 * spread[k]:.1f}")
+            for k in keys
+        ]
+
+    rows = [
+        [name, *cells(row, None if std is None else std["categories"][name])]
+        for name, row in results["categories"].items()
+    ]
+    rows.append(["mean", *cells(results["mean"], None if std is None else std["mean"])])
+    return keys, rows
+
+
 COLUMN_TITLES: dict[str, str] = {
     **METRIC_NAMES,
     "paper_image_auroc": "Paper image AUROC",
@@ -652,6 +738,16 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
         if source is None:
             name, cells = f"**{name}**", [f"**{c}**" if c else c for c in cells]
         lines.append("| " + " | ".join([name, *cells, *counts]) + " |")
+    op_columns, op_rows = operating_point_table(results)
+    if op_columns:
+        lines += ["", "At the model's own thresholds:", ""]
+        header = ["Category", *(COLUMN_TITLES[k] for k in op_columns)]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + "|".join(["---"] + ["---:"] * len(op_columns)) + "|")
+        for name, *cells in op_rows:
+            if name not in results["categories"]:
+                name, cells = f"**{name}**", [f"**{c}**" for c in cells]
+            lines.append("| " + " | ".join([name, *cells]) + " |")
     seeds = results.get("seeds") or []
     notes = [
         f"Metrics in %, at model resolution ({results['image_size']} x {results['image_size']}); "
@@ -659,6 +755,12 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     ]
     if len(seeds) > 1:
         notes.append(f"Mean ± sample standard deviation over {len(seeds)} seeds ({seeds}).")
+    if op_columns:
+        notes.append(
+            "At the model's own thresholds: images above the image threshold (their "
+            "category's own when the model has one) and pixels above the pixel threshold "
+            "count as anomalous; false alarms = share of good images (normal pixels) flagged."
+        )
     if "setting" in results:
         notes.append(f"Setting: {results['setting']}; image score: {results['image_score']}.")
     if results.get("paper"):

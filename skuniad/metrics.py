@@ -39,6 +39,7 @@ __all__ = [
     "image_ap_scorer",
     "image_auroc",
     "image_auroc_scorer",
+    "operating_point",
     "pixel_ap",
     "pixel_auroc",
     "pixel_f1_max",
@@ -816,3 +817,48 @@ def evaluate(
         None,
     )
     return result
+
+
+def operating_point(y_true: ArrayLike, flagged: ArrayLike) -> dict[str, float | int]:
+    """What a fixed threshold does: precision, recall, F1 and false-alarm rate.
+
+    For images, ``y_true`` are the labels and ``flagged`` the decisions
+    (``predict(X) == -1``); for pixels, ground-truth masks and predicted
+    masks of the same shapes (all pixels pooled).
+
+    Parameters
+    ----------
+    y_true : array-like of bool or {0, 1}
+        ``1`` / True = anomalous (image or pixel); any shape.
+    flagged : array-like of bool
+        ``True`` = called anomalous, same shape as ``y_true``.
+
+    Returns
+    -------
+    dict
+        ``precision`` (flagged that are anomalous), ``recall`` (anomalous that
+        are flagged), ``f1``, ``false_alarm_rate`` (normal that are flagged),
+        and the counts ``n_anomalous``, ``n_normal``, ``n_flagged``. A ratio
+        with nothing to count (e.g. precision when nothing is flagged) is 0.0,
+        as scikit-learn's ``zero_division=0``.
+    """
+    truth = np.asarray(y_true) > 0
+    flags = np.asarray(flagged).astype(bool)
+    if truth.shape != flags.shape:
+        raise ValueError(f"y_true has shape {truth.shape} but flagged has shape {flags.shape}")
+    tp = int(np.count_nonzero(truth & flags))
+    n_anomalous = int(np.count_nonzero(truth))
+    n_flagged = int(np.count_nonzero(flags))
+    n_normal = truth.size - n_anomalous
+    precision = tp / n_flagged if n_flagged else 0.0
+    recall = tp / n_anomalous if n_anomalous else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "false_alarm_rate": (n_flagged - tp) / n_normal if n_normal else 0.0,
+        "n_anomalous": n_anomalous,
+        "n_normal": n_normal,
+        "n_flagged": n_flagged,
+    }

@@ -6,15 +6,18 @@ A model file (``.skuniad`` by convention) is ONE safetensors file:
   reconstruction network's under ``model.``, all CPU and contiguous;
 - safetensors metadata: one key, ``"skuniad"``, holding a JSON object::
 
-      {"format": "skuniad", "format_version": 1,
+      {"format": "skuniad", "format_version": 2,
        "params": {...get_params(), JSON-safe...},
        "fitted": {"offset_", "pixel_threshold_", "n_epochs_", "loss_curve_",
-                  "feature_shape_"},
+                  "feature_shape_", "group_thresholds"},
        "backbone": {"mean": [...], "std": [...]},
        "versions": {"skuniad", "torch", "timm"}}
 
 ``offset_`` and ``pixel_threshold_`` are null in a model not calibrated yet
-(imported from a reference checkpoint).
+(imported from a reference checkpoint). ``group_thresholds`` (format 2) is a
+list of ``[group, image_threshold, pixel_threshold]``, the group a JSON
+string or integer, as set by ``groups=``; empty without groups. Format 1
+files have none and load with empty group tables.
 
 Reading uses safetensors and ``json`` only, so a file never runs code when
 loaded. The backbone is rebuilt with random weights (no network, no weights
@@ -40,7 +43,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 FORMAT = "skuniad"
-FORMAT_VERSION = 1
+# 2: per-group thresholds; an older reader would silently apply the pooled ones instead
+FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
@@ -156,6 +160,10 @@ def save_detector(detector, path: str | os.PathLike) -> None:
             "n_epochs_": int(detector.n_epochs_),
             "loss_curve_": [float(v) for v in detector.loss_curve_],
             "feature_shape_": [int(v) for v in detector.feature_shape_],
+            "group_thresholds": [
+                [group, float(threshold), float(detector.group_pixel_thresholds_[group])]
+                for group, threshold in getattr(detector, "group_image_thresholds_", {}).items()
+            ],
         },
         "backbone": {"mean": list(detector.backbone_.mean), "std": list(detector.backbone_.std)},
         "versions": {
@@ -190,12 +198,24 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     for name in ("offset_", "pixel_threshold_"):
         if fitted[name] is not None:
             setattr(detector, name, float(fitted[name]))
+    if fitted["offset_"] is not None:
+        table = fitted.get("group_thresholds", [])
+        detector.group_image_thresholds_ = {group: float(image) for group, image, _ in table}
+        detector.group_pixel_thresholds_ = {group: float(pixel) for group, _, pixel in table}
     detector.n_epochs_ = int(fitted["n_epochs_"])
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
     norm = metadata["backbone"]
     restore_modules(detector, tensors, device, norm["mean"], norm["std"])
     return detector
+
+
+def read_metadata(path: str | os.PathLike) -> dict:
+    """The validated JSON metadata of a model file (params, fitted values, versions)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file not found: {path}")
+    return _read(path)[0]
 
 
 def _float_or_none(value) -> float | None:

@@ -58,7 +58,9 @@ def test_model_file_is_one_safetensors_file_with_json_metadata(saved):
         names = set(f.keys())
     assert set(header) == {"skuniad"}
     metadata = json.loads(header["skuniad"])
-    assert metadata["format"] == "skuniad" and metadata["format_version"] == 1
+    assert (
+        metadata["format"] == "skuniad" and metadata["format_version"] == persistence.FORMAT_VERSION
+    )
     assert set(metadata) == {"format", "format_version", "params", "fitted", "backbone", "versions"}
     assert set(metadata["versions"]) == {"skuniad", "torch", "timm"}
     assert metadata["params"]["out_indices"] == [0, 1, 2, 3]
@@ -151,7 +153,9 @@ def test_newer_format_version_says_what_differs(saved, tmp_path):
         metadata["versions"]["skuniad"] = "9.0.0"
 
     _rewrite_metadata(path, newer, bump)
-    with pytest.raises(ValueError, match=r"format version 2, written by skuniad 9\.0\.0.*up to 1"):
+    newest = persistence.FORMAT_VERSION
+    expected = rf"format version {newest + 1}, written by skuniad 9\.0\.0.*up to {newest}"
+    with pytest.raises(ValueError, match=expected):
         UniADDetector.load(newer)
 
 
