@@ -1,5 +1,7 @@
-"""Data sets: the MVTec AD layout reader and a synthetic generator with planted defects."""
+"""Data sets: readers for MVTec AD folders, VisA split files and the UniAD authors' JSON lists,
+a JSON list writer, and a synthetic generator with planted defects."""
 
+from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
 from skuniad.datasets.mvtec import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
@@ -16,18 +18,28 @@ from skuniad.datasets.synthetic import (
     make_synthetic,
     write_synthetic,
 )
+from skuniad.datasets.uniad_json import UNIAD_JSON_KEYS, load_uniad_json, write_uniad_json
+from skuniad.datasets.visa import VISA_COLUMNS, load_visa
 
 __all__ = [
+    "DATASET_FORMATS",
     "DEFECT_TYPES",
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
     "SYNTHETIC_CATEGORIES",
+    "UNIAD_JSON_KEYS",
+    "VISA_COLUMNS",
     "AnomalyDataset",
     "SyntheticSet",
+    "describe_format",
     "list_categories",
+    "load_dataset",
     "load_image",
     "load_mask",
     "load_mvtec",
+    "load_uniad_json",
+    "load_visa",
     "make_synthetic",
     "write_synthetic",
+    "write_uniad_json",
 ]

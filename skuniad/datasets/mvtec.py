@@ -13,6 +13,9 @@ masks named ``<stem>.png`` instead of ``<stem>_mask.png``, or with extra folders
 (``validation/``) and files (``license.txt``) that are ignored unless asked for.
 ``ROOT`` may also be a single category folder (one that has ``train/`` or ``test/``
 directly), which is then read as one category named after the folder.
+
+A category without ``ground_truth/`` has image-level labels only: its anomalous
+images get no mask, and it is evaluated at image level.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from skuniad.datasets._checks import check_mask_sizes
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -238,16 +243,19 @@ def list_categories(root: str | os.PathLike[str]) -> list[str]:
     return sorted(_category_dirs(_check_root(root)))
 
 
-def _find_mask(gt_dir: Path, image: Path, gt_index: dict[str, Path]) -> Path:
+def _mask_names(image: Path) -> list[str]:
     stem = image.stem
-    candidates = [f"{stem}_mask{ext}" for ext in MASK_EXTENSIONS]
-    candidates += [f"{stem}{ext}" for ext in MASK_EXTENSIONS]
-    for name in candidates:
+    return [f"{stem}_mask{ext}" for ext in MASK_EXTENSIONS] + [
+        f"{stem}{ext}" for ext in MASK_EXTENSIONS
+    ]
+
+
+def _find_mask(image: Path, gt_index: dict[str, Path]) -> Path | None:
+    for name in _mask_names(image):
         found = gt_index.get(name.lower())
         if found is not None:
             return found
-    tried = ", ".join(str(gt_dir / name) for name in candidates)
-    raise FileNotFoundError(f"no ground-truth mask for anomalous image {image}; tried: {tried}")
+    return None
 
 
 def _read_train(name: str, folder: Path, include_validation: bool) -> list[tuple[Path, str]]:
@@ -291,7 +299,8 @@ def load_mvtec(
     split : {"train", "test"}, default="train"
         ``"train"`` reads ``CATEGORY/train/good``; ``"test"`` reads every
         ``CATEGORY/test/<defect_type>`` folder (``good`` first, then by name) and pairs
-        each anomalous image with its mask in ``CATEGORY/ground_truth/<defect_type>``.
+        each anomalous image with its mask in ``CATEGORY/ground_truth/<defect_type>``
+        (``None`` when there is none, e.g. in a category without ``ground_truth/``).
     categories : str or sequence of str, optional
         Categories to read, in this order. Default: all, sorted by name.
     include_validation : bool, default=False
@@ -307,11 +316,13 @@ def load_mvtec(
     ------
     FileNotFoundError
         If ``root`` does not exist, a requested category has no images for the split,
-        or an anomalous test image has no mask (``<stem>_mask<ext>`` is tried first,
-        then ``<stem><ext>``, for the extensions in :data:`MASK_EXTENSIONS`).
+        or a category has ``ground_truth/`` but no mask for any of its anomalous images
+        (``<stem>_mask<ext>`` is tried first, then ``<stem><ext>``, for the extensions
+        in :data:`MASK_EXTENSIONS`).
     ValueError
         If ``split`` is unknown, ``root`` is not a directory or holds no category with
-        ``train/good`` or ``test/``, or a requested category is not present.
+        ``train/good`` or ``test/``, a requested category is not present, or a mask's
+        size differs from its image's.
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -345,6 +356,7 @@ def load_mvtec(
         else:
             items = _read_test(name, folder)
         gt_indexes: dict[str, dict[str, Path]] = {}
+        found, unmatched = 0, None
         for path, defect in items:
             mask: Path | None = None
             if defect != _NORMAL:
@@ -355,12 +367,25 @@ def load_mvtec(
                         for p in _image_files(gt_dir)
                         if p.suffix.lower() in MASK_EXTENSIONS
                     }
-                mask = _find_mask(gt_dir, path, gt_indexes[defect])
+                mask = _find_mask(path, gt_indexes[defect])
+                found += mask is not None
+                if mask is None and unmatched is None:
+                    unmatched = (path, gt_dir)
             paths.append(path)
             labels.append(0 if defect == _NORMAL else 1)
             defect_types.append(defect)
             cats.append(name)
             mask_paths.append(mask)
+        if unmatched is not None and found == 0 and (folder / "ground_truth").is_dir():
+            # ground_truth/ is there but no name matched: a naming problem, not an
+            # image-level-only category.
+            image, gt_dir = unmatched
+            tried = ", ".join(str(gt_dir / n) for n in _mask_names(image))
+            raise FileNotFoundError(
+                f"category {name!r} has ground_truth/ but no mask for any anomalous image; "
+                f"for {image} tried: {tried}"
+            )
+    check_mask_sizes(paths, mask_paths)
     return AnomalyDataset(
         paths=paths,
         labels=np.asarray(labels, dtype=np.int64),
