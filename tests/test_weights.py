@@ -1,3 +1,6 @@
+import socket
+import time
+
 import pytest
 import timm
 import torch
@@ -5,10 +8,13 @@ import torch
 from skuniad.weights import (
     BackboneWeightsError,
     bundled_weights_path,
+    cached_timm_weights,
     create_timm_model,
+    hub_reachable,
     load_state_dict_file,
     rename_lukemelas_efficientnet,
     timm_block_names,
+    timm_weights_cached,
 )
 
 # ImageNet indices: 281 tabby, 282 tiger cat, 285 Egyptian cat
@@ -118,3 +124,105 @@ def test_unreadable_weights_file_is_refused(tmp_path):
         load_state_dict_file(bad, model)
     with pytest.raises(BackboneWeightsError, match="not found"):
         load_state_dict_file(tmp_path / "missing.pth", model)
+
+
+# --------------------------------------------------------------- no network: fail fast
+TINY_TIMM = "test_efficientnet.r160_in1k"  # timm's own 82k-parameter test model
+
+
+@pytest.fixture
+def no_hub(monkeypatch, tmp_path):
+    """A hub that refuses connections (a closed local port) and empty caches."""
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    torch_hub = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "torch"))
+    yield tmp_path / "hf"
+    torch.hub.set_dir(torch_hub)
+
+
+def test_unreachable_hub_fails_at_once_without_building_the_model(no_hub, monkeypatch):
+    built = []
+    monkeypatch.setattr(timm, "create_model", lambda *a, **k: built.append(a) or 1 / 0)
+    start = time.perf_counter()
+    with pytest.raises(BackboneWeightsError) as info:
+        create_timm_model("tf_efficientnet_b4.aa_in1k", "imagenet", features_only=True)
+    assert time.perf_counter() - start < 2.0
+    assert built == []
+    message = str(info.value)
+    assert "not in timm's local cache" in message and "http://127.0.0.1:9" in message
+    assert "tf_efficientnet_lite0" in message and "backbone_weights=PATH" in message
+
+
+def test_hf_hub_offline_set_after_import_is_honoured(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("connected"))
+    assert hub_reachable() is False
+
+
+def test_hub_probe_gives_up_after_its_timeout(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+
+    def hang(*args, **kwargs):
+        time.sleep(3)
+        raise TimeoutError
+
+    monkeypatch.setattr(socket, "create_connection", hang)
+    start = time.perf_counter()
+    assert hub_reachable(timeout=0.2) is False
+    assert time.perf_counter() - start < 1.0
+
+
+def test_hub_probe_connects_to_the_endpoint_or_the_proxy(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        port = server.getsockname()[1]
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+        assert hub_reachable()
+        # A proxy is where the first connection goes: here one that nothing serves.
+        monkeypatch.setenv("HF_ENDPOINT", "https://hub.invalid")
+        monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+        assert not hub_reachable()
+        monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{port}")
+        assert hub_reachable()
+
+
+def _cache_timm_weights(cache, name: str) -> dict:
+    """Put weights for ``name`` in a Hugging Face cache laid out as the hub client does."""
+    from safetensors.torch import save_file
+
+    repo = cache / f"models--timm--{name}"
+    commit = "0" * 40
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    snapshot.mkdir(parents=True)
+    state = {
+        k: torch.full_like(v, 0.25) if v.is_floating_point() else v
+        for k, v in timm.create_model(name).state_dict().items()
+    }
+    save_file(state, str(snapshot / "model.safetensors"))
+    return state
+
+
+def test_cached_weights_load_without_a_network(no_hub):
+    import huggingface_hub.constants
+
+    offline_before = huggingface_hub.constants.HF_HUB_OFFLINE
+    assert not timm_weights_cached(TINY_TIMM) and cached_timm_weights() == {}
+    _cache_timm_weights(no_hub, TINY_TIMM)
+    assert timm_weights_cached(TINY_TIMM)
+    assert list(cached_timm_weights()) == [TINY_TIMM]
+    start = time.perf_counter()
+    model, state = create_timm_model(TINY_TIMM, "imagenet", features_only=True)
+    assert time.perf_counter() - start < 2.0
+    assert state is None  # timm loaded them itself
+    assert torch.all(model.conv_stem.weight == 0.25)
+    assert huggingface_hub.constants.HF_HUB_OFFLINE == offline_before  # restored
