@@ -334,16 +334,46 @@ def test_load_mvtec_empty_test_split_names_the_folder(tmp_path):
         load_mvtec(tmp_path, "test")
 
 
-def test_load_mvtec_missing_mask_names_image_and_tried_paths(tmp_path):
+def test_anomalous_image_without_mask_gets_none(tmp_path):
+    folder = _make_category(tmp_path, "bottle", defects={"broken": 2})
+    (folder / "ground_truth" / "broken" / "001_mask.png").unlink()
+    test = load_mvtec(tmp_path, "test")
+    assert test.labels.tolist() == [0, 0, 1, 1]
+    assert test.mask_paths[2] == folder / "ground_truth" / "broken" / "000_mask.png"
+    assert test.mask_paths[3] is None  # evaluation names it (see test_evaluation.py)
+
+
+def test_category_without_ground_truth_is_image_level_only(tmp_path):
+    import shutil
+
+    folder = _make_category(tmp_path, "tile", defects={"crack": 2, "hole": 1})
+    shutil.rmtree(folder / "ground_truth")
+    test = load_mvtec(tmp_path, "test")
+    assert test.labels.tolist() == [0, 0, 1, 1, 1]
+    assert test.mask_paths == [None] * 5
+
+
+def test_ground_truth_without_any_matching_mask_names_image_and_tried_paths(tmp_path):
+    # ground_truth/ is there, so the masks are meant to exist: a naming problem.
     folder = _make_category(tmp_path, "bottle", defects={"broken": 1})
-    (folder / "ground_truth" / "broken" / "000_mask.png").unlink()
+    (folder / "ground_truth" / "broken" / "000_mask.png").rename(
+        folder / "ground_truth" / "broken" / "000_gt.png"
+    )
     image = folder / "test" / "broken" / "000.png"
     gt = folder / "ground_truth" / "broken"
     with pytest.raises(FileNotFoundError) as info:
         load_mvtec(tmp_path, "test")
     message = str(info.value)
-    assert str(image) in message
+    assert str(image) in message and "no mask for any anomalous image" in message
     assert str(gt / "000_mask.png") in message and str(gt / "000.bmp") in message
+
+
+def test_mask_of_another_size_is_refused(tmp_path):
+    folder = _make_category(tmp_path, "bottle", defects={"broken": 1})
+    mask = folder / "ground_truth" / "broken" / "000_mask.png"
+    Image.fromarray(np.zeros((8, 9), dtype=np.uint8)).save(mask)
+    with pytest.raises(ValueError, match=re.escape(f"mask {mask} is 9 x 8 pixels but its image")):
+        load_mvtec(tmp_path, "test")
 
 
 def test_load_mvtec_rejects_unknown_split(tmp_path):

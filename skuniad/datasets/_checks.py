@@ -109,18 +109,21 @@ def build_dataset(
     split: str,
     categories: str | Sequence[str] | None,
     source: Path,
+    known: Sequence[str] | None = None,
 ) -> AnomalyDataset:
     """Check a list's records and turn them into an AnomalyDataset, grouped by category.
 
-    Raises for unknown or empty categories, files that do not exist, anomalous
-    training images, normal images whose mask marks defective pixels and masks
-    whose size differs from their image's.
+    ``known`` lists the categories of the whole file (all splits), when it has
+    others than ``records``. Raises for unknown or empty categories, files that
+    do not exist, anomalous training images, normal images whose mask marks
+    defective pixels and masks whose size differs from their image's.
     """
     from skuniad.datasets.mvtec import AnomalyDataset
 
     if not records:
         raise ValueError(f"{source} lists no {split} images")
-    wanted = choose_categories([r.category for r in records], categories, source)
+    present = [r.category for r in records]
+    wanted = choose_categories([*present, *(known or ())], categories, source)
     by_category: dict[str, list[Record]] = {name: [] for name in wanted}
     for record in records:
         if record.category in by_category:

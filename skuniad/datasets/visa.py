@@ -61,8 +61,10 @@ def _read_header(reader: csv.reader, source: Path) -> list[str]:
     return names
 
 
-def _read_split_file(root: Path, source: Path, split: str) -> list[Record]:
+def _read_split_file(root: Path, source: Path, split: str) -> tuple[list[Record], list[str]]:
+    """The rows of ``split`` and the objects of all rows (every row is checked)."""
     records: list[Record] = []
+    objects: list[str] = []
     try:
         with open(source, newline="", encoding="utf-8-sig") as handle:
             reader = csv.reader(handle, strict=True)
@@ -96,6 +98,7 @@ def _read_split_file(root: Path, source: Path, split: str) -> list[Record]:
                     )
                 if not entry["object"] or not entry["image"]:
                     raise ValueError(f"{source} {place}: the object and image fields are required")
+                objects.append(entry["object"])
                 if entry["split"] != split:
                     continue
                 label = _LABELS[entry["label"]]
@@ -111,7 +114,7 @@ def _read_split_file(root: Path, source: Path, split: str) -> list[Record]:
                 )
     except UnicodeDecodeError as exc:
         raise ValueError(f"{source} is not a UTF-8 text file: {exc}") from None
-    return records
+    return records, objects
 
 
 def load_visa(
@@ -161,5 +164,5 @@ def load_visa(
         raise FileNotFoundError(
             f"VisA split file not found: {source} (expected columns {','.join(VISA_COLUMNS)})"
         )
-    records = _read_split_file(root_path, source, split)
-    return build_dataset(records, split, categories, source)
+    records, objects = _read_split_file(root_path, source, split)
+    return build_dataset(records, split, categories, source, known=objects)
