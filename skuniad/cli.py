@@ -51,6 +51,14 @@ class TestDataKind(str, Enum):
     mvtec = "mvtec"
 
 
+class DatasetFormat(str, Enum):
+    """The formats of skuniad.datasets.DATASET_FORMATS."""
+
+    mvtec = "mvtec"
+    visa = "visa"
+    uniad_json = "uniad-json"
+
+
 class Setting(str, Enum):
     unified = "unified"
     separate = "separate"
@@ -1191,7 +1199,7 @@ def info(
         typer.Argument(help=f"A model file ({MODEL_SUFFIX}): describe it instead."),
     ] = None,
 ) -> None:
-    """Versions, compute device, bf16 support and bundled backbone weights.
+    """Versions, compute device, bf16 support, and the backbone weights usable right now.
 
     With MODEL: its parameters, epochs, thresholds (pooled and per category)
     and the versions that wrote it.
@@ -1207,7 +1215,13 @@ def info(
 
     from skuniad import __version__
     from skuniad.training import cpu_has_fast_bf16, cuda_has_fast_bf16
-    from skuniad.weights import BUNDLED_WEIGHTS, bundled_weights_path
+    from skuniad.weights import (
+        BUNDLED_WEIGHTS,
+        bundled_weights_path,
+        cached_timm_weights,
+        hub_endpoint,
+        hub_reachable,
+    )
 
     typer.echo(f"skuniad {__version__}")
     typer.echo(
@@ -1236,6 +1250,16 @@ def info(
     for name in sorted(BUNDLED_WEIGHTS):
         path = bundled_weights_path(name)
         typer.echo(f"  {name}: {path if path is not None else 'not installed'}")
+    cached = cached_timm_weights()
+    typer.echo("timm weights in the local cache:" + ("" if cached else " none"))
+    for name, path in cached.items():
+        typer.echo(f"  {name}: {path}")
+    if hub_reachable():
+        typer.echo(f"model hub {hub_endpoint()}: reachable (other weights download on first use)")
+    else:
+        typer.echo(
+            f"model hub {hub_endpoint()}: not reachable; only the weights listed above can be used"
+        )
 
 
 def _model_info(path: Path) -> None:
@@ -1383,6 +1407,101 @@ def export(
         else:
             det.export_reference_checkpoint(output)
             typer.echo(f"Reference checkpoint written to {output}")
+
+
+# ------------------------------------------------------ data set formats, export-json
+TrainMeta = Annotated[
+    Path | None,
+    typer.Option(help="With --dataset uniad-json: the training list (one JSON object per line)."),
+]
+TestMeta = Annotated[
+    Path | None,
+    typer.Option(help="With --dataset uniad-json: the test list (one JSON object per line)."),
+]
+
+
+def _require_root(root: Path | None, dataset: DatasetFormat) -> Path:
+    """Without --root: what the data set is, where to get it and its layout (usage error)."""
+    if root is not None:
+        return root
+    from skuniad.datasets import describe_format
+
+    typer.echo(f"Missing --root for --dataset {dataset.value}.\n", err=True)
+    typer.echo(describe_format(dataset.value), err=True)
+    raise typer.Exit(2)
+
+
+def _check_meta_options(dataset: DatasetFormat, train_meta: Path | None, test_meta: Path | None):
+    given = [n for n, v in (("--train-meta", train_meta), ("--test-meta", test_meta)) if v]
+    if dataset is not DatasetFormat.uniad_json and given:
+        raise typer.BadParameter(
+            f"{', '.join(given)} only with --dataset uniad-json", param_hint=given[0]
+        )
+
+
+def _read_split(
+    dataset: DatasetFormat,
+    root: Path,
+    split: str,
+    categories: list[str] | None,
+    meta: Path | None,
+) -> Any:
+    from skuniad.datasets import load_dataset
+
+    if dataset is DatasetFormat.uniad_json and meta is None:
+        raise typer.BadParameter(
+            f"--dataset uniad-json needs --{split}-meta", param_hint=f"--{split}-meta"
+        )
+    return load_dataset(dataset.value, root, split, categories or None, meta)
+
+
+@app.command(name="export-json")
+def export_json(
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="Folder for train.json and test.json.")
+    ],
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Data set root (for uniad-json: the image folder)."),
+    ] = None,
+    dataset: Annotated[
+        DatasetFormat, typer.Option(help="Format of the data set to convert.")
+    ] = DatasetFormat.mvtec,
+    category: Annotated[
+        list[str] | None,
+        typer.Option("--category", "-c", help="Categories to write (repeat); default: all."),
+    ] = None,
+    train_meta: TrainMeta = None,
+    test_meta: TestMeta = None,
+) -> None:
+    """Write a data set as the UniAD authors' JSON lists: OUTPUT/train.json, OUTPUT/test.json.
+
+    One JSON object per line (filename, label, label_name, clsname and, for
+    anomalous images with a mask, maskname), paths relative to --root, in the
+    order skuniad reads the data set: 'skuniad evaluate --dataset uniad-json
+    --root ROOT --train-meta OUTPUT/train.json --test-meta OUTPUT/test.json'
+    sees the same images in the same order. label_name is the defect type.
+    """
+    root = _require_root(root, dataset)
+    _check_meta_options(dataset, train_meta, test_meta)
+    with _domain_errors():
+        from skuniad.datasets import write_uniad_json
+
+        splits = {}
+        for split, meta in (("train", train_meta), ("test", test_meta)):
+            if dataset is DatasetFormat.uniad_json and meta is None:
+                continue  # converting a single list is fine
+            splits[split] = _read_split(dataset, root, split, category, meta)
+        if not splits:
+            raise typer.BadParameter(
+                "--dataset uniad-json needs --train-meta or --test-meta", param_hint="--train-meta"
+            )
+        for split, data in splits.items():
+            path = write_uniad_json(data, output / f"{split}.json", root)
+            typer.echo(
+                f"{split}: {len(data)} images ({int(data.labels.sum())} anomalous) of "
+                f"{len(data.category_names)} categories -> {path}"
+            )
 
 
 def main() -> None:

@@ -21,11 +21,10 @@ __all__ = ["DATASET_FORMATS", "describe_format", "load_dataset"]
 DATASET_FORMATS: tuple[str, ...] = ("mvtec", "visa", "uniad-json")
 """Names accepted by :func:`load_dataset` and ``skuniad evaluate --dataset``."""
 
-_OFFLINE = (
-    "No network needed with --backbone tf_efficientnet_lite0 (its ImageNet weights are "
-    "installed with skuniad); the default tf_efficientnet_b4.aa_in1k needs timm's weights "
-    "in the local cache or access to the Hugging Face hub."
-)
+_OFFLINE = """\
+No network needed with --backbone tf_efficientnet_lite0: its ImageNet weights are
+installed with skuniad. The default backbone, tf_efficientnet_b4.aa_in1k, needs
+timm's weights in the local cache or access to the Hugging Face hub."""
 
 _DESCRIPTIONS = {
     "mvtec": """\
@@ -86,7 +85,7 @@ def describe_format(name: str) -> str:
     """
     if name not in _DESCRIPTIONS:
         raise ValueError(f"unknown dataset format {name!r}; known: {', '.join(DATASET_FORMATS)}")
-    return f"{_DESCRIPTIONS[name]}\n{_OFFLINE}"
+    return f"{_DESCRIPTIONS[name]}\n\n{_OFFLINE}"
 
 
 def load_dataset(
