@@ -29,8 +29,8 @@ timm's weights in the local cache or access to the Hugging Face hub."""
 _DESCRIPTIONS = {
     "mvtec": """\
 MVTec AD: 15 categories of industrial objects and textures, normal training
-images and test images with pixel-precise defect masks. Published by MVTec
-Software GmbH: download it from their site,
+images and test images with pixel-precise defect masks.
+Published by MVTec Software GmbH: download it from their site,
 https://www.mvtec.com/company/research/datasets/mvtec-ad (non-commercial licence).
 MVTec-like sets (BTAD, MPDD, the RGB images of MVTec 3D-AD, your own) share the layout:
 
