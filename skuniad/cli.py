@@ -353,6 +353,13 @@ def _check_output_file(path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
 
 
+def _check_weights(params: dict[str, Any]) -> None:
+    """An offline machine without the backbone's weights fails now, before torch loads."""
+    from skuniad.weights import check_weights_available
+
+    check_weights_available(params["backbone"], params["backbone_weights"])
+
+
 def _fit_detector(
     det: Any, images: list[Path], groups: list[str] | None = None
 ) -> tuple[Any, bool, float]:
@@ -558,6 +565,7 @@ def fit(
             images, groups = _images_and_categories(data_dirs, dataset, category)
         else:
             images, groups = _training_images(data_dirs, dataset, category), None
+        _check_weights(params)
         _check_output_file(output)
         _tune_runtime(threads)
         from skuniad import UniADDetector

@@ -27,9 +27,11 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
-import torch
+if TYPE_CHECKING:  # torch is imported where needed: check_weights_available runs without it
+    import torch
 
 # timm model name (without pretrained tag) -> (package module, accessor class)
 BUNDLED_WEIGHTS = {
@@ -137,6 +139,8 @@ def timm_block_names(model: torch.nn.Module) -> list[str]:
 
 def load_state_dict_file(path: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Read a weights file without executing code; lukemelas names are converted."""
+    import torch
+
     path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"backbone weights file not found: {path}")
@@ -276,6 +280,7 @@ def timm_weights_cached(backbone: str) -> bool:
     local file named by its pretrained config), then torch's hub cache for its
     legacy download URL.
     """
+    import torch
     from huggingface_hub import try_to_load_from_cache
     from timm.models import get_pretrained_cfg
 
@@ -310,6 +315,46 @@ def _missing_weights(backbone: str, reason: str) -> BackboneWeightsError:
     )
 
 
+def _offline_reason() -> str:
+    return (
+        f"they are not in timm's local cache, and the model hub ({hub_endpoint()}) "
+        "cannot be reached (HF_HUB_OFFLINE is set, or no connection opened within "
+        f"{HUB_PROBE_TIMEOUT:g} s)"
+    )
+
+
+def _hub_cache_has(name: str) -> bool:
+    """Whether the Hugging Face cache holds files of a model repository named ``*/name``."""
+    from huggingface_hub import constants
+
+    return any(
+        f.is_file()
+        for repo in Path(constants.HF_HUB_CACHE).glob(f"models--*--{name}")
+        for f in repo.glob("snapshots/*/*")
+    )
+
+
+def check_weights_available(backbone: str, backbone_weights: str | Path | None) -> None:
+    """Fail now, before torch and timm are even imported, when the weights cannot be had.
+
+    Decides only what it can without timm: for ``backbone_weights="imagenet"``
+    and a backbone named with its pretrained tag (``tf_efficientnet_b4.aa_in1k``),
+    raises :class:`BackboneWeightsError` when no installed package bundles the
+    weights, no Hugging Face cache repository of that name holds files, and
+    :func:`hub_reachable` says no. Every other case passes, and
+    :func:`create_timm_model` decides when the model is built. The command line
+    calls it before reading any image, so that an offline first run answers in
+    about a second.
+    """
+    if backbone_weights != "imagenet" or bundled_weights_path(backbone) is not None:
+        return
+    if "." not in backbone or os.environ.get("TIMM_USE_OLD_CACHE"):
+        return  # the default tag, or timm's legacy cache: only timm knows
+    if _hub_cache_has(backbone) or hub_reachable():
+        return
+    raise _missing_weights(backbone, _offline_reason())
+
+
 def create_timm_model(
     backbone: str, backbone_weights: str | Path | None, **kwargs
 ) -> tuple[torch.nn.Module, dict[str, torch.Tensor] | None]:
@@ -329,12 +374,7 @@ def create_timm_model(
     ):
         offline = not hub_reachable()
         if offline and not timm_weights_cached(backbone):
-            raise _missing_weights(
-                backbone,
-                f"they are not in timm's local cache, and the model hub ({hub_endpoint()}) "
-                "cannot be reached (HF_HUB_OFFLINE is set, or no connection opened within "
-                f"{HUB_PROBE_TIMEOUT:g} s)",
-            )
+            raise _missing_weights(backbone, _offline_reason())
         try:
             with _hub_offline(offline):
                 return timm.create_model(backbone, pretrained=True, **kwargs), None

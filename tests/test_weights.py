@@ -1,4 +1,7 @@
+import os
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -9,6 +12,7 @@ from skuniad.weights import (
     BackboneWeightsError,
     bundled_weights_path,
     cached_timm_weights,
+    check_weights_available,
     create_timm_model,
     hub_reachable,
     load_state_dict_file,
@@ -226,3 +230,33 @@ def test_cached_weights_load_without_a_network(no_hub):
     assert state is None  # timm loaded them itself
     assert torch.all(model.conv_stem.weight == 0.25)
     assert huggingface_hub.constants.HF_HUB_OFFLINE == offline_before  # restored
+
+
+def test_weights_check_before_torch_is_imported(no_hub):
+    probe = (
+        "import sys\n"
+        "from skuniad.weights import BackboneWeightsError, check_weights_available\n"
+        "check_weights_available('tf_efficientnet_lite0', 'imagenet')\n"
+        "check_weights_available('tf_efficientnet_b4', 'imagenet')  # untagged: timm decides\n"
+        "check_weights_available('tf_efficientnet_b4.aa_in1k', None)\n"
+        "try:\n"
+        "    check_weights_available('tf_efficientnet_b4.aa_in1k', 'imagenet')\n"
+        "except BackboneWeightsError as exc:\n"
+        "    print('refused:', exc)\n"
+        "print('torch imported:', 'torch' in sys.modules)\n"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(no_hub)}
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "refused: no ImageNet weights found for backbone 'tf_efficientnet_b4.aa_in1k'" in (
+        done.stdout
+    )
+    assert "torch imported: False" in done.stdout
+
+
+def test_weights_check_passes_what_the_cache_holds(no_hub, monkeypatch):
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("probed"))
+    snapshot = no_hub / "models--timm--tf_efficientnet_b4.aa_in1k" / "snapshots" / "0"
+    snapshot.mkdir(parents=True)
+    (snapshot / "model.safetensors").write_bytes(b"weights")
+    check_weights_available("tf_efficientnet_b4.aa_in1k", "imagenet")
