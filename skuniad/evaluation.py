@@ -13,6 +13,7 @@ import json
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,11 @@ from skuniad.metrics import evaluate, image_auroc, operating_point
 __all__ = [
     "IMAGE_SCORE_METRICS",
     "METRICS",
+    "PIXEL_METRICS",
     "METRIC_NAMES",
     "OPERATING_POINT_METRICS",
     "CurveRecorder",
+    "check_test_set",
     "evaluate_detector",
     "image_score_aurocs",
     "run_experiment",
@@ -46,6 +49,9 @@ METRICS: tuple[str, ...] = (
     "pixel_f1_max",
 )
 """Metric keys of every category and of the mean, in table order."""
+
+PIXEL_METRICS: tuple[str, ...] = ("pixel_auroc", "aupro", "pixel_ap", "pixel_f1_max")
+"""The :data:`METRICS` that need masks: ``None`` for a category evaluated at image level only."""
 
 IMAGE_SCORE_METRICS: tuple[str, ...] = ("image_auroc_max", "image_auroc_mean", "image_auroc_std")
 """Image AUROC of each of the reference's image scores; ``image_auroc`` is the detector's own."""
@@ -200,12 +206,81 @@ def _write_overlays(
     return written
 
 
+def _percent(value: float | None) -> str:
+    """A metric in % with one decimal; ``n/a`` for one that was not computed."""
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def _mean_or_none(values: Sequence[float | None], reduce: Any = np.mean) -> float | None:
+    """``reduce`` over the values present; None when no category has the metric."""
+    present = [v for v in values if v is not None]
+    return float(reduce(present)) if present else None
+
+
+def check_test_set(dataset: AnomalyDataset, *, ignore_pixel_metrics: bool = False) -> list[str]:
+    """Check a test split before anything is trained or scored.
+
+    Parameters
+    ----------
+    dataset : AnomalyDataset
+        The test split.
+    ignore_pixel_metrics : bool, default=False
+        Evaluate every category at image level only, whatever masks it has.
+
+    Returns
+    -------
+    list of str
+        The categories that get pixel metrics: those whose every anomalous
+        image has a mask. A category whose anomalous images have no mask at
+        all (image-level labels only) is evaluated at image level.
+
+    Raises
+    ------
+    ValueError
+        If the split is empty, a category lacks normal or anomalous images, or
+        some but not all anomalous images of a category have a mask (they are
+        named); pixel metrics over part of the defects would mislead.
+    """
+    if len(dataset) == 0:
+        raise ValueError("the dataset has no images to evaluate")
+    with_masks = []
+    for category in dataset.category_names:
+        subset = dataset.subset(category)
+        n_anomalous = int(subset.labels.sum())
+        if n_anomalous == 0 or n_anomalous == len(subset):
+            missing = "anomalous" if n_anomalous == 0 else "normal"
+            raise ValueError(
+                f"cannot evaluate category {category!r}: its test images include no {missing} "
+                "image (AUROC needs both)"
+            )
+        unmasked = [
+            str(path)
+            for path, label, mask in zip(
+                subset.paths, subset.labels, subset.mask_paths, strict=True
+            )
+            if label == 1 and mask is None
+        ]
+        if ignore_pixel_metrics or len(unmasked) == n_anomalous:
+            continue
+        if unmasked:
+            from skuniad.datasets._checks import listing
+
+            raise ValueError(
+                f"category {category!r}: {len(unmasked)} of {n_anomalous} anomalous images have "
+                f"no ground-truth mask: {listing(unmasked)}; add their masks, or evaluate at "
+                "image level only (ignore_pixel_metrics=True, --ignore-pixel-metrics)"
+            )
+        with_masks.append(category)
+    return with_masks
+
+
 def evaluate_detector(
     det: Any,
     dataset: AnomalyDataset,
     *,
     overlay_dir: str | os.PathLike[str] | None = None,
     n_overlays: int = 4,
+    ignore_pixel_metrics: bool = False,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Score a test split per category and compute UniAD's metrics.
@@ -216,27 +291,31 @@ def evaluate_detector(
         Fitted detector.
     dataset : AnomalyDataset
         Test split, e.g. ``load_mvtec(root, "test")``; every category needs
-        normal and anomalous images and every anomalous image a mask.
+        normal and anomalous images. A category whose anomalous images have
+        no masks is evaluated at image level (see :func:`check_test_set`).
     overlay_dir : str or path-like, optional
         Write heat-map overlays (image | map with the ground truth outlined)
         to ``overlay_dir/<category>/<defect>_<stem>.png``.
     n_overlays : int, default=4
         Overlays per category: one normal image and anomalous ones spread
         over the defect types.
+    ignore_pixel_metrics : bool, default=False
+        Image-level metrics only, for every category.
     verbose : int, default=0
         > 0 shows a progress bar and prints one line per category.
 
     Returns
     -------
     dict
-        ``categories``: per category, the :data:`METRICS` (floats in [0, 1])
-        plus ``n_images`` and ``n_anomalous``; ``mean``: each metric averaged
-        over categories; ``n_images``, ``n_anomalous``, ``image_size``,
-        ``seconds`` (scoring and metrics) and, with ``overlay_dir``,
-        ``overlays`` (list of written files).
+        ``categories``: per category, the :data:`METRICS` (floats in [0, 1];
+        the :data:`PIXEL_METRICS` are None for a category evaluated at image
+        level only) plus ``n_images`` and ``n_anomalous``; ``mean``: each
+        metric averaged over the categories that have it; ``image_level_only``:
+        the categories without pixel metrics; ``n_images``, ``n_anomalous``,
+        ``image_size``, ``seconds`` (scoring and metrics) and, with
+        ``overlay_dir``, ``overlays`` (list of written files).
     """
-    if len(dataset) == 0:
-        raise ValueError("the dataset has no images to evaluate")
+    with_masks = check_test_set(dataset, ignore_pixel_metrics=ignore_pixel_metrics)
     start = time.perf_counter()
     per_category: dict[str, dict[str, float | int]] = {}
     overlays: list[Path] = []
@@ -253,12 +332,24 @@ def evaluate_detector(
                 ]
             )
             try:
-                metrics = evaluate(subset.labels, scores, masks, maps)
+                if category in with_masks:
+                    metrics = evaluate(subset.labels, scores, masks, maps)
+                else:
+                    metrics = evaluate(subset.labels, scores)
             except ValueError as exc:
                 raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
-            row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
+            row: dict[str, float | int | None] = {
+                key: float(metrics[key]) if key in metrics else None for key in METRICS
+            }
             row.update(image_score_aurocs(subset.labels, maps))
-            row.update(operating_point_metrics(det, category, subset.labels, scores, masks, maps))
+            at_thresholds = operating_point_metrics(
+                det, category, subset.labels, scores, masks, maps
+            )
+            if category not in with_masks:  # no ground truth to count pixels against
+                at_thresholds = {
+                    k: None if k.startswith("pixel_") else v for k, v in at_thresholds.items()
+                }
+            row.update(at_thresholds)
             row["n_images"] = len(subset)
             row["n_anomalous"] = int(subset.labels.sum())
             per_category[category] = row
@@ -267,11 +358,12 @@ def evaluate_detector(
                 overlays += _write_overlays(subset, maps, masks, folder, n_overlays)
             progress.advance(task, len(subset))
             if verbose > 0:
-                summary = "  ".join(f"{METRIC_NAMES[k]} {100 * row[k]:.1f}" for k in METRICS[:3])
+                summary = "  ".join(f"{METRIC_NAMES[k]} {_percent(row[k])}" for k in METRICS[:3])
                 progress.console.print(f"{category}: {len(subset)} images  {summary}")
     results: dict[str, Any] = {
         "categories": per_category,
         "mean": _mean_over_categories(per_category),
+        "image_level_only": [c for c in per_category if c not in with_masks],
         "image_score": det.image_score,
         "n_images": len(dataset),
         "n_anomalous": int(dataset.labels.sum()),
@@ -296,7 +388,7 @@ class CurveRecorder:
     Parameters
     ----------
     dataset : AnomalyDataset
-        Test split with masks.
+        Test split; categories without masks get no pixel AUROC (None).
     every : int
         Score after epochs ``every``, ``2 * every``... and after ``last``.
     last : int
@@ -351,7 +443,7 @@ class CurveRecorder:
             for key, value in row.items():
                 self.curve["categories"][category].setdefault(key, []).append(value)
         for key in rows[self.dataset.category_names[0]]:
-            mean = float(np.mean([row[key] for row in rows.values()]))
+            mean = _mean_or_none([row[key] for row in rows.values()])
             self.curve["mean"].setdefault(key, []).append(mean)
         if self.path is not None:
             self.path.write_text(json.dumps(self.curve, indent=2) + "\n")
@@ -392,7 +484,8 @@ class CurveRecorder:
         )[:, 0].numpy()
         row = image_score_aurocs(subset.labels, maps)
         row["image_auroc"] = row[f"image_auroc_{det.image_score}"]
-        row["pixel_auroc"] = pixel_auroc(self._masks[category], maps)
+        masks = self._masks[category]
+        row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None
         return row
 
 
@@ -418,7 +511,9 @@ def _merge_curves(curves: list[dict[str, Any]]) -> dict[str, Any]:
         merged["categories"].update(curve["categories"])
     rows = list(merged["categories"].values())
     for key in rows[0]:
-        merged["mean"][key] = np.mean([row[key] for row in rows], axis=0).tolist()
+        merged["mean"][key] = [
+            _mean_or_none([row[key][i] for row in rows]) for i in range(len(merged["epoch"]))
+        ]
     return merged
 
 
@@ -438,6 +533,7 @@ def run_experiment(
     n_overlays: int = 0,
     curve_categories: bool = False,
     per_category: bool = False,
+    ignore_pixel_metrics: bool = False,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -472,6 +568,9 @@ def run_experiment(
     per_category : bool, default=False
         Fit with the categories as ``groups``: per-category thresholds, used
         by the operating-point metrics (:func:`operating_point_metrics`).
+    ignore_pixel_metrics : bool, default=False
+        Image-level metrics only (see :func:`check_test_set`, which runs
+        before any training).
     verbose : int, default=0
 
     Returns
@@ -497,6 +596,7 @@ def run_experiment(
     max_epochs = params.get("max_epochs", UniADDetector().max_epochs)
     if eval_every is not None and not 1 <= eval_every <= max_epochs:
         raise ValueError(f"eval_every must be in [1, max_epochs={max_epochs}], got {eval_every}")
+    check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
     missing = sorted(set(test.category_names) - set(train.category_names))
     if setting == "separate" and missing:
         raise ValueError(f"the separate setting needs training images of {missing}")
@@ -518,7 +618,11 @@ def run_experiment(
             if eval_every is not None:
                 # until the experiment ends, curve.json follows the model being trained
                 progress = None if folder is None else folder / "curve.json"
-                recorder = CurveRecorder(test_part, eval_every, max_epochs, progress)
+                # without masks the curves have no pixel AUROC either
+                curve_test = test_part
+                if ignore_pixel_metrics:
+                    curve_test = replace(test_part, mask_paths=[None] * len(test_part))
+                recorder = CurveRecorder(curve_test, eval_every, max_epochs, progress)
             start = time.perf_counter()
             categories = train_part.categories if per_category else None
             det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
@@ -533,11 +637,17 @@ def run_experiment(
                 overlay_dir = folder / "overlays" / ("" if len(seeds) == 1 else f"seed{seed}")
             evaluations.append(
                 evaluate_detector(
-                    det, test_part, overlay_dir=overlay_dir, n_overlays=n_overlays, verbose=verbose
+                    det,
+                    test_part,
+                    overlay_dir=overlay_dir,
+                    n_overlays=n_overlays,
+                    ignore_pixel_metrics=ignore_pixel_metrics,
+                    verbose=verbose,
                 )
             )
         for evaluation in evaluations:
             run["categories"].update(evaluation["categories"])
+        run["image_level_only"] = [c for e in evaluations for c in e["image_level_only"]]
         run["mean"] = _mean_over_categories(run["categories"])
         run["seconds"] = sum(e["seconds"] for e in evaluations)
         if curves:
@@ -545,6 +655,7 @@ def run_experiment(
         runs.append(run)
     results = _summarise_runs(runs, test)
     results.update(
+        image_level_only=runs[0]["image_level_only"],
         setting=setting,
         seeds=seeds,
         image_score=det.image_score,
@@ -569,7 +680,7 @@ def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
 
 def _mean_over_categories(categories: dict[str, dict[str, Any]]) -> dict[str, float]:
     keys = [k for k in _ALL_METRICS if k in next(iter(categories.values()))]
-    return {k: float(np.mean([row[k] for row in categories.values()])) for k in keys}
+    return {k: _mean_or_none([row[k] for row in categories.values()]) for k in keys}
 
 
 def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[str, Any]:
@@ -577,8 +688,8 @@ def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[st
     names = list(runs[0]["categories"])
     keys = [k for k in _ALL_METRICS if k in runs[0]["categories"][names[0]]]
 
-    def over_runs(pick, reduce) -> dict[str, float]:
-        return {k: float(reduce([pick(run)[k] for run in runs])) for k in keys}
+    def over_runs(pick, reduce) -> dict[str, float | None]:
+        return {k: _mean_or_none([pick(run)[k] for run in runs], reduce) for k in keys}
 
     results: dict[str, Any] = {
         "categories": {
@@ -654,8 +765,8 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     def cells(row: dict[str, Any], spread: dict[str, Any] | None, name: str) -> list[str]:
         out = []
         for key in keys:
-            text = f"{100 * row[key]:.1f}"
-            if spread is not None:
+            text = _percent(row[key])
+            if spread is not None and spread[key] is not None:
                 text += f" ± {100 * spread[key]:.1f}"
             out.append(text)
         if paper:
@@ -663,7 +774,10 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
             for key in ("image_auroc", "pixel_auroc"):
                 out.append("" if theirs is None else f"{theirs[key]:.1f}")
             for key in ("image_auroc", "pixel_auroc"):
-                out.append("" if theirs is None else f"{100 * row[key] - theirs[key]:+.1f}")
+                ours = row[key]
+                out.append(
+                    "" if theirs is None or ours is None else f"{100 * ours - theirs[key]:+.1f}"
+                )
         return out
 
     rows = [
@@ -690,7 +804,8 @@ def operating_point_table(results: dict[str, Any]) -> tuple[list[str], list[list
 
     def cells(row: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
         return [
-            f"{100 * row[k]:.1f}" + ("" if spread is None else f" ± {100 * spread[k]:.1f}")
+            _percent(row[k])
+            + ("" if spread is None or spread[k] is None else f" ± {100 * spread[k]:.1f}")
             for k in keys
         ]
 
@@ -753,6 +868,12 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
         f"Metrics in %, at model resolution ({results['image_size']} x {results['image_size']}); "
         "AUPRO integrated to FPR 0.3; the mean is over categories.",
     ]
+    if results.get("image_level_only"):
+        names = ", ".join(results["image_level_only"])
+        notes.append(
+            f"Image level only (no masks, pixel metrics n/a): {names}; the pixel means are "
+            "over the other categories."
+        )
     if len(seeds) > 1:
         notes.append(f"Mean ± sample standard deviation over {len(seeds)} seeds ({seeds}).")
     if op_columns:

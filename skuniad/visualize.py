@@ -209,7 +209,7 @@ def plot_learning_curves(
         losses = curve["loss_curve"]
         loss_axes.plot(range(1, len(losses) + 1), losses, label=f"training loss{suffix}")
         for key, marker in (("image_auroc", "o"), ("pixel_auroc", "s")):
-            values = 100 * np.asarray(curve["mean"][key])
+            values = 100 * np.asarray(curve["mean"][key], dtype=float)  # None (no masks): NaN
             name = key.replace("_auroc", "")
             auroc_axes.plot(curve["epoch"], values, marker=marker, label=f"{name} AUROC{suffix}")
         if per_category:
@@ -218,7 +218,7 @@ def plot_learning_curves(
                     name = key.replace("_auroc", "")
                     auroc_axes.plot(
                         curve["epoch"],
-                        100 * np.asarray(row[key]),
+                        100 * np.asarray(row[key], dtype=float),
                         style,
                         linewidth=0.8,
                         label=f"{category} {name}{suffix}",

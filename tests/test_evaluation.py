@@ -1,4 +1,5 @@
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -9,8 +10,11 @@ from skuniad import UniADDetector
 from skuniad.datasets import load_mask, load_mvtec, write_synthetic
 from skuniad.evaluation import (
     METRICS,
+    PIXEL_METRICS,
+    check_test_set,
     evaluate_detector,
     results_markdown,
+    run_experiment,
     scores_and_maps,
     write_results,
 )
@@ -200,3 +204,75 @@ def test_paper_numbers_average_to_the_papers_means():
     assert paper_aurocs(["grid"], "separate") == {
         "grid": {"image_auroc": 98.5, "pixel_auroc": 94.6}
     }
+
+
+# ------------------------------------------------------------ image-level-only categories
+def _without_masks(dataset, category=None, keep=0):
+    """The split with the masks of ``category`` (all categories by default) dropped,
+    except the first ``keep`` anomalous images' masks."""
+    masks, kept = [], 0
+    for cat, label, mask in zip(
+        dataset.categories, dataset.labels, dataset.mask_paths, strict=True
+    ):
+        drop = category is None or cat == category
+        if drop and label == 1 and kept < keep:
+            kept += 1
+            drop = False
+        masks.append(None if drop else mask)
+    return replace(dataset, mask_paths=masks)
+
+
+def test_category_without_masks_is_evaluated_at_image_level(test_split, tmp_path):
+    partial = _without_masks(test_split, "stripes")
+    assert check_test_set(partial) == ["parts"]
+    results = evaluate_detector(OracleDetector(test_split, offset=0.0), partial)
+    stripes, parts = results["categories"]["stripes"], results["categories"]["parts"]
+    assert stripes["image_auroc"] == pytest.approx(1.0)  # the maps still rank the images
+    assert all(stripes[key] is None for key in PIXEL_METRICS)
+    assert all(parts[key] == pytest.approx(1.0) for key in PIXEL_METRICS)
+    assert results["image_level_only"] == ["stripes"]
+    for key in PIXEL_METRICS:  # the pixel means are over the categories that have masks
+        assert results["mean"][key] == parts[key]
+    json_path, md_path = write_results(results, tmp_path)
+    assert json.loads(json_path.read_text())["categories"]["stripes"]["aupro"] is None
+    markdown = md_path.read_text()
+    stripes_row = next(line for line in markdown.splitlines() if line.startswith("| stripes"))
+    assert stripes_row.count("n/a") == len(PIXEL_METRICS)
+    assert "Image level only (no masks, pixel metrics n/a): stripes" in markdown
+
+
+def test_some_masks_missing_is_an_error_naming_them_unless_ignored(test_split):
+    partial = _without_masks(test_split, "parts", keep=1)
+    unmasked = [
+        str(p)
+        for p, c, label, m in zip(
+            partial.paths, partial.categories, partial.labels, partial.mask_paths, strict=True
+        )
+        if c == "parts" and label == 1 and m is None
+    ]
+    assert len(unmasked) == 2
+    with pytest.raises(ValueError) as info:
+        evaluate_detector(OracleDetector(test_split), partial)
+    message = str(info.value)
+    assert "category 'parts': 2 of 3 anomalous images have no ground-truth mask" in message
+    assert all(path in message for path in unmasked) and "ignore_pixel_metrics" in message
+    results = evaluate_detector(OracleDetector(test_split), partial, ignore_pixel_metrics=True)
+    assert results["image_level_only"] == ["parts", "stripes"]
+    assert all(results["mean"][key] is None for key in PIXEL_METRICS)
+    assert results["mean"]["image_auroc"] == pytest.approx(1.0)
+    assert check_test_set(partial, ignore_pixel_metrics=True) == []
+
+
+def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(root, tmp_path):
+    train = load_mvtec(root, "train")
+    test = _without_masks(load_mvtec(root, "test"))
+    with pytest.raises(ValueError, match="no ground-truth mask"):
+        run_experiment(train, _without_masks(load_mvtec(root, "test"), "parts", keep=1), {})
+    results = run_experiment(
+        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path
+    )
+    assert results["image_level_only"] == list(CATEGORIES)
+    assert results["mean"]["pixel_auroc"] is None and 0 <= results["mean"]["image_auroc"] <= 1
+    curve = results["runs"][0]["curve"]
+    assert curve["mean"]["pixel_auroc"] == [None] and len(curve["mean"]["image_auroc"]) == 1
+    assert (tmp_path / "curve.png").is_file() and (tmp_path / "results.md").is_file()
