@@ -47,10 +47,6 @@ class DataKind(str, Enum):
     mvtec = "mvtec"
 
 
-class TestDataKind(str, Enum):
-    mvtec = "mvtec"
-
-
 class DatasetFormat(str, Enum):
     """The formats of skuniad.datasets.DATASET_FORMATS."""
 
@@ -913,10 +909,30 @@ def _echo_flagged(
 @app.command(name="evaluate")
 def evaluate_command(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Option(help="Data set root (MVTec AD layout).")],
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="Data set root (for uniad-json: the image folder); without it, the format "
+            "is explained."
+        ),
+    ] = None,
     dataset: Annotated[
-        TestDataKind, typer.Option(help="Data set layout (MVTec AD and MVTec-like sets).")
-    ] = TestDataKind.mvtec,
+        DatasetFormat,
+        typer.Option(
+            help="mvtec: MVTec AD folders (and MVTec-like sets); visa: VisA's split file "
+            "ROOT/split_csv/1cls.csv; uniad-json: the UniAD authors' JSON lists."
+        ),
+    ] = DatasetFormat.mvtec,
+    train_meta: TrainMeta = None,
+    test_meta: TestMeta = None,
+    ignore_pixel_metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Image-level metrics only, also for categories with masks (needed when only "
+            "some anomalous images have one). Categories without any mask are evaluated at "
+            "image level anyway."
+        ),
+    ] = False,
     category: Annotated[
         list[str] | None,
         typer.Option("--category", "-c", help="Categories to use (repeat); default: all."),
@@ -1001,9 +1017,15 @@ def evaluate_command(
     unified setting) or one per category (--setting separate), once per
     --seed; each category's test split is then scored at model resolution.
     MVTec AD categories are shown next to the paper's AUROCs.
+
+    A category whose anomalous images have no masks is evaluated at image
+    level (its pixel metrics read n/a). The data set is checked completely
+    before any training: bad input fails in one line, with nothing written.
     """
     options = dict(locals())
     params = _detector_params(options)
+    root = _require_root(root, dataset)
+    _check_meta_options(dataset, train_meta, test_meta)
     if model is not None:
         given = [
             name
@@ -1027,13 +1049,22 @@ def evaluate_command(
     if overlays and output is None:
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with _domain_errors():
-        from skuniad.datasets import load_mvtec
-        from skuniad.evaluation import evaluate_detector, run_experiment, write_results
+        from skuniad.evaluation import (
+            check_test_set,
+            evaluate_detector,
+            run_experiment,
+            write_results,
+        )
 
-        test = load_mvtec(root, "test", category or None)
+        # Everything that can be wrong with the data fails here, before any training.
+        test = _read_split(dataset, root, "test", category, test_meta)
+        check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
+        if model is None:
+            train = _read_split(dataset, root, "train", category, train_meta)
+            _check_weights(params)
+        described = _describe_dataset(dataset, root, train_meta, test_meta)
         _tune_runtime(threads)
         if model is None:
-            train = load_mvtec(root, "train", category or None)
             params.pop("random_state", None)  # one run per --seed
             seed_list = list(dict.fromkeys(seed)) if seed else [None]
             models = 1 if setting is Setting.unified else len(train.category_names)
@@ -1054,6 +1085,7 @@ def evaluate_command(
                 n_overlays=overlays,
                 curve_categories=curve_categories,
                 per_category=per_category,
+                ignore_pixel_metrics=ignore_pixel_metrics,
                 verbose=0 if quiet else 1,
             )
             fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
@@ -1068,7 +1100,7 @@ def evaluate_command(
             det = UniADDetector(**params)
             results["run"] = _run_info(
                 det,
-                dataset=str(root),
+                dataset=described,
                 model="trained by this command",
                 epochs=results["runs"][0]["n_epochs"],
                 fit_seconds=round(fit_seconds, 1),
@@ -1085,11 +1117,12 @@ def evaluate_command(
                 test,
                 overlay_dir=None if output is None or not overlays else output / "overlays",
                 n_overlays=overlays,
+                ignore_pixel_metrics=ignore_pixel_metrics,
                 verbose=0 if quiet else 1,
             )
             results["run"] = _run_info(
                 det,
-                dataset=str(root),
+                dataset=described,
                 model=str(model),
                 evaluate_seconds=round(results["seconds"], 1),
             )
@@ -1426,6 +1459,16 @@ TestMeta = Annotated[
     Path | None,
     typer.Option(help="With --dataset uniad-json: the test list (one JSON object per line)."),
 ]
+
+
+def _describe_dataset(
+    dataset: DatasetFormat, root: Path, train_meta: Path | None, test_meta: Path | None
+) -> str:
+    """The data set as the report's run details name it."""
+    text = f"{root} ({dataset.value})"
+    if dataset is DatasetFormat.uniad_json:
+        text += f", train list {train_meta}, test list {test_meta}"
+    return text
 
 
 def _require_root(root: Path | None, dataset: DatasetFormat) -> Path:

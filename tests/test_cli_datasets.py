@@ -102,3 +102,174 @@ def test_info_lists_cached_timm_weights_and_the_hub(monkeypatch, tmp_path):
     assert result.exit_code == 0, result.output
     assert f"tf_efficientnet_b4.aa_in1k: {snapshot / 'model.safetensors'}" in result.output
     assert "not reachable; only the weights listed above can be used" in result.output
+
+
+# ------------------------------------------------------------------------- evaluate
+TINY_ARGS = [
+    "--backbone", "tf_efficientnet_lite0",
+    "--backbone-weights", "none",
+    "--image-size", "64",
+    "--hidden-dim", "32",
+    "--num-heads", "2",
+    "--encoder-layers", "1",
+    "--decoder-layers", "1",
+    "--feedforward-dim", "64",
+    "--neighbor-size", "1",
+    "--batch-size", "4",
+    "--epochs", "1",
+    "--seed", "0",
+    "--quiet",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def lists(data_root, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("lists")
+    result = runner.invoke(app, ["export-json", "--root", str(data_root), "-o", str(folder)])
+    assert result.exit_code == 0, result.output
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_file(data_root, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("model") / "model.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(path)]
+    result = runner.invoke(app, args + [a for a in TINY_ARGS if a != "--quiet"])
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def _metrics(folder: Path) -> dict:
+    results = json.loads((folder / "results.json").read_text())
+    return {"categories": results["categories"], "mean": results["mean"]}
+
+
+def test_evaluate_through_json_lists_gives_the_mvtec_numbers(data_root, lists, tmp_path):
+    mvtec = ["evaluate", "--dataset", "mvtec", "--root", str(data_root)]
+    result = runner.invoke(app, [*mvtec, "-o", str(tmp_path / "mvtec"), *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    as_json = [
+        "evaluate", "--dataset", "uniad-json", "--root", str(data_root),
+        "--train-meta", str(lists / "train.json"), "--test-meta", str(lists / "test.json"),
+    ]  # fmt: skip
+    result = runner.invoke(app, [*as_json, "-o", str(tmp_path / "json"), *TINY_ARGS])
+    assert result.exit_code == 0, result.output
+    assert _metrics(tmp_path / "json") == _metrics(tmp_path / "mvtec")  # same bits
+    run = json.loads((tmp_path / "json" / "results.json").read_text())["run"]
+    assert "(uniad-json), train list" in run["dataset"]
+
+
+def test_evaluate_a_visa_set(tmp_path):
+    from test_visa import make_visa
+
+    root = make_visa(tmp_path / "visa", n_train=4)
+    args = ["evaluate", "--dataset", "visa", "--root", str(root), "-o", str(tmp_path / "out")]
+    result = runner.invoke(app, args + TINY_ARGS)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert list(results["categories"]) == ["candle", "pcb1"]
+    assert results["n_images"] == 8 and results["image_level_only"] == []
+
+
+def test_a_category_without_ground_truth_is_reported_at_image_level(
+    data_root, model_file, tmp_path
+):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    shutil.rmtree(root / "parts" / "ground_truth")
+    args = ["evaluate", "--root", str(root), "--model", str(model_file), "-o", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["categories"]["parts"]["pixel_auroc"] is None
+    assert results["categories"]["grain"]["pixel_auroc"] is not None
+    assert results["image_level_only"] == ["parts"]
+    parts_row = next(
+        line for line in result.output.splitlines() if line.strip().startswith("parts")
+    )
+    assert "n/a" in parts_row
+    assert "Image level only (no masks, pixel metrics n/a): parts" in (
+        (tmp_path / "results.md").read_text()
+    )
+
+
+def test_some_masks_missing_fails_before_training_unless_ignored(data_root, tmp_path):
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    mask = sorted((root / "grain" / "ground_truth").rglob("*.png"))[0]
+    mask.unlink()
+    image = root / "grain" / "test" / mask.parent.name / mask.name.replace("_mask", "")
+    out = tmp_path / "out"
+    args = ["evaluate", "--root", str(root), "-o", str(out), *TINY_ARGS]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "have no ground-truth mask" in result.output and str(image) in result.output
+    assert "--ignore-pixel-metrics" in result.output and not out.exists()
+    result = runner.invoke(app, [*args, "--ignore-pixel-metrics"])
+    assert result.exit_code == 0, result.output
+    results = json.loads((out / "results.json").read_text())
+    assert results["image_level_only"] == ["grain", "parts"]
+    assert results["mean"]["aupro"] is None and results["mean"]["image_auroc"] is not None
+
+
+def _bad_list(lists: Path, tmp_path: Path, line: int, text: str) -> Path:
+    lines = (lists / "test.json").read_text().splitlines()
+    lines[line - 1] = text
+    path = tmp_path / "bad.json"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"filename": "grain/test/good/000.png", "label": 0,', "bad.json line 2: not valid JSON"),
+        ('{"filename": "x.png", "label": 0, "clsname": "grain", "size": 3}', "unknown keys"),
+        ('{"filename": "grain/nothing.png", "label": 0, "clsname": "grain"}', "nothing.png"),
+    ],
+)
+def test_bad_lists_fail_in_one_line_before_training(data_root, lists, tmp_path, text, message):
+    bad = _bad_list(lists, tmp_path, 2, text)
+    out = tmp_path / "out"
+    args = [
+        "evaluate", "--dataset", "uniad-json", "--root", str(data_root),
+        "--train-meta", str(lists / "train.json"), "--test-meta", str(bad), "-o", str(out),
+    ]  # fmt: skip
+    result = runner.invoke(app, args + TINY_ARGS)
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1
+    assert message in result.output and "Training" not in result.output
+    assert not out.exists()
+
+
+def test_unknown_category_and_missing_lists(data_root, lists, tmp_path):
+    out = tmp_path / "out"
+    result = runner.invoke(
+        app, ["evaluate", "--root", str(data_root), "-c", "wood", "-o", str(out)]
+    )
+    assert result.exit_code == 1 and "['wood'] not found" in result.output
+    args = ["evaluate", "--dataset", "uniad-json", "--root", str(data_root), "-o", str(out)]
+    result = runner.invoke(app, [*args, "--test-meta", str(lists / "test.json")])
+    assert result.exit_code == 2 and "--train-meta" in result.output
+    assert not out.exists()
+
+
+def test_default_backbone_offline_fails_at_once(data_root, tmp_path, monkeypatch):
+    import time
+
+    import huggingface_hub.constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    out = tmp_path / "out"
+    start = time.perf_counter()
+    result = runner.invoke(app, ["evaluate", "--root", str(data_root), "-o", str(out)])
+    assert time.perf_counter() - start < 5.0
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert "no ImageNet weights found for backbone 'tf_efficientnet_b4.aa_in1k'" in result.output
+    assert "tf_efficientnet_lite0" in result.output and not out.exists()
