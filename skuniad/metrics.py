@@ -27,7 +27,6 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
-from scipy import ndimage
 
 __all__ = [
     "as_anomaly_labels",
@@ -213,6 +212,8 @@ def _pool_pixels(
     n_regions = 0
     start = 0
     if regions:
+        from scipy import ndimage  # imported here: scipy takes a second to load
+
         target = np.empty(total, dtype=np.int32)
         for m, size in zip(mask_list, sizes, strict=True):
             lab, n = ndimage.label(m > 0, structure=_EIGHT_CONNECTIVITY)

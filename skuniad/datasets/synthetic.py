@@ -30,7 +30,6 @@ from typing import Literal
 
 import numpy as np
 from PIL import Image
-from scipy.ndimage import gaussian_filter
 
 from skuniad.datasets.mvtec import category_names
 
@@ -177,6 +176,8 @@ def _render_clean(category: str, size: int, rng: np.random.Generator) -> _Render
         arg = 2.0 * np.pi * (xx * np.cos(theta) + yy * np.sin(theta)) / period + phase
         weight = 0.5 + 0.42 * np.sin(arg)
     elif category == "grain":
+        from scipy.ndimage import gaussian_filter  # here: reading data sets needs no scipy
+
         field = gaussian_filter(rng.standard_normal((size, size)), sigma=size / 40.0, mode="wrap")
         field = (field - field.mean()) / max(field.std(), 1e-12)
         weight = np.clip(0.5 + 0.17 * field, 0.0, 1.0)
