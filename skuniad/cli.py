@@ -45,6 +45,8 @@ _TRAIN = "Training options"
 class DataKind(str, Enum):
     folder = "folder"
     mvtec = "mvtec"
+    visa = "visa"
+    uniad_json = "uniad-json"
 
 
 class DatasetFormat(str, Enum):
@@ -280,17 +282,30 @@ def _collect_images(inputs: list[Path]) -> list[Path]:
 
 
 def _training_images(
-    data_dirs: list[Path], dataset: DataKind, categories: list[str] | None
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
 ) -> list[Path]:
-    from skuniad.datasets import list_categories, load_mvtec
+    from skuniad.datasets import list_categories
 
-    if dataset is DataKind.mvtec:
+    if dataset is not DataKind.folder:
+        data_format = DatasetFormat(dataset.value)
+        _check_meta_options(data_format, train_meta, None)
+        if dataset is DataKind.uniad_json and len(data_dirs) != 1:
+            raise typer.BadParameter(
+                "--dataset uniad-json takes one DATA_DIR, the image folder of --train-meta",
+                param_hint="DATA_DIR",
+            )
         paths: list[Path] = []
         for root in data_dirs:
-            paths += load_mvtec(root, "train", categories or None).paths
+            paths += _read_split(data_format, root, "train", categories, train_meta).paths
         return paths
-    if categories:
-        raise typer.BadParameter("--category needs --dataset mvtec", param_hint="--category")
+    if categories or train_meta:
+        flag = "--category" if categories else "--train-meta"
+        raise typer.BadParameter(
+            f"{flag} needs --dataset mvtec, visa or uniad-json", param_hint=flag
+        )
     for root in data_dirs:
         if root.is_dir() and list_categories(root):
             raise CliError(
@@ -301,16 +316,18 @@ def _training_images(
 
 
 def _images_and_categories(
-    data_dirs: list[Path], dataset: DataKind, categories: list[str] | None
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
 ) -> tuple[list[Path], list[str]]:
-    """Normal images and the category of each: MVTec categories, else each DATA_DIR's name."""
-    from skuniad.datasets import load_mvtec
-
-    if dataset is DataKind.mvtec:
+    """Normal images and the category of each: the data set's categories, else each
+    DATA_DIR's name."""
+    if dataset is not DataKind.folder:
         paths: list[Path] = []
         names: list[str] = []
         for root in data_dirs:
-            data = load_mvtec(root, "train", categories or None)
+            data = _read_split(DatasetFormat(dataset.value), root, "train", categories, train_meta)
             paths += data.paths
             names += data.categories
         return paths, names
@@ -510,7 +527,8 @@ def fit(
         typer.Argument(
             metavar="DATA_DIR",
             help="Folders of normal images (searched recursively) or image files; "
-            "with --dataset mvtec, MVTec-style roots (CATEGORY/train/good is used).",
+            "with --dataset mvtec, MVTec-style roots (CATEGORY/train/good is used); with "
+            "visa, VisA roots; with uniad-json, the image folder of --train-meta.",
         ),
     ],
     output: Annotated[
@@ -519,8 +537,9 @@ def fit(
     dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
     category: Annotated[
         list[str] | None,
-        typer.Option("--category", "-c", help="With --dataset mvtec: categories to use."),
+        typer.Option("--category", "-c", help="With a --dataset format: categories to use."),
     ] = None,
+    train_meta: TrainMeta = None,
     epochs: Epochs = 1000,
     backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
     backbone_weights: BackboneWeights = "imagenet",
@@ -558,9 +577,9 @@ def fit(
     params = _detector_params(locals())
     with _domain_errors():
         if per_category:
-            images, groups = _images_and_categories(data_dirs, dataset, category)
+            images, groups = _images_and_categories(data_dirs, dataset, category, train_meta)
         else:
-            images, groups = _training_images(data_dirs, dataset, category), None
+            images, groups = _training_images(data_dirs, dataset, category, train_meta), None
         _check_weights(params)
         _check_output_file(output)
         _tune_runtime(threads)

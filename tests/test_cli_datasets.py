@@ -273,3 +273,20 @@ def test_default_backbone_offline_fails_at_once(data_root, tmp_path, monkeypatch
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "no ImageNet weights found for backbone 'tf_efficientnet_b4.aa_in1k'" in result.output
     assert "tf_efficientnet_lite0" in result.output and not out.exists()
+
+
+def test_fit_reads_every_format(data_root, lists, tmp_path):
+    from test_visa import make_visa
+
+    tiny = [a for a in TINY_ARGS if a != "--quiet"]
+    args = ["fit", str(data_root), "--dataset", "uniad-json", "-o", str(tmp_path / "a.skuniad")]
+    result = runner.invoke(app, [*args, "--train-meta", str(lists / "train.json"), *tiny])
+    assert result.exit_code == 0, result.output
+    assert "Training on 12 images." in result.output
+    visa = make_visa(tmp_path / "visa", n_train=3)
+    args = ["fit", str(visa), "--dataset", "visa", "-c", "pcb1", "-o", str(tmp_path / "b.skuniad")]
+    result = runner.invoke(app, args + tiny)
+    assert result.exit_code == 0, result.output
+    assert "Training on 3 images." in result.output
+    result = runner.invoke(app, ["fit", str(data_root), "--dataset", "uniad-json", "-o", "m"])
+    assert result.exit_code == 2 and "--train-meta" in result.output
