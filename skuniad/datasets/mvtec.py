@@ -67,7 +67,8 @@ class AnomalyDataset:
     categories : list of str
         Category (object or texture class) of each image.
     mask_paths : list of Path or None
-        Ground-truth mask of each image; ``None`` for normal images.
+        Ground-truth mask of each image; ``None`` for normal images and for
+        anomalous images without a mask (image-level labels only).
     """
 
     paths: list[Path]

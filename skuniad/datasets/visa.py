@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from skuniad.datasets._checks import Record, build_dataset
@@ -36,7 +36,7 @@ _LABELS = {"normal": 0, "anomaly": 1}
 _SPLITS = ("train", "test")
 
 
-def _read_header(reader: csv.reader, source: Path) -> list[str]:
+def _read_header(reader: Iterator[list[str]], source: Path) -> list[str]:
     try:
         header = next(reader)
     except StopIteration:
