@@ -42,10 +42,11 @@ MVTec-like sets (BTAD, MPDD, the RGB images of MVTec 3D-AD, your own) share the 
 A category without ground_truth/ is evaluated at image level only.
 Run: skuniad evaluate --dataset mvtec --root ROOT""",
     "visa": """\
-VisA (Visual Anomaly, Zou et al., ECCV 2022): 12 object categories with
-pixel-level masks. Published by Amazon (Amazon Science): the download links are
-in the README of https://github.com/amazon-science/spot-diff. Its split file
-describes the images:
+VisA (Visual Anomaly, Zou et al., ECCV 2022): 12 object categories, 10,821
+images of which 1,200 anomalous, with pixel-level masks. Published by Amazon
+(Amazon Science): the download links are in the README of
+https://github.com/amazon-science/spot-diff (non-commercial licence). Its split
+file describes the images:
 
   ROOT/split_csv/1cls.csv    header object,split,label,image,mask
                              split train|test, label normal|anomaly, image and
