@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+from test_cli import TINY_ARGS as CLI_TINY_ARGS
 from typer.testing import CliRunner
 
 from skuniad import cli as cli_module
@@ -105,21 +106,7 @@ def test_info_lists_cached_timm_weights_and_the_hub(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------- evaluate
-TINY_ARGS = [
-    "--backbone", "tf_efficientnet_lite0",
-    "--backbone-weights", "none",
-    "--image-size", "64",
-    "--hidden-dim", "32",
-    "--num-heads", "2",
-    "--encoder-layers", "1",
-    "--decoder-layers", "1",
-    "--feedforward-dim", "64",
-    "--neighbor-size", "1",
-    "--batch-size", "4",
-    "--epochs", "1",
-    "--seed", "0",
-    "--quiet",
-]  # fmt: skip
+TINY_ARGS = [*CLI_TINY_ARGS, "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
