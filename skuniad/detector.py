@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import warnings
+from collections.abc import Iterator
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -11,13 +13,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
+from skuniad._progress import progress_bar
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import check_images, iter_batches
+from skuniad.io import check_images, iter_loaded
 from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import (
@@ -29,6 +32,7 @@ from skuniad.nn.transformer import (
 )
 from skuniad.runtime import flushing_denormals
 from skuniad.training import (
+    TrainingInterrupted,
     autocast,
     explain_out_of_memory,
     extract_features,
@@ -55,6 +59,25 @@ _NOT_TRAINING = {
     "checkpoint_path",
     "checkpoint_every",
 }
+# What the fitted networks were built for and score with: fit snapshots these
+# (``_network_params_``); scoring, calibration, save and pickle read the
+# snapshot, so a later set_params cannot make a fitted model silently score
+# otherwise, and a warm start that would change one of them is refused.
+_NETWORK_PARAMS = (
+    "backbone",
+    "backbone_weights",
+    "out_indices",
+    "image_size",
+    "static_padding_size",
+    "hidden_dim",
+    "num_heads",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "dim_feedforward",
+    "neighbor_size",
+    "layer_queries",
+    "image_score",
+)
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -338,8 +361,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ----------
         X : array (n, H, W[, C]) or list of arrays, PIL images or paths
             Normal images only.
-        y : ignored
-            Present for API consistency (unsupervised).
+        y : None or array-like of shape (n_samples,), default=None
+            Not used to train (unsupervised): every image of ``X`` is taken
+            as normal. Labels that mark anomalous images (1 with 0/1 labels,
+            -1 with sklearn's +1/-1) give a warning, since they would be
+            learned as normal (e.g. a ``GridSearchCV`` refit on a labelled
+            test set).
         on_epoch_end : callable or None, default=None
             Called as ``on_epoch_end(detector, epoch, loss)`` after every
             epoch (``epoch`` counts from 1, ``loss`` is its mean training
@@ -352,8 +379,17 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         self : UniADDetector
+
+        Raises
+        ------
+        skuniad.training.TrainingInterrupted
+            Ctrl-C (a ``KeyboardInterrupt``) during training. When at least
+            one epoch had finished, the detector is fitted with the weights of
+            the last finished one (thresholds included) before it is raised;
+            otherwise it is left as it was.
         """
         X = check_images(X)
+        _warn_on_anomalous_labels(y, len(X))
         self._check_architecture()
         device = resolve_device(self.device)
         context = distributed_context()  # under torchrun: this rank's shard of X
@@ -363,12 +399,17 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             X = [X[i] for i in context.shard(len(X))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
+        network = self._requested_network()
+        if warm:
+            self._check_warm_start(network)
         previous_curve = list(self.loss_curve_) if warm else []
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         devices = [device.index or 0] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            backbone = self.backbone_ if warm else self._build_backbone(self.backbone_weights)
+            backbone = (
+                self.backbone_ if warm else self._build_backbone(self.backbone_weights, network)
+            )
             backbone.to(device).to(memory_format=torch.channels_last)
             if self.neighbor_size is not None:  # a window too large fails now, not after extraction
                 neighbor_mask(*backbone.grid_size(self.image_size), self.neighbor_size)
@@ -384,40 +425,61 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     cache_dtype=self.cache_dtype,
                     cache_max_gb=self.cache_max_gb,
                 )
-            model = self._build_model(*features.shape[1:])
-            if warm:
-                self._continue_from_fitted_model(model)
+            model = self._build_model(*features.shape[1:], network=network)
+            if warm:  # same parameters (checked above), so the same shapes
+                model.load_state_dict(self.model_.state_dict())
             if context is not None:  # same initial weights, different jitter and dropout
                 torch.manual_seed(seed + context.rank)
-            curve = train_reconstruction(
-                model,
-                features,
-                max_epochs=self.max_epochs,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                weight_decay=self.weight_decay,
-                grad_clip=self.grad_clip,
-                device=device,
-                amp_dtype=amp_dtype,
-                verbose=self.verbose,
-                checkpoint_path=self.checkpoint_path,
-                checkpoint_every=self.checkpoint_every,
-                fingerprint=self._training_fingerprint(warm_start_from_epoch=len(previous_curve)),
-                distributed=context is not None,
-                on_epoch_end=self._epoch_hook(on_epoch_end, backbone, model, device, features),
-            )
+            interrupted = None
+            try:
+                curve = train_reconstruction(
+                    model,
+                    features,
+                    max_epochs=self.max_epochs,
+                    batch_size=self.batch_size,
+                    learning_rate=self.learning_rate,
+                    weight_decay=self.weight_decay,
+                    grad_clip=self.grad_clip,
+                    device=device,
+                    amp_dtype=amp_dtype,
+                    verbose=self.verbose,
+                    checkpoint_path=self.checkpoint_path,
+                    checkpoint_every=self.checkpoint_every,
+                    fingerprint=self._training_fingerprint(
+                        warm_start_from_epoch=len(previous_curve)
+                    ),
+                    distributed=context is not None,
+                    on_epoch_end=self._epoch_hook(
+                        on_epoch_end, backbone, model, device, features, network
+                    ),
+                )
+            except TrainingInterrupted as exc:
+                if not exc.loss_curve:
+                    raise TrainingInterrupted(
+                        f"{exc}: no epoch finished, the detector is left as it was", []
+                    ) from None
+                interrupted, curve = exc, exc.loss_curve
         self.backbone_ = backbone
         self.model_ = model
         self.device_ = device
         self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
+        self._network_params_ = network
         self._calibrate_features(features, context)
+        if interrupted is not None:
+            # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
+            # with a half-trained model; the CLI catches this and keeps it on purpose
+            raise TrainingInterrupted(
+                f"{interrupted}: the detector is fitted with the weights of the last finished "
+                f"epoch (n_epochs_={self.n_epochs_}) and calibrated",
+                curve,
+            ) from None
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
 
-    def _epoch_hook(self, on_epoch_end, backbone, model, device, features):
+    def _epoch_hook(self, on_epoch_end, backbone, model, device, features, network):
         """``fit``'s ``on_epoch_end`` as the training loop's callback, the detector scorable."""
         if on_epoch_end is None:
             return None
@@ -425,6 +487,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         def hook(epoch: int, loss: float) -> None:
             self.backbone_, self.model_, self.device_ = backbone, model, device
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+            self._network_params_ = network
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # whatever it draws, training goes on
                 on_epoch_end(self, epoch + 1, loss)
@@ -437,37 +500,57 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         fingerprint = {k: v for k, v in params.items() if k not in _NOT_TRAINING}
         return {**fingerprint, "warm_start_from_epoch": warm_start_from_epoch}
 
-    def _build_backbone(self, backbone_weights) -> FrozenBackbone:
-        backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
-        if self.static_padding_size is not None:
-            interop.use_static_same_padding(backbone.body, self.static_padding_size)
+    def _requested_network(self) -> dict:
+        """The network parameters as set now (JSON-safe), for the next fit."""
+        current = {name: getattr(self, name) for name in _NETWORK_PARAMS}
+        return persistence.json_safe_params(current)
+
+    def _fitted_network(self) -> dict:
+        """The network parameters of the fit; before any fit, the requested ones."""
+        # a detector pickled before skuniad kept the snapshot: its parameters are the fit's
+        snapshot = getattr(self, "_network_params_", None)
+        return snapshot if snapshot is not None else self._requested_network()
+
+    def _check_warm_start(self, network: dict) -> None:
+        fitted = self._fitted_network()
+        changed = [name for name in _NETWORK_PARAMS if network[name] != fitted[name]]
+        if changed:
+            details = "; ".join(
+                f"{name}={fitted[name]!r} when fitted, {network[name]!r} now" for name in changed
+            )
+            raise ValueError(
+                f"warm_start=True continues the fitted networks, which need the parameters "
+                f"they were fitted with ({details}): set them back, or set warm_start=False "
+                "to train new networks"
+            )
+
+    def _build_backbone(self, backbone_weights, network: dict | None = None) -> FrozenBackbone:
+        network = self._fitted_network() if network is None else network
+        backbone = FrozenBackbone(
+            network["backbone"], tuple(network["out_indices"]), backbone_weights
+        )
+        if network["static_padding_size"] is not None:
+            interop.use_static_same_padding(backbone.body, network["static_padding_size"])
         return backbone
 
-    def _build_model(self, channels: int, height: int, width: int) -> UniADReconstruction:
+    def _build_model(
+        self, channels: int, height: int, width: int, network: dict | None = None
+    ) -> UniADReconstruction:
+        network = self._fitted_network() if network is None else network
         return UniADReconstruction(
             int(channels),
             (int(height), int(width)),
-            hidden_dim=self.hidden_dim,
-            num_heads=self.num_heads,
-            num_encoder_layers=self.num_encoder_layers,
-            num_decoder_layers=self.num_decoder_layers,
-            dim_feedforward=self.dim_feedforward,
+            hidden_dim=network["hidden_dim"],
+            num_heads=network["num_heads"],
+            num_encoder_layers=network["num_encoder_layers"],
+            num_decoder_layers=network["num_decoder_layers"],
+            dim_feedforward=network["dim_feedforward"],
             dropout=self.dropout,
-            neighbor_size=self.neighbor_size,
+            neighbor_size=network["neighbor_size"],
             jitter_scale=self.jitter_scale,
             jitter_prob=self.jitter_prob,
-            layer_queries=self.layer_queries,
+            layer_queries=network["layer_queries"],
         )
-
-    def _continue_from_fitted_model(self, model: UniADReconstruction) -> None:
-        """warm_start: copy the fitted weights into ``model``, built from the current parameters."""
-        try:
-            model.load_state_dict(self.model_.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(
-                "warm_start=True needs the fitted model's architecture, but the parameters "
-                f"changed it: {exc}"
-            ) from None
 
     def _check_architecture(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -478,6 +561,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"neighbor_size must be odd, got {self.neighbor_size}")
         if len(self.out_indices) == 0:
             raise ValueError("out_indices must name at least one backbone stage")
+        stages = list(self.out_indices)
+        if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in stages) or any(
+            i < 0 for i in stages
+        ):
+            raise ValueError(
+                "out_indices must be backbone stage numbers (0 = the first), got "
+                f"{self.out_indices}"
+            )
+        if stages != sorted(set(stages)):
+            raise ValueError(
+                f"out_indices must be increasing without repeats, got {self.out_indices}"
+            )
 
     def _calibrate_features(
         self, features: torch.Tensor, context: DistributedContext | None = None
@@ -487,11 +582,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             scores, maps = reconstruction_maps(
                 self.model_,
                 features,
-                image_size=self.image_size,
+                image_size=self._fitted_network()["image_size"],
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
-                score_method=self.image_score,
+                score_method=self._fitted_network()["image_score"],
             )
         # bilinear upsampling with align_corners=True keeps the token maxima
         map_maxima = maps.reshape(len(maps), -1).max(1)
@@ -504,37 +599,81 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return resolve_precision(self.precision, self.device_)
 
     # ------------------------------------------------------------ inference
-    @flushing_denormals()
-    def _infer(self, X, keep_maps: bool):
-        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
-        check_is_fitted(self, "model_")
-        X = check_images(X)
+    def _iter_scored(self, X, *, keep_maps: bool, skip_errors: bool = False) -> Iterator[tuple]:
+        """One network pass over checked ``X``, batch by batch.
+
+        Yields ``(scores (b,) float64, model-size maps (b, S, S) or None,
+        original sizes, errors)``. With ``skip_errors``, an unreadable image
+        gets a NaN score and map, size None and its ``ImageLoadError``;
+        otherwise the first one is raised (its index is ``X``'s).
+        """
+        network = self._fitted_network()
+        image_size = network["image_size"]
         device, amp_dtype = self.device_, self._amp_dtype()
-        scores, maps, sizes = [], [], []
         self.model_.eval()
-        batches = iter_batches(
+        batches = iter_loaded(
             X,
-            self.image_size,
+            image_size,
             self.backbone_.mean,
             self.backbone_.std,
             inference_batch_size(self.batch_size),
             device,
         )
-        with explain_out_of_memory("scoring", self.batch_size, inference=True):
-            for images, batch_sizes in batches:
-                with torch.inference_mode(), autocast(device, amp_dtype):
-                    features = self.backbone_(images.to(device, memory_format=torch.channels_last))
-                    reconstruction = self.model_(features)
-                batch_maps = anomaly_map(features, reconstruction, self.image_size)
-                scores.append(image_score(batch_maps, method=self.image_score).cpu().numpy())
-                if keep_maps:
-                    maps.append(batch_maps.cpu().numpy())
-                sizes.extend(batch_sizes)
-        return (
-            np.concatenate(scores).astype(np.float64),
-            np.concatenate(maps) if keep_maps else None,
-            sizes,
-        )
+        with progress_bar(self.verbose > 0) as progress:
+            task = progress.add_task("scoring", total=len(X))
+            for images, sizes, errors in batches:
+                failed = [i for i, error in enumerate(errors) if error is not None]
+                if failed and not skip_errors:
+                    raise errors[failed[0]]
+                # entered per batch: the caller's code between batches keeps its own mode
+                with (
+                    explain_out_of_memory("scoring", self.batch_size, inference=True),
+                    flushing_denormals(),
+                ):
+                    with torch.inference_mode(), autocast(device, amp_dtype):
+                        features = self.backbone_(
+                            images.to(device, memory_format=torch.channels_last)
+                        )
+                        reconstruction = self.model_(features)
+                    batch_maps = anomaly_map(features, reconstruction, image_size)
+                    scores = image_score(batch_maps, method=network["image_score"])
+                    scores = scores.cpu().numpy().astype(np.float64)
+                    maps = batch_maps.cpu().numpy() if keep_maps else None
+                scores[failed] = np.nan
+                if maps is not None:
+                    maps[failed] = np.nan
+                progress.advance(task, len(images))
+                yield scores, maps, sizes, errors
+
+    def _infer(self, X, keep_maps: bool):
+        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
+        check_is_fitted(self, "model_")
+        X = check_images(X)
+        scores, maps, sizes = [], [], []
+        for batch_scores, batch_maps, batch_sizes, _ in self._iter_scored(X, keep_maps=keep_maps):
+            scores.append(batch_scores)
+            maps.append(batch_maps)
+            sizes.extend(batch_sizes)
+        return np.concatenate(scores), np.concatenate(maps) if keep_maps else None, sizes
+
+    # labels and masks from scores and maps: every method that returns them goes through these
+    def _decision(self, score_samples: np.ndarray) -> np.ndarray:
+        return score_samples - self.offset_
+
+    def _labels(self, score_samples: np.ndarray) -> np.ndarray:
+        return np.where(self._decision(score_samples) < 0, -1, 1).astype(int)
+
+    def _pixel_threshold(self, threshold) -> float:
+        if threshold is None:
+            self._check_calibrated()
+            return self.pixel_threshold_
+        return float(threshold)
+
+    @staticmethod
+    def _masks(maps, threshold: float):
+        if isinstance(maps, list):
+            return [None if m is None else m > threshold for m in maps]
+        return maps > threshold
 
     def score_samples(self, X) -> np.ndarray:
         """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
@@ -553,11 +692,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     def decision_function(self, X) -> np.ndarray:
         """``score_samples(X) - offset_``: negative = anomalous."""
         self._check_calibrated()
-        return self.score_samples(X) - self.offset_
+        return self._decision(self.score_samples(X))
 
     def predict(self, X) -> np.ndarray:
         """+1 for normal images, -1 for anomalous ones (int)."""
-        return np.where(self.decision_function(X) < 0, -1, 1).astype(int)
+        self._check_calibrated()
+        return self._labels(self.score_samples(X))
 
     def anomaly_maps(self, X, size="input"):
         """Per-pixel anomaly maps, HIGHER = MORE ANOMALOUS.
@@ -566,30 +706,130 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ----------
         X : images
         size : {"input", "model"}, default="input"
-            ``"input"``: each image's own size; an array (n, H, W) when all
-            images share a size, else a list of (H, W) arrays. ``"model"``:
-            (n, image_size, image_size).
+            ``"input"``: each image's own size. ``"model"``:
+            ``image_size`` squared.
+
+        Returns
+        -------
+        maps : ndarray (n, H, W) or list of n ndarrays (H_i, W_i), float32
+            The type follows ``X``'s, never the image sizes: an array or a
+            tensor ``X`` (images of one size) gives an array, a list (of
+            paths, PIL images or arrays) a list, even when all sizes agree.
+            ``size="model"`` always gives an array ``(n, image_size, image_size)``.
         """
-        if size not in ("input", "model"):
-            raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+        _check_size(size)
         _, maps, sizes = self._infer(X, keep_maps=True)
         if size == "model":
             return maps
-        return _resize_maps(maps, sizes)
+        return _resize_maps(maps, sizes, _stacks(X))
 
     def predict_masks(self, X, threshold=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
 
-        ``threshold=None`` uses ``pixel_threshold_``.
+        ``threshold=None`` uses ``pixel_threshold_``. An array or a list, as
+        :meth:`anomaly_maps` returns.
         """
-        if threshold is None:
-            self._check_calibrated()
         check_is_fitted(self, "model_")
-        threshold = self.pixel_threshold_ if threshold is None else float(threshold)
-        maps = self.anomaly_maps(X, size="input")
-        if isinstance(maps, list):
-            return [m > threshold for m in maps]
-        return maps > threshold
+        threshold = self._pixel_threshold(threshold)
+        return self._masks(self.anomaly_maps(X, size="input"), threshold)
+
+    def predict_all(self, X, *, size="input") -> Bunch:
+        """Scores, labels, maps and masks from ONE pass of the networks.
+
+        Each method's own call runs the backbone and the transformer again;
+        this runs them once. All results are held in memory; for data sets
+        whose maps do not fit, iterate with :meth:`predict_chunks`.
+
+        Parameters
+        ----------
+        X : images
+        size : {"input", "model"}, default="input"
+            Size of the maps and masks, as in :meth:`anomaly_maps`.
+
+        Returns
+        -------
+        result : sklearn.utils.Bunch
+            Keys named after the methods they equal: ``score_samples``,
+            ``decision_function``, ``predict``, ``anomaly_maps`` and
+            ``predict_masks`` (default threshold). The last three that need
+            thresholds are None for a model without them (imported from a
+            reference checkpoint, not calibrated).
+        """
+        check_is_fitted(self, "model_")
+        _check_size(size)
+        stack = _stacks(X)
+        X = check_images(X)
+        (result,) = self._iter_results(X, len(X), size, stack, skip_errors=False)
+        del result["indices"], result["errors"]
+        return result
+
+    def predict_chunks(self, X, *, chunk_size=64, size="input", errors="raise") -> Iterator[Bunch]:
+        """:meth:`predict_all`, chunk by chunk: bounded memory for any number of images.
+
+        Parameters
+        ----------
+        X : images
+            Paths are read batch by batch; only one chunk's maps are held.
+        chunk_size : int, default=64
+            Images per yielded chunk (the last one may be shorter).
+        size : {"input", "model"}, default="input"
+        errors : {"raise", "skip"}, default="raise"
+            ``"skip"``: an unreadable image does not stop the iteration; it
+            gets a NaN score, label 0 and None (``size="input"``) or NaN
+            (``"model"``) map and mask, and its reason in ``errors``.
+
+        Yields
+        ------
+        chunk : sklearn.utils.Bunch
+            :meth:`predict_all`'s keys for the chunk's images, plus
+            ``indices`` (their positions in ``X``) and ``errors`` (None, or
+            why the image could not be read).
+        """
+        check_is_fitted(self, "model_")
+        _check_size(size)
+        if not isinstance(chunk_size, Integral) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        stack = _stacks(X)
+        X = check_images(X)
+        return self._iter_results(X, chunk_size, size, stack, skip_errors=errors == "skip")
+
+    def _iter_results(self, X, chunk_size, size, stack, skip_errors) -> Iterator[Bunch]:
+        pending: list[tuple] = []  # (score, model-size map, size, error) of each image
+        begin = 0
+        for scores, maps, sizes, errors in self._iter_scored(
+            X, keep_maps=True, skip_errors=skip_errors
+        ):
+            pending += zip(scores, maps, sizes, errors, strict=True)
+            while len(pending) >= chunk_size:
+                yield self._chunk_result(pending[:chunk_size], begin, size, stack)
+                pending, begin = pending[chunk_size:], begin + chunk_size
+        if pending:
+            yield self._chunk_result(pending, begin, size, stack)
+
+    def _chunk_result(self, items: list[tuple], begin: int, size: str, stack: bool) -> Bunch:
+        scores, maps, sizes, errors = zip(*items, strict=True)
+        score_samples = -np.asarray(scores, dtype=np.float64)
+        maps = np.stack(maps)
+        if size == "input":
+            maps = _resize_maps(maps, list(sizes), stack)
+        failed = [i for i, error in enumerate(errors) if error is not None]
+        result = Bunch(
+            indices=np.arange(begin, begin + len(items)),
+            score_samples=score_samples,
+            decision_function=None,
+            predict=None,
+            anomaly_maps=maps,
+            predict_masks=None,
+            errors=[None if error is None else error.reason for error in errors],
+        )
+        if hasattr(self, "offset_"):
+            result.decision_function = self._decision(score_samples)
+            result.predict = self._labels(score_samples)
+            result.predict[failed] = 0
+            result.predict_masks = self._masks(maps, self.pixel_threshold_)
+        return result
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -620,7 +860,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             features = extract_features(
                 self.backbone_,
                 X,
-                image_size=self.image_size,
+                image_size=self._fitted_network()["image_size"],
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
@@ -777,6 +1017,29 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return tags
 
 
+def _warn_on_anomalous_labels(y, n_images: int) -> None:
+    """Warn when fit's (ignored) ``y`` marks images anomalous: they are trained on as normal."""
+    if y is None:
+        return
+    from skuniad.metrics import as_anomaly_labels
+
+    values = np.asarray(y)
+    if values.size == 0 or set(np.unique(values).tolist()) <= {1}:
+        return  # all +1: sklearn's "all inliers"
+    try:
+        anomalous = int(as_anomaly_labels(values).sum())
+    except (TypeError, ValueError):
+        return  # y is not used; labels it cannot read are no error
+    if anomalous:
+        warnings.warn(
+            f"fit trains on every image of X as normal, but y marks {anomalous} of {n_images} "
+            "anomalous: they are learned as normal (a GridSearchCV refit or a K-fold split on "
+            "a labelled test set?). Fit on normal images only.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+
 def _anomalous_side(values: np.ndarray, contamination) -> float:
     """Threshold on anomaly-oriented ``values`` (higher = more anomalous)."""
     values = np.asarray(values, dtype=np.float64)
@@ -787,14 +1050,34 @@ def _anomalous_side(values: np.ndarray, contamination) -> float:
     return float(np.quantile(values, 1.0 - contamination))
 
 
-def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int]]):
+def _check_size(size) -> None:
+    if size not in ("input", "model"):
+        raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+
+
+def _stacks(X) -> bool:
+    """Whether ``X`` is one array of images, so that maps come back as one array too."""
+    return isinstance(X, torch.Tensor) or (isinstance(X, np.ndarray) and X.dtype.kind in "uifb")
+
+
+def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int] | None], stack: bool):
+    """Model-size maps at each image's own size: one array if ``stack``, else a list.
+
+    An image of size None (unreadable, skipped) gets None in the list.
+    """
     tensor = torch.from_numpy(maps).unsqueeze(1)
-    if len(set(sizes)) == 1:
+    if stack:
         size = sizes[0]
         if tuple(maps.shape[1:]) == size:
             return maps
         return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
     return [
-        F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[0, 0].numpy()
+        None
+        if s is None
+        else maps[i]
+        if tuple(maps.shape[1:]) == s
+        else F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
         for i, s in enumerate(sizes)
     ]

@@ -10,7 +10,7 @@ import skuniad.training as training
 from skuniad import UniADDetector
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction
-from skuniad.training import DeviceOutOfMemoryError, explain_out_of_memory
+from skuniad.training import DeviceOutOfMemoryError, TrainingInterrupted, explain_out_of_memory
 
 
 def _interrupt_at_step(monkeypatch, step: int) -> None:
@@ -28,10 +28,12 @@ def _interrupt_at_step(monkeypatch, step: int) -> None:
 
 
 def _fit_interrupted(params, images, monkeypatch, step):
+    det = UniADDetector(**params)
     with monkeypatch.context() as patch:
         _interrupt_at_step(patch, step)
-        with pytest.warns(RuntimeWarning, match="interrupted"):
-            return UniADDetector(**params).fit(images)
+        with pytest.raises(TrainingInterrupted, match="interrupted"):
+            det.fit(images)
+    return det
 
 
 def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path):
