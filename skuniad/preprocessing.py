@@ -95,6 +95,24 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         check_images(X)
         return self
 
+    def set_output(self, *, transform=None):
+        """Accept a container request (``Pipeline.set_output``); images stay arrays.
+
+        Images are not tables: whatever ``transform`` asks (``"default"``,
+        ``"pandas"``, ``"polars"`` or None), :meth:`transform` returns arrays
+        as documented. Accepting the call lets ``pipe.set_output(...)`` reach
+        the tabular steps of a pipeline that starts with an ImageLoader.
+
+        Returns
+        -------
+        self : ImageLoader
+        """
+        if transform not in (None, "default", "pandas", "polars"):
+            raise ValueError(
+                f"transform must be 'default', 'pandas', 'polars' or None, got {transform!r}"
+            )
+        return self
+
     def transform(self, X):
         """Read every image of ``X`` as uint8 RGB.
 
