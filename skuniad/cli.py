@@ -1136,6 +1136,7 @@ def import_reference(
         typer.Option(help="Pad the backbone exactly as the reference (static 'same' padding)."),
     ] = True,
     device: Device = "auto",
+    batch_size: ScoringBatchSize = None,
     quiet: Quiet = False,
 ) -> None:
     """Turn the UniAD authors' checkpoint into a skuniad model file.
@@ -1162,6 +1163,8 @@ def import_reference(
             f"Imported {checkpoint}: {info['backbone']} at {info['image_size']} px, "
             f"{info['transformer']}, epoch {info['epochs']}."
         )
+        if batch_size is not None:
+            det.set_params(batch_size=batch_size)
         if images is not None:
             det.set_params(verbose=0 if quiet else 1)
             det.calibrate(images)

@@ -43,8 +43,6 @@ from skuniad.training import (
     train_reconstruction,
 )
 
-DOCS_URL = "https://github.com/skuniad/skuniad/blob/main/docs"
-"""Where skuniad's documentation lives; the HTML repr's "?" link points into it."""
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # parameters that do not change what training computes: left out of the checkpoint fingerprint
@@ -246,10 +244,6 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     >>> det.fit(X).predict(X).shape
     (4,)
     """
-
-    # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
-    _doc_link_module = "skuniad"
-    _doc_link_template = f"{DOCS_URL}/user-guide.md"
 
     _parameter_constraints: dict = {
         "backbone": [str],

@@ -14,7 +14,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval
 
-from skuniad.detector import DOCS_URL
 from skuniad.io import MIN_IMAGE_SIDE, check_images, read_image, resize
 
 __all__ = ["ImageLoader"]
@@ -71,10 +70,6 @@ class ImageLoader(TransformerMixin, BaseEstimator):
     _parameter_constraints: dict = {
         "size": [Interval(Integral, MIN_IMAGE_SIDE, None, closed="left"), None],
     }
-
-    # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
-    _doc_link_module = "skuniad"
-    _doc_link_template = f"{DOCS_URL}/user-guide.md"
 
     def __init__(self, *, size=None):
         self.size = size
