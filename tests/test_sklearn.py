@@ -454,7 +454,7 @@ def test_fit_on_a_single_image(normal):
         (np.full((2, 16, 16, 3), -0.5), ValueError, r"must lie in \[0, 1\]"),
         (np.full((2, 16, 16, 3), -3, dtype=np.int8), ValueError, "8-bit"),
         (np.zeros((2, 16, 1, 3), dtype=np.uint8), ValueError, "at least 8x8"),
-        (np.zeros((16, 16, 3), dtype=np.uint8), ValueError, "at least 8x8"),  # no batch axis
+        (np.zeros((16, 16, 3), dtype=np.uint8), ValueError, r"image\[None\]"),  # no batch axis
     ],
 )
 def test_invalid_images_are_refused_with_a_clear_message(fitted, bad, error, match):
