@@ -142,7 +142,10 @@ NeighborSize = Annotated[
 JitterScale = Annotated[
     float,
     typer.Option(
-        min=0.0, help="Feature-jitter strength alpha; 0 disables jittering.", rich_help_panel=_TRAIN
+        min=0.0,
+        metavar="ALPHA",
+        help="Feature-jitter strength alpha; 0 disables jittering.",
+        rich_help_panel=_TRAIN,
     ),
 ]
 LayerQueriesOption = Annotated[
@@ -286,7 +289,9 @@ def _domain_errors() -> Iterator[None]:
     """Turn domain errors into one line + exit 1, and Ctrl-C into exit 130."""
     try:
         yield
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if str(exc):  # TrainingInterrupted says what was kept
+            typer.echo(str(exc), err=True)
         typer.echo("Interrupted.", err=True)
         raise typer.Exit(EXIT_INTERRUPTED) from None
     except typer.Exit:
@@ -515,6 +520,13 @@ def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
     }
     info.update(extra)
     return info
+
+
+def _json_params(det: Any) -> dict[str, Any]:
+    """The detector's full parameters, JSON-safe, for results.json."""
+    from skuniad.persistence import json_safe_params
+
+    return json_safe_params(det.get_params())
 
 
 # ---------------------------------------------------------------------- fit
@@ -794,29 +806,50 @@ def predict(
 @app.command(name="evaluate")
 def evaluate_command(
     ctx: typer.Context,
-    root: Annotated[Path, typer.Option(help="Data set root (MVTec AD layout).")],
+    root: Annotated[Path, typer.Option(metavar="DIR", help="Data set root (MVTec AD layout).")],
     dataset: Annotated[
         TestDataKind, typer.Option(help="Data set layout (MVTec AD and MVTec-like sets).")
     ] = TestDataKind.mvtec,
     category: Annotated[
         list[str] | None,
-        typer.Option("--category", "-c", help="Categories to use (repeat); default: all."),
+        typer.Option(
+            "--category", "-c", metavar="NAME", help="Categories to use (repeat); default: all."
+        ),
     ] = None,
     model: Annotated[
         Path | None,
-        typer.Option(help="Evaluate this saved model instead of training one."),
+        typer.Option(metavar="FILE", help="Evaluate this saved model instead of training one."),
     ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
             "--output",
             "-o",
-            help="Folder for results.json, results.md, overlays, curves and the trained models.",
+            metavar="DIR",
+            help="Folder for results.json, results.md, scores.csv, overlays, curves and the "
+            "trained models.",
         ),
     ] = None,
     overlays: Annotated[
-        int, typer.Option(min=0, help="Heat-map overlays per category (needs --output).")
-    ] = 0,
+        bool,
+        typer.Option(
+            "--overlays/--no-overlays",
+            help="Write heat-map overlays (image | map) as PNG, as 'skuniad predict' draws "
+            "them, with the ground truth outlined in white (needs --output).",
+        ),
+    ] = False,
+    overlays_per_category: Annotated[
+        int, typer.Option(min=1, metavar="N", help="With --overlays: overlays per category.")
+    ] = 4,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="With --output: each fit checkpoints every N epochs next to its model file "
+            "(0: never); rerunning the same command resumes it.",
+        ),
+    ] = 5,
     setting: Annotated[
         Setting,
         typer.Option(
@@ -827,6 +860,7 @@ def evaluate_command(
         list[int] | None,
         typer.Option(
             "--seed",
+            metavar="SEED",
             help="Random seed; repeat it to run the experiment once per seed (mean ± std).",
             rich_help_panel=_TRAIN,
         ),
@@ -834,6 +868,7 @@ def evaluate_command(
     eval_every: Annotated[
         int | None,
         typer.Option(
+            metavar="N",
             help="Score the test split every N epochs of the fit: curve.json and curve.png "
             "in --output. The reported model is still the last epoch's.",
         ),
@@ -872,11 +907,13 @@ def evaluate_command(
     """
     options = dict(locals())
     params = _detector_params(options)
-    if model is not None:
+    if model is None:
+        _check_options({k: v for k, v in params.items() if k != "random_state"})
+    else:
         given = [
             name
             for name in (*_DETECTOR_PARAMS, "setting", "eval_every")
-            if name != "device"
+            if name not in ("device", "batch_size")
             and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
         ]
         if len(seed or []) > 1 or given:
@@ -919,8 +956,9 @@ def evaluate_command(
                 seeds=seed_list,
                 eval_every=eval_every,
                 output_dir=output,
-                n_overlays=overlays,
+                n_overlays=overlays_per_category if overlays else 0,
                 curve_categories=curve_categories,
+                checkpoint_every=checkpoint_every or None,
                 verbose=0 if quiet else 1,
             )
             fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
@@ -940,10 +978,16 @@ def evaluate_command(
                 epochs=results["runs"][0]["n_epochs"],
                 fit_seconds=round(fit_seconds, 1),
                 evaluate_seconds=round(evaluate_seconds, 1),
+                seeds=seed_list,
             )
+            results["params"] = _json_params(det)  # random_state: one run per seed
+            if len(results["runs"]) == 1:  # the run block has the times already
+                del results["runs"][0]["fit_seconds"], results["runs"][0]["seconds"]
         else:
             det = _load_detector(model, device)
             det.set_params(verbose=0 if quiet else 1)
+            if _given_options(ctx, ["batch_size"]):
+                det.set_params(batch_size=batch_size)
             typer.echo(
                 f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
             )
@@ -951,16 +995,15 @@ def evaluate_command(
                 det,
                 test,
                 overlay_dir=None if output is None or not overlays else output / "overlays",
-                n_overlays=overlays,
+                n_overlays=overlays_per_category,
                 verbose=0 if quiet else 1,
             )
+            seconds = results.pop("seconds")  # kept once, in the run block
             results["run"] = _run_info(
-                det,
-                dataset=str(root),
-                model=str(model),
-                evaluate_seconds=round(results["seconds"], 1),
+                det, dataset=str(root), model=str(model), evaluate_seconds=round(seconds, 1)
             )
-            typer.echo(f"Wall time: evaluation {_format_seconds(results['seconds'])}")
+            results["params"] = _json_params(det)
+            typer.echo(f"Wall time: evaluation {_format_seconds(seconds)}")
         _print_results(results)
         if output is not None:
             json_path, md_path = write_results(results, output)
@@ -1041,31 +1084,37 @@ def demo(
             f"{det.learning_rate:g}, CPU threads: {torch.get_num_threads()})."
         )
         det, interrupted, fit_seconds = _fit_detector(det, train.paths)
-        if interrupted:
-            raise KeyboardInterrupt
         model_path = output / f"model{MODEL_SUFFIX}"
         det.save(model_path)
+        if interrupted:
+            typer.echo(f"Model of the last finished epoch written to {model_path}", err=True)
+            raise typer.Exit(EXIT_INTERRUPTED)
         results = evaluate_detector(
             det, test, overlay_dir=output / "overlays", n_overlays=4, verbose=0 if quiet else 1
         )
+        seconds = results.pop("seconds")  # kept once, in the run block
         results["run"] = _run_info(
             det,
             dataset=f"synthetic ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test']} test images "
             f"per category, {DEMO_DATA['image_size']} px, seed {seed})",
             fit_seconds=round(fit_seconds, 1),
-            evaluate_seconds=round(results["seconds"], 1),
+            evaluate_seconds=round(seconds, 1),
         )
+        results["params"] = _json_params(det)
         _print_results(results)
         json_path, md_path = write_results(results, output)
         typer.echo(
             f"Wall time: fit {_format_seconds(fit_seconds)}, evaluation "
-            f"{_format_seconds(results['seconds'])}, total "
+            f"{_format_seconds(seconds)}, total "
             f"{_format_seconds(time.perf_counter() - start)}"
         )
         typer.echo(f"Data:     {data}")
         typer.echo(f"Model:    {model_path}")
         typer.echo(f"Report:   {md_path} (and {json_path.name})")
-        typer.echo(f"Overlays: {output / 'overlays'} (image | heat map, ground truth outlined)")
+        typer.echo(
+            f"Overlays: {output / 'overlays'} (image | heat map; threshold outlined in green, "
+            "ground truth in white)"
+        )
         typer.echo(
             f"Next: skuniad predict {model_path} {data / 'stripes' / 'test'} --output "
             f"{output / 'predictions'}"

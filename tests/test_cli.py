@@ -122,7 +122,7 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     result = runner.invoke(
         app,
         ["evaluate", "--root", str(data_root), "--model", str(model_file), "-o", str(tmp_path)]
-        + ["--category", "parts", "--overlays", "2", "-q"],
+        + ["--category", "parts", "--overlays", "--overlays-per-category", "2", "-q"],
     )
     assert result.exit_code == 0, result.output
     assert "P-AUROC" in result.output and "AUPRO" in result.output
@@ -242,7 +242,7 @@ def test_bad_model_file_and_bad_dataset_are_domain_errors(data_root, tmp_path):
         ["fit", "x", "-o", "m.skuniad", "--epochs", "0"],
         ["evaluate", "--root", ".", "--dataset", "btad"],
         ["evaluate", "--root", ".", "--model", "m.skuniad", "--epochs", "3"],
-        ["evaluate", "--root", ".", "--overlays", "2"],  # needs --output
+        ["evaluate", "--root", ".", "--overlays"],  # needs --output
         ["evaluate", "--root", ".", "-o", "out", "--eval-every", "0"],
         ["evaluate", "--root", ".", "-o", "out", "--epochs", "2", "--eval-every", "3"],
         ["evaluate", "--root", ".", "--epochs", "2", "--eval-every", "1"],  # needs --output
