@@ -122,7 +122,8 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     result = runner.invoke(
         app,
         ["evaluate", "--root", str(data_root), "--model", str(model_file), "-o", str(tmp_path)]
-        + ["--category", "parts", "--overlays", "--overlays-per-category", "2", "-q"],
+        + ["--category", "parts", "--overlays", "--overlays-per-category", "2", "-q"]
+        + ["--batch-size", "1"],  # the out-of-memory advice can be followed
     )
     assert result.exit_code == 0, result.output
     assert "P-AUROC" in result.output and "AUPRO" in result.output
@@ -133,6 +134,18 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
         assert 0.0 <= results["categories"]["parts"][key] <= 1.0
         assert results["mean"][key] == results["categories"]["parts"][key]
     assert results["run"]["model"] == str(model_file)
+    det = UniADDetector.load(model_file, device="cpu")
+    assert results["schema_version"] == 1 and "seconds" not in results
+    assert results["params"] == {**cli_module._json_params(det), "batch_size": 1}
+    assert results["thresholds"]["offset_"] == det.offset_ and results["precision"] == "fp32"
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == results["n_images"] and set(rows[0]) == {
+        "path",
+        "category",
+        "label",
+        "score",
+    }
     assert "| parts |" in (tmp_path / "results.md").read_text()
     assert len(list((tmp_path / "overlays" / "parts").glob("*.png"))) == 2
     assert not (tmp_path / "model.skuniad").exists()
