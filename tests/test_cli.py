@@ -137,7 +137,8 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     det = UniADDetector.load(model_file, device="cpu")
     assert results["schema_version"] == 1 and "seconds" not in results
     assert results["params"] == {**cli_module._json_params(det), "batch_size": 1}
-    assert results["thresholds"]["offset_"] == det.offset_ and results["precision"] == "fp32"
+    assert results["thresholds"]["offset_"] == det.offset_
+    assert results["precision"] == ("fp32" if det._amp_dtype() is None else "bf16")
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == results["n_images"] and set(rows[0]) == {
