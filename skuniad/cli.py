@@ -240,6 +240,8 @@ _NETWORK_OPTIONS = (
     "decoder_layers",
     "feedforward_dim",
     "neighbor_size",
+    "layer_queries",
+    "image_score",
 )
 
 
@@ -820,6 +822,14 @@ def evaluate_command(
         Path | None,
         typer.Option(metavar="FILE", help="Evaluate this saved model instead of training one."),
     ] = None,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Continue training this saved model for --epochs more epochs, then evaluate "
+            "it (unified setting, one seed). Its network options cannot be given.",
+        ),
+    ] = None,
     output: Annotated[
         Path | None,
         typer.Option(
@@ -907,6 +917,18 @@ def evaluate_command(
     """
     options = dict(locals())
     params = _detector_params(options)
+    if init_model is not None:
+        refused = _given_options(ctx, _NETWORK_OPTIONS) + (["--model"] if model else [])
+        if refused:
+            raise typer.BadParameter(
+                f"{', '.join(refused)} cannot be combined with --init-model",
+                param_hint="--init-model",
+            )
+        if len(seed or []) > 1 or setting is not Setting.unified:
+            raise typer.BadParameter(
+                "continues one model: the unified setting and one --seed",
+                param_hint="--init-model",
+            )
     if model is None:
         _check_options({k: v for k, v in params.items() if k != "random_state"})
     else:
@@ -940,6 +962,9 @@ def evaluate_command(
         if model is None:
             train = load_mvtec(root, "train", category or None)
             params.pop("random_state", None)  # one run per --seed
+            if init_model is not None:  # the network is the model's
+                network = {_DETECTOR_PARAMS[name] for name in _NETWORK_OPTIONS}
+                params = {k: v for k, v in params.items() if k not in network}
             seed_list = list(dict.fromkeys(seed)) if seed else [None]
             models = 1 if setting is Setting.unified else len(train.category_names)
             typer.echo(
@@ -959,6 +984,7 @@ def evaluate_command(
                 n_overlays=overlays_per_category if overlays else 0,
                 curve_categories=curve_categories,
                 checkpoint_every=checkpoint_every or None,
+                init_model=init_model,
                 verbose=0 if quiet else 1,
             )
             fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
@@ -970,7 +996,10 @@ def evaluate_command(
             )
             from skuniad import UniADDetector
 
-            det = UniADDetector(**params)
+            if init_model is None:
+                det = UniADDetector(**params)
+            else:
+                det = _load_detector(init_model, "cpu").set_params(**params)
             results["run"] = _run_info(
                 det,
                 dataset=str(root),

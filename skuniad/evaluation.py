@@ -432,6 +432,7 @@ def run_experiment(
     n_overlays: int = 0,
     curve_categories: bool = False,
     checkpoint_every: int | None = None,
+    init_model: str | os.PathLike[str] | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -467,6 +468,10 @@ def run_experiment(
         With ``output_dir``, each fit checkpoints every that many epochs to
         ``<model file>.ckpt`` there; running the experiment again resumes
         the fits (see ``UniADDetector(checkpoint_path=...)``).
+    init_model : str or path-like, optional
+        A saved model to continue (a warm start for ``max_epochs`` more
+        epochs) instead of training one from scratch; the unified setting
+        and one seed only. ``params`` must not change its network.
     verbose : int, default=0
 
     Raises
@@ -507,6 +512,8 @@ def run_experiment(
     folder = None if output_dir is None else Path(output_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    if init_model is not None and (setting != "unified" or len(seeds) > 1):
+        raise ValueError("init_model continues one model: the unified setting and one seed only")
     groups = [None] if setting == "unified" else test.category_names
     runs = []
     for seed in seeds:
@@ -515,7 +522,11 @@ def run_experiment(
         for category in groups:
             train_part = train if category is None else train.subset(category)
             test_part = test if category is None else test.subset(category)
-            det = UniADDetector(**{**params, "random_state": seed})
+            if init_model is None:
+                det = UniADDetector(**{**params, "random_state": seed})
+            else:
+                det = UniADDetector.load(init_model, device=params.get("device", "auto"))
+                det.set_params(**params, random_state=seed, warm_start=True)
             if verbose > 0:
                 det.set_params(verbose=verbose)
             name = _model_name(category, seed, len(seeds))

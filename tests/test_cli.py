@@ -520,3 +520,18 @@ def test_usage_lines_name_arguments_not_python_types():
         assert "<list[Path]>" not in result.output and "<path>" not in result.output, command
         assert "{model}" not in result.output
     assert "MODEL" in runner.invoke(app, ["predict", "--help"]).output
+
+
+def test_evaluate_continues_a_saved_model_with_init_model(model_file, data_root, tmp_path):
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1", "-q"]
+    result = runner.invoke(app, [*args, "--init-model", str(model_file), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    before = UniADDetector.load(model_file, device="cpu")
+    after = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
+    assert after.n_epochs_ == before.n_epochs_ + 1
+    assert after.loss_curve_[: before.n_epochs_] == before.loss_curve_
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["run"]["epochs"] == after.n_epochs_
+    assert results["run"]["backbone"] == "tf_efficientnet_lite0"
+    refused = runner.invoke(app, [*args, "--init-model", str(model_file), "--hidden-dim", "8"])
+    assert refused.exit_code == 2
