@@ -342,8 +342,9 @@ def _check_options(params: dict[str, Any]) -> None:
         resolve_device(det.device)
     except (InvalidParameterError, ValueError) as exc:
         message = re.sub(r"^The '(\w+)' parameter of \w+ ", r"\1 ", _one_line(exc))
-        for option, name in _DETECTOR_PARAMS.items():
-            message = re.sub(rf"\b{name}\b", "--" + option.replace("_", "-"), message)
+        for option, name in _DETECTOR_PARAMS.items():  # "name=value", "name must": parameters
+            flag = "--" + option.replace("_", "-")
+            message = re.sub(rf"\b{name}\b(?==| must)", flag, message)
         raise typer.BadParameter(message) from None
 
 

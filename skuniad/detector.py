@@ -20,7 +20,7 @@ from sklearn.utils.validation import check_is_fitted
 from skuniad import interop, persistence
 from skuniad._progress import progress_bar
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import check_images, iter_loaded
+from skuniad.io import ImageLoadError, check_images, iter_loaded
 from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import (
@@ -617,8 +617,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             task = progress.add_task("scoring", total=len(X))
             for images, sizes, errors in batches:
                 failed = [i for i, error in enumerate(errors) if error is not None]
+                stop = None
                 if failed and not skip_errors:
-                    raise errors[failed[0]]
+                    # the images before the unreadable one are still scored and yielded
+                    stop, first = errors[failed[0]], failed[0]
+                    if first == 0:
+                        raise stop
+                    images, sizes, errors, failed = (
+                        images[:first],
+                        sizes[:first],
+                        errors[:first],
+                        [],
+                    )
                 # entered per batch: the caller's code between batches keeps its own mode
                 with (
                     explain_out_of_memory("scoring", self.batch_size, inference=True),
@@ -638,6 +648,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     maps[failed] = np.nan
                 progress.advance(task, len(images))
                 yield scores, maps, sizes, errors
+                if stop is not None:
+                    raise stop
 
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
@@ -792,13 +804,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     def _iter_results(self, X, chunk_size, size, stack, skip_errors) -> Iterator[Bunch]:
         pending: list[tuple] = []  # (score, model-size map, size, error) of each image
         begin = 0
-        for scores, maps, sizes, errors in self._iter_scored(
-            X, keep_maps=True, skip_errors=skip_errors
-        ):
-            pending += zip(scores, maps, sizes, errors, strict=True)
-            while len(pending) >= chunk_size:
-                yield self._chunk_result(pending[:chunk_size], begin, size, stack)
-                pending, begin = pending[chunk_size:], begin + chunk_size
+        try:
+            for scores, maps, sizes, errors in self._iter_scored(
+                X, keep_maps=True, skip_errors=skip_errors
+            ):
+                pending += zip(scores, maps, sizes, errors, strict=True)
+                while len(pending) >= chunk_size:
+                    yield self._chunk_result(pending[:chunk_size], begin, size, stack)
+                    pending, begin = pending[chunk_size:], begin + chunk_size
+        except ImageLoadError:
+            if pending:  # every image before the unreadable one comes out first
+                yield self._chunk_result(pending, begin, size, stack)
+            raise
         if pending:
             yield self._chunk_result(pending, begin, size, stack)
 
