@@ -452,10 +452,10 @@ def _folder_with_a_broken_image_and_masks(data_root, tmp_path):
     from shutil import copytree
 
     folder = copytree(data_root / "parts", tmp_path / "parts")
-    good = sorted((folder / "test" / "good").glob("*.png"))
-    good[3].write_bytes(b"not a png")
+    broken = sorted((folder / "test").rglob("*.png"))[3]  # the 4th image predict reads
+    broken.write_bytes(b"not a png")
     assert list((folder / "ground_truth").rglob("*_mask.png"))
-    return folder, good[3]
+    return folder, broken
 
 
 def test_predict_skips_unreadable_images_and_ground_truth_masks(model_file, data_root, tmp_path):
