@@ -9,9 +9,11 @@ score is taken from the same maps the pixel metrics use.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -181,23 +183,45 @@ def _overlay_picks(labels: np.ndarray, n_overlays: int) -> list[int]:
 
 
 def _write_overlays(
+    det: Any,
     subset: AnomalyDataset,
     maps: np.ndarray,
     masks: np.ndarray,
     folder: Path,
     n_overlays: int,
 ) -> list[Path]:
-    from skuniad.visualize import save_overlay
+    from skuniad.visualize import overlay_style, save_overlay
 
     size = maps.shape[1:]
-    vmin, vmax = float(maps.min()), float(maps.max())
+    # skuniad predict's look (threshold scale and outline), plus the ground truth in white
+    style = overlay_style(det) or {"vmin": float(maps.min()), "vmax": float(maps.max())}
     written = []
     for i in _overlay_picks(subset.labels, n_overlays):
         image = load_image(subset.paths[i], size=size)
         name = f"{subset.defect_types[i]}_{subset.paths[i].stem}.png"
-        path = save_overlay(folder / name, image, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])
+        path = save_overlay(folder / name, image, maps[i], mask=masks[i], **style)
         written.append(path)
     return written
+
+
+def _undefined_metrics(category: str, labels: np.ndarray) -> dict[str, float] | None:
+    """NaN metrics, with a warning, for a category whose test split has one class only."""
+    if labels.size and labels.min() != labels.max():
+        return None
+    missing = "anomalous" if labels.size == 0 or labels.max() == 0 else "normal"
+    warnings.warn(
+        f"category {category!r} has no {missing} test image: its metrics are undefined, "
+        "reported as NaN and left out of the mean over categories",
+        UserWarning,
+        stacklevel=3,
+    )
+    return {key: float("nan") for key in (*METRICS, *IMAGE_SCORE_METRICS)}
+
+
+def _nan_mean(values) -> float:
+    """Mean over categories, leaving out undefined (NaN) ones; NaN when all are."""
+    values = np.asarray(values, dtype=np.float64)
+    return float(values[~np.isnan(values)].mean()) if (~np.isnan(values)).any() else float("nan")
 
 
 def evaluate_detector(
@@ -230,16 +254,22 @@ def evaluate_detector(
     -------
     dict
         ``categories``: per category, the :data:`METRICS` (floats in [0, 1])
-        plus ``n_images`` and ``n_anomalous``; ``mean``: each metric averaged
-        over categories; ``n_images``, ``n_anomalous``, ``image_size``,
-        ``seconds`` (scoring and metrics) and, with ``overlay_dir``,
-        ``overlays`` (list of written files).
+        plus ``n_images`` and ``n_anomalous``; a category whose test split
+        lacks anomalous (or normal) images gets NaN metrics and a warning.
+        ``mean``: each metric averaged over the categories where it is
+        defined; ``n_images``, ``n_anomalous``, ``image_size``,
+        ``precision`` (the one scoring used), ``thresholds`` (``offset_``,
+        ``pixel_threshold_``), ``images`` (per image: ``path``,
+        ``category``, ``label`` 1 = anomalous, ``score`` higher = more
+        anomalous), ``seconds`` (scoring and metrics) and, with
+        ``overlay_dir``, ``overlays`` (list of written files).
     """
     if len(dataset) == 0:
         raise ValueError("the dataset has no images to evaluate")
     start = time.perf_counter()
     per_category: dict[str, dict[str, float | int]] = {}
     overlays: list[Path] = []
+    images: list[dict[str, Any]] = []
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task("scoring", total=len(dataset))
         for category in dataset.category_names:
@@ -252,19 +282,29 @@ def evaluate_detector(
                     for m in subset.mask_paths
                 ]
             )
-            try:
-                metrics = evaluate(subset.labels, scores, masks, maps)
-            except ValueError as exc:
-                raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
-            row: dict[str, float | int] = {key: float(metrics[key]) for key in METRICS}
-            row.update(image_score_aurocs(subset.labels, maps))
-            row.update(operating_point_metrics(det, category, subset.labels, scores, masks, maps))
+            row: dict[str, float | int] | None = _undefined_metrics(category, subset.labels)
+            if row is None:
+                try:
+                    metrics = evaluate(subset.labels, scores, masks, maps)
+                except ValueError as exc:
+                    raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
+                row = {key: float(metrics[key]) for key in METRICS}
+                row.update(image_score_aurocs(subset.labels, maps))
+                row.update(
+                    operating_point_metrics(det, category, subset.labels, scores, masks, maps)
+                )
+            elif hasattr(det, "offset_"):
+                row.update({key: float("nan") for key in OPERATING_POINT_METRICS})
             row["n_images"] = len(subset)
             row["n_anomalous"] = int(subset.labels.sum())
             per_category[category] = row
             if overlay_dir is not None:
                 folder = Path(overlay_dir) / category
-                overlays += _write_overlays(subset, maps, masks, folder, n_overlays)
+                overlays += _write_overlays(det, subset, maps, masks, folder, n_overlays)
+            images += [
+                {"path": str(path), "category": category, "label": int(label), "score": score}
+                for path, label, score in zip(subset.paths, subset.labels, scores, strict=True)
+            ]
             progress.advance(task, len(subset))
             if verbose > 0:
                 summary = "  ".join(f"{METRIC_NAMES[k]} {100 * row[k]:.1f}" for k in METRICS[:3])
@@ -276,11 +316,26 @@ def evaluate_detector(
         "n_images": len(dataset),
         "n_anomalous": int(dataset.labels.sum()),
         "image_size": int(size[0]),
+        **_model_facts(det),
+        "images": images,
         "seconds": time.perf_counter() - start,
     }
     if overlay_dir is not None:
         results["overlays"] = [str(p) for p in overlays]
     return results
+
+
+def _model_facts(det: Any) -> dict[str, Any]:
+    """What a report needs to be reproduced: the precision used and the thresholds."""
+    facts: dict[str, Any] = {
+        "thresholds": {
+            name: None if getattr(det, name, None) is None else float(getattr(det, name))
+            for name in ("offset_", "pixel_threshold_")
+        }
+    }
+    if hasattr(det, "_amp_dtype"):
+        facts["precision"] = "fp32" if det._amp_dtype() is None else "bf16"
+    return facts
 
 
 class CurveRecorder:
@@ -365,23 +420,24 @@ class CurveRecorder:
         from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
 
         subset = self.dataset.subset(category)
-        size = (det.image_size, det.image_size)
+        network = det._fitted_network()  # what the model being trained scores with
+        size = (network["image_size"], network["image_size"])
         batch = inference_batch_size(det.batch_size)
         if category not in self._features:
             self._features[category] = extract_features(
                 det.backbone_,
                 subset.paths,
-                image_size=det.image_size,
+                image_size=network["image_size"],
                 batch_size=batch,
                 device=det.device_,
                 amp_dtype=det._amp_dtype(),
-                resize=det.resize,
+                resize=network["resize"],
             )
             self._masks[category] = _load_masks(subset, size)
         _, token_maps = reconstruction_maps(
             det.model_,
             self._features[category],
-            image_size=det.image_size,
+            image_size=network["image_size"],
             batch_size=batch,
             device=det.device_,
             amp_dtype=det._amp_dtype(),
@@ -438,6 +494,8 @@ def run_experiment(
     n_overlays: int = 0,
     curve_categories: bool = False,
     per_category: bool = False,
+    checkpoint_every: int | None = None,
+    init_model: str | os.PathLike[str] | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -472,7 +530,21 @@ def run_experiment(
     per_category : bool, default=False
         Fit with the categories as ``groups``: per-category thresholds, used
         by the operating-point metrics (:func:`operating_point_metrics`).
+    checkpoint_every : int, optional
+        With ``output_dir``, each fit checkpoints every that many epochs to
+        ``<model file>.ckpt`` there; running the experiment again resumes
+        the fits (see ``UniADDetector(checkpoint_path=...)``).
+    init_model : str or path-like, optional
+        A saved model to continue (a warm start for ``max_epochs`` more
+        epochs) instead of training one from scratch; the unified setting
+        and one seed only. ``params`` must not change its network.
     verbose : int, default=0
+
+    Raises
+    ------
+    skuniad.training.TrainingInterrupted
+        Ctrl-C during a fit: with ``output_dir``, the model of the last
+        finished epoch is written first, under the name it would have had.
 
     Returns
     -------
@@ -480,13 +552,16 @@ def run_experiment(
         ``categories`` and ``mean``: each metric's mean over seeds; with
         several seeds ``std`` (same layout, sample standard deviation);
         ``runs``: every seed's own results (:func:`evaluate_detector`) with
-        its ``seed``, ``fit_seconds`` and, with ``eval_every``, ``curve``;
+        its ``seed``, ``fit_seconds``, ``models`` (each model file's
+        ``precision`` and ``thresholds``), ``images`` (per-image scores)
+        and, with ``eval_every``, ``curve``;
         ``paper``: the paper's AUROCs of the categories it reports, for this
         setting; ``setting``, ``seeds``, ``image_score``, ``image_size``,
         ``n_images``, ``n_anomalous``.
     """
     from skuniad import UniADDetector
     from skuniad.paper import paper_aurocs
+    from skuniad.training import TrainingInterrupted
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -503,6 +578,8 @@ def run_experiment(
     folder = None if output_dir is None else Path(output_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    if init_model is not None and (setting != "unified" or len(seeds) > 1):
+        raise ValueError("init_model continues one model: the unified setting and one seed only")
     groups = [None] if setting == "unified" else test.category_names
     runs = []
     for seed in seeds:
@@ -511,9 +588,18 @@ def run_experiment(
         for category in groups:
             train_part = train if category is None else train.subset(category)
             test_part = test if category is None else test.subset(category)
-            det = UniADDetector(**{**params, "random_state": seed})
+            if init_model is None:
+                det = UniADDetector(**{**params, "random_state": seed})
+            else:
+                det = UniADDetector.load(init_model, device=params.get("device", "auto"))
+                det.set_params(**params, random_state=seed, warm_start=True)
             if verbose > 0:
                 det.set_params(verbose=verbose)
+            name = _model_name(category, seed, len(seeds))
+            if folder is not None and checkpoint_every is not None:
+                det.set_params(
+                    checkpoint_path=folder / f"{name}.ckpt", checkpoint_every=checkpoint_every
+                )
             recorder = None
             if eval_every is not None:
                 # until the experiment ends, curve.json follows the model being trained
@@ -521,13 +607,21 @@ def run_experiment(
                 recorder = CurveRecorder(test_part, eval_every, max_epochs, progress)
             start = time.perf_counter()
             categories = train_part.categories if per_category else None
-            det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
+            try:
+                det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
+            except TrainingInterrupted as exc:
+                if folder is None or not exc.loss_curve:
+                    raise
+                det.save(folder / name)  # the last finished epoch's model, kept
+                raise TrainingInterrupted(
+                    f"{exc}; written to {folder / name}", exc.loss_curve
+                ) from None
             run["fit_seconds"] += time.perf_counter() - start
             run["n_epochs"] = det.n_epochs_
             if recorder is not None:
                 curves.append(recorder.curve)
             if folder is not None:
-                det.save(folder / _model_name(category, seed, len(seeds)))
+                det.save(folder / name)
             overlay_dir = None
             if folder is not None and n_overlays:
                 overlay_dir = folder / "overlays" / ("" if len(seeds) == 1 else f"seed{seed}")
@@ -536,8 +630,14 @@ def run_experiment(
                     det, test_part, overlay_dir=overlay_dir, n_overlays=n_overlays, verbose=verbose
                 )
             )
-        for evaluation in evaluations:
+        run["models"] = {}
+        run["images"] = []
+        for category, evaluation in zip(groups, evaluations, strict=True):
             run["categories"].update(evaluation["categories"])
+            run["models"][_model_name(category, seed, len(seeds))] = {
+                key: evaluation[key] for key in ("precision", "thresholds") if key in evaluation
+            }
+            run["images"] += [{**row, "seed": seed} for row in evaluation["images"]]
         run["mean"] = _mean_over_categories(run["categories"])
         run["seconds"] = sum(e["seconds"] for e in evaluations)
         if curves:
@@ -569,7 +669,7 @@ def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
 
 def _mean_over_categories(categories: dict[str, dict[str, Any]]) -> dict[str, float]:
     keys = [k for k in _ALL_METRICS if k in next(iter(categories.values()))]
-    return {k: float(np.mean([row[k] for row in categories.values()])) for k in keys}
+    return {k: _nan_mean([row[k] for row in categories.values()]) for k in keys}
 
 
 def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[str, Any]:
@@ -771,8 +871,17 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     return "\n".join(lines)
 
 
+RESULTS_SCHEMA_VERSION = 1
+"""Version of the ``results.json`` layout (``schema_version`` in the file)."""
+
+
 def write_results(results: dict[str, Any], output_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``output_dir`` (created if missing).
+    """Write ``results.json``, ``results.md`` and ``scores.csv`` into ``output_dir``.
+
+    ``results.json`` is ``results`` with a ``schema_version`` and without
+    the per-image rows, which go to ``scores.csv`` (``path``, ``category``,
+    ``label`` 1 = anomalous, ``score`` higher = more anomalous, and
+    ``seed`` for experiments). The folder is created if missing.
 
     Returns
     -------
@@ -780,8 +889,19 @@ def write_results(results: dict[str, Any], output_dir: str | os.PathLike[str]) -
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    document = {"schema_version": RESULTS_SCHEMA_VERSION, **results}
+    rows = document.pop("images", [])
+    if "runs" in document:
+        document["runs"] = [dict(run) for run in document["runs"]]
+        for run in document["runs"]:
+            rows += run.pop("images", [])
+    if rows:
+        with open(folder / "scores.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     json_path = folder / "results.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
     md_path = folder / "results.md"
     md_path.write_text(results_markdown(results))
     return json_path, md_path
