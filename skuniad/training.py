@@ -438,8 +438,8 @@ def _stopping_all_ranks(distributed: bool) -> Iterator[list[bool]]:
     try:
         with interrupts_deferred() as interrupted:
             yield interrupted
-    except RanksStopped:
-        raise
+    except (RanksStopped, TrainingInterrupted):
+        raise  # a stop all ranks agreed on: the group stays usable (calibration gathers)
     except BaseException:
         abort()  # the other ranks may wait in a collective for this one
         raise

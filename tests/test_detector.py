@@ -372,7 +372,8 @@ def test_set_params_after_fit_changes_neither_scoring_nor_the_saved_model(
     [
         ({"out_indices": (1, 2, 3)}, "out_indices=[0, 1, 2, 3] when fitted, [1, 2, 3] now"),
         ({"backbone_weights": "imagenet"}, "backbone_weights=None when fitted, 'imagenet' now"),
-        ({"static_padding_size": 96}, "static_padding_size=None when fitted, 96 now"),
+        ({"static_padding_size": 96}, "static_padding_size='auto' when fitted, 96 now"),
+        ({"resize": "float"}, "resize='pil-uint8' when fitted, 'float' now"),
         ({"image_size": 96}, "image_size=64 when fitted, 96 now"),
     ],
 )
