@@ -33,4 +33,4 @@ fi
 
 # `python -m skuniad` is the `skuniad` command; PYTHON picks the interpreter (e.g. a venv's)
 "${PYTHON:-python}" -m skuniad evaluate --dataset mvtec --root "$root" --output "$output" \
-    --overlays 3 "$@"
+    --overlays --overlays-per-category 3 "$@"

@@ -73,9 +73,11 @@ def main() -> None:
         f"({(flagged & (test.labels == 1)).sum()} of them truly are)"
     )
 
-    maps = det.anomaly_maps(test.paths[:2])  # (2, H, W) at the images' own size
-    masks = det.predict_masks(test.paths[:2])  # maps > det.pixel_threshold_
-    print(f"anomaly maps {maps.shape}, defect pixels in the first mask: {masks[0].sum()}")
+    # one pass of the networks for scores, labels, maps and masks together;
+    # for a list of paths, maps and masks are lists, one (H, W) array per image
+    result = det.predict_all(test.paths[:2])
+    maps, masks = result.anomaly_maps, result.predict_masks  # masks: maps > pixel_threshold_
+    print(f"anomaly map {maps[0].shape}, defect pixels in the first mask: {masks[0].sum()}")
 
     path = args.output / "model.skuniad"
     det.save(path)  # one safetensors file: never runs code when loaded

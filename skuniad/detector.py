@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
+from collections.abc import Iterator
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -12,13 +14,14 @@ import torch
 import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
-from sklearn.utils import check_random_state
+from sklearn.utils import Bunch, check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
+from skuniad._progress import progress_bar
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import RESIZE_MODES, check_images, iter_batches
+from skuniad.io import RESIZE_MODES, ImageLoadError, check_images, iter_loaded
 from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import (
@@ -31,6 +34,7 @@ from skuniad.nn.transformer import (
 from skuniad.runtime import flushing_denormals
 from skuniad.training import (
     DeviceOutOfMemoryError,
+    TrainingInterrupted,
     autocast,
     explain_out_of_memory,
     extract_features,
@@ -42,8 +46,6 @@ from skuniad.training import (
     train_reconstruction,
 )
 
-DOCS_URL = "https://github.com/skuniad/skuniad/blob/main/docs"
-"""Where skuniad's documentation lives; the HTML repr's "?" link points into it."""
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # a threshold set from fewer images than this (and a training set this small) is noise
@@ -61,6 +63,26 @@ _NOT_TRAINING = {
     "checkpoint_path",
     "checkpoint_every",
 }
+# What the fitted networks were built for and score with: fit snapshots these
+# (``_network_params_``); scoring, calibration, save and pickle read the
+# snapshot, so a later set_params cannot make a fitted model silently score
+# otherwise, and a warm start that would change one of them is refused.
+_NETWORK_PARAMS = (
+    "backbone",
+    "backbone_weights",
+    "out_indices",
+    "image_size",
+    "resize",
+    "static_padding_size",
+    "hidden_dim",
+    "num_heads",
+    "num_encoder_layers",
+    "num_decoder_layers",
+    "dim_feedforward",
+    "neighbor_size",
+    "layer_queries",
+    "image_score",
+)
 
 
 def _releasing_device_memory(method):
@@ -291,10 +313,6 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     (4,)
     """
 
-    # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
-    _doc_link_module = "skuniad"
-    _doc_link_template = f"{DOCS_URL}/user-guide.md"
-
     _parameter_constraints: dict = {
         "backbone": [str],
         "backbone_weights": [str, os.PathLike, None],
@@ -419,8 +437,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ----------
         X : array (n, H, W[, C]) or list of arrays, PIL images or paths
             Normal images only.
-        y : ignored
-            Present for API consistency (unsupervised).
+        y : None or array-like of shape (n_samples,), default=None
+            Not used to train (unsupervised): every image of ``X`` is taken
+            as normal. Labels that mark anomalous images (1 with 0/1 labels,
+            -1 with sklearn's +1/-1) give a warning, since they would be
+            learned as normal (e.g. a ``GridSearchCV`` refit on a labelled
+            test set).
         groups : array-like of shape (n,) of str or int, default=None
             The category (product type) of each image, when known. Training
             is the same; the thresholds are then also set per category
@@ -440,9 +462,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         Returns
         -------
         self : UniADDetector
+
+        Raises
+        ------
+        skuniad.training.TrainingInterrupted
+            Ctrl-C (a ``KeyboardInterrupt``) during training. When at least
+            one epoch had finished, the detector is fitted with the weights of
+            the last finished one (thresholds included) before it is raised;
+            otherwise it is left as it was.
         """
         X = check_images(X)
         groups = _check_groups(groups, len(X))
+        _warn_on_anomalous_labels(y, len(X))
         self._check_architecture()
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -460,11 +491,16 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 X_held_out = [X_held_out[i] for i in context.shard(len(X_held_out))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
+        network = self._requested_network()
+        if warm:
+            self._check_warm_start(network)
         previous_curve = list(self.loss_curve_) if warm else []
         devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            backbone = self.backbone_ if warm else self._build_backbone(self.backbone_weights)
+            backbone = (
+                self.backbone_ if warm else self._build_backbone(self.backbone_weights, network)
+            )
             backbone.to(device).to(memory_format=torch.channels_last)
             if self.neighbor_size is not None:  # a window too large fails now, not after extraction
                 neighbor_mask(*backbone.grid_size(self.image_size), self.neighbor_size)
@@ -481,43 +517,64 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     cache_max_gb=self.cache_max_gb,
                     resize=self.resize,
                 )
-            model = self._build_model(*features.shape[1:])
-            if warm:
-                self._continue_from_fitted_model(model)
+            model = self._build_model(*features.shape[1:], network=network)
+            if warm:  # same parameters (checked above), so the same shapes
+                model.load_state_dict(self.model_.state_dict())
             if context is not None:  # same initial weights, different jitter and dropout
                 torch.manual_seed(seed + context.rank)
-            curve = train_reconstruction(
-                model,
-                features,
-                max_epochs=self.max_epochs,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                weight_decay=self.weight_decay,
-                grad_clip=self.grad_clip,
-                device=device,
-                amp_dtype=amp_dtype,
-                verbose=self.verbose,
-                checkpoint_path=self.checkpoint_path,
-                checkpoint_every=self.checkpoint_every,
-                fingerprint=self._training_fingerprint(warm_start_from_epoch=len(previous_curve)),
-                distributed=context is not None,
-                on_epoch_end=self._epoch_hook(on_epoch_end, backbone, model, device, features),
-            )
+            interrupted = None
+            try:
+                curve = train_reconstruction(
+                    model,
+                    features,
+                    max_epochs=self.max_epochs,
+                    batch_size=self.batch_size,
+                    learning_rate=self.learning_rate,
+                    weight_decay=self.weight_decay,
+                    grad_clip=self.grad_clip,
+                    device=device,
+                    amp_dtype=amp_dtype,
+                    verbose=self.verbose,
+                    checkpoint_path=self.checkpoint_path,
+                    checkpoint_every=self.checkpoint_every,
+                    fingerprint=self._training_fingerprint(
+                        warm_start_from_epoch=len(previous_curve)
+                    ),
+                    distributed=context is not None,
+                    on_epoch_end=self._epoch_hook(
+                        on_epoch_end, backbone, model, device, features, network
+                    ),
+                )
+            except TrainingInterrupted as exc:
+                if not exc.loss_curve:
+                    raise TrainingInterrupted(
+                        f"{exc}: no epoch finished, the detector is left as it was", []
+                    ) from None
+                interrupted, curve = exc, exc.loss_curve
         self.backbone_ = backbone
         self.model_ = model
         self.device_ = device
         self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
+        self._network_params_ = network
         if X_held_out is not None:  # thresholds from normal images the model has not trained on
             del features
             features = self._extract(X_held_out)
         self._calibrate_features(features, context, calibration_groups)
+        if interrupted is not None:
+            # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
+            # with a half-trained model; the CLI catches this and keeps it on purpose
+            raise TrainingInterrupted(
+                f"{interrupted}: the detector is fitted with the weights of the last finished "
+                f"epoch (n_epochs_={self.n_epochs_}) and calibrated",
+                curve,
+            ) from None
         if self.checkpoint_path is not None and len(curve) == self.max_epochs:
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
 
-    def _epoch_hook(self, on_epoch_end, backbone, model, device, features):
+    def _epoch_hook(self, on_epoch_end, backbone, model, device, features, network):
         """``fit``'s ``on_epoch_end`` as the training loop's callback, the detector scorable."""
         if on_epoch_end is None:
             return None
@@ -525,6 +582,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         def hook(epoch: int, loss: float) -> None:
             self.backbone_, self.model_, self.device_ = backbone, model, device
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+            self._network_params_ = network
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # whatever it draws, training goes on
                 on_epoch_end(self, epoch + 1, loss)
@@ -537,38 +595,60 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         fingerprint = {k: v for k, v in params.items() if k not in _NOT_TRAINING}
         return {**fingerprint, "warm_start_from_epoch": warm_start_from_epoch}
 
-    def _build_backbone(self, backbone_weights) -> FrozenBackbone:
-        backbone = FrozenBackbone(self.backbone, tuple(self.out_indices), backbone_weights)
-        padding_size = interop.static_padding_for(self.backbone, self.static_padding_size)
+    def _requested_network(self) -> dict:
+        """The network parameters as set now (JSON-safe), for the next fit."""
+        current = {name: getattr(self, name) for name in _NETWORK_PARAMS}
+        return persistence.json_safe_params(current)
+
+    def _fitted_network(self) -> dict:
+        """The network parameters of the fit; before any fit, the requested ones."""
+        # a detector pickled before skuniad kept the snapshot: its parameters are the fit's
+        snapshot = getattr(self, "_network_params_", None)
+        return snapshot if snapshot is not None else self._requested_network()
+
+    def _check_warm_start(self, network: dict) -> None:
+        fitted = self._fitted_network()
+        changed = [name for name in _NETWORK_PARAMS if network[name] != fitted[name]]
+        if changed:
+            details = "; ".join(
+                f"{name}={fitted[name]!r} when fitted, {network[name]!r} now" for name in changed
+            )
+            raise ValueError(
+                f"warm_start=True continues the fitted networks, which need the parameters "
+                f"they were fitted with ({details}): set them back, or set warm_start=False "
+                "to train new networks"
+            )
+
+    def _build_backbone(self, backbone_weights, network: dict | None = None) -> FrozenBackbone:
+        network = self._fitted_network() if network is None else network
+        backbone = FrozenBackbone(
+            network["backbone"], tuple(network["out_indices"]), backbone_weights
+        )
+        padding_size = interop.static_padding_for(
+            network["backbone"], network["static_padding_size"]
+        )
         if padding_size is not None:
             interop.use_static_same_padding(backbone.body, padding_size)
         return backbone
 
-    def _build_model(self, channels: int, height: int, width: int) -> UniADReconstruction:
+    def _build_model(
+        self, channels: int, height: int, width: int, network: dict | None = None
+    ) -> UniADReconstruction:
+        network = self._fitted_network() if network is None else network
         return UniADReconstruction(
             int(channels),
             (int(height), int(width)),
-            hidden_dim=self.hidden_dim,
-            num_heads=self.num_heads,
-            num_encoder_layers=self.num_encoder_layers,
-            num_decoder_layers=self.num_decoder_layers,
-            dim_feedforward=self.dim_feedforward,
+            hidden_dim=network["hidden_dim"],
+            num_heads=network["num_heads"],
+            num_encoder_layers=network["num_encoder_layers"],
+            num_decoder_layers=network["num_decoder_layers"],
+            dim_feedforward=network["dim_feedforward"],
             dropout=self.dropout,
-            neighbor_size=self.neighbor_size,
+            neighbor_size=network["neighbor_size"],
             jitter_scale=self.jitter_scale,
             jitter_prob=self.jitter_prob,
-            layer_queries=self.layer_queries,
+            layer_queries=network["layer_queries"],
         )
-
-    def _continue_from_fitted_model(self, model: UniADReconstruction) -> None:
-        """warm_start: copy the fitted weights into ``model``, built from the current parameters."""
-        try:
-            model.load_state_dict(self.model_.state_dict())
-        except RuntimeError as exc:
-            raise ValueError(
-                "warm_start=True needs the fitted model's architecture, but the parameters "
-                f"changed it: {exc}"
-            ) from None
 
     def _check_architecture(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -579,19 +659,32 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             raise ValueError(f"neighbor_size must be odd, got {self.neighbor_size}")
         if len(self.out_indices) == 0:
             raise ValueError("out_indices must name at least one backbone stage")
+        stages = list(self.out_indices)
+        if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in stages) or any(
+            i < 0 for i in stages
+        ):
+            raise ValueError(
+                "out_indices must be backbone stage numbers (0 = the first), got "
+                f"{self.out_indices}"
+            )
+        if stages != sorted(set(stages)):
+            raise ValueError(
+                f"out_indices must be increasing without repeats, got {self.out_indices}"
+            )
 
     def _extract(self, X) -> torch.Tensor:
         """Backbone features of ``X`` for calibration (fitted backbone, inference batches)."""
+        network = self._fitted_network()
         with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
             return extract_features(
                 self.backbone_,
                 X,
-                image_size=self.image_size,
+                image_size=network["image_size"],
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
                 verbose=self.verbose,
-                resize=self.resize,
+                resize=network["resize"],
             )
 
     def _calibrate_features(
@@ -605,11 +698,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             scores, maps = reconstruction_maps(
                 self.model_,
                 features,
-                image_size=self.image_size,
+                image_size=self._fitted_network()["image_size"],
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
-                score_method=self.image_score,
+                score_method=self._fitted_network()["image_score"],
             )
         # bilinear upsampling with align_corners=True keeps the token maxima
         map_maxima = maps.reshape(len(maps), -1).max(1)
@@ -642,40 +735,77 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return resolve_precision(self.precision, self.device_)
 
     # ------------------------------------------------------------ inference
-    @_releasing_device_memory
-    @flushing_denormals()
-    def _infer(self, X, keep_maps: bool):
-        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
-        check_is_fitted(self, "model_")
-        X = check_images(X)
+    def _iter_scored(self, X, *, keep_maps: bool, skip_errors: bool = False) -> Iterator[tuple]:
+        """One network pass over checked ``X``, batch by batch.
+
+        Yields ``(scores (b,) float64, model-size maps (b, S, S) or None,
+        original sizes, errors)``. With ``skip_errors``, an unreadable image
+        gets a NaN score and map, size None and its ``ImageLoadError``;
+        otherwise the first one is raised (its index is ``X``'s).
+        """
+        network = self._fitted_network()
+        image_size = network["image_size"]
         device, amp_dtype = self.device_, self._amp_dtype()
-        scores, maps, sizes = [], [], []
         self.model_.eval()
-        batches = iter_batches(
+        batches = iter_loaded(
             X,
-            self.image_size,
+            image_size,
             self.backbone_.mean,
             self.backbone_.std,
             inference_batch_size(self.batch_size),
             device,
-            self.resize,
+            network["resize"],
         )
-        with explain_out_of_memory("scoring", self.batch_size, inference=True):
-            for images, batch_sizes in batches:
-                with torch.inference_mode(), autocast(device, amp_dtype):
-                    images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
-                    features = self.backbone_(images)
-                    reconstruction = self.model_(features)
-                batch_maps = anomaly_map(features, reconstruction, self.image_size)
-                scores.append(image_score(batch_maps, method=self.image_score).cpu().numpy())
-                if keep_maps:
-                    maps.append(batch_maps.cpu().numpy())
-                sizes.extend(batch_sizes)
-        return (
-            np.concatenate(scores).astype(np.float64),
-            np.concatenate(maps) if keep_maps else None,
-            sizes,
-        )
+        with progress_bar(self.verbose > 0) as progress:
+            task = progress.add_task("scoring", total=len(X))
+            for images, sizes, errors in batches:
+                failed = [i for i, error in enumerate(errors) if error is not None]
+                stop = None
+                if failed and not skip_errors:
+                    # the images before the unreadable one are still scored and yielded
+                    stop, first = errors[failed[0]], failed[0]
+                    if first == 0:
+                        raise stop
+                    images, sizes, errors, failed = (
+                        images[:first],
+                        sizes[:first],
+                        errors[:first],
+                        [],
+                    )
+                # entered per batch: the caller's code between batches keeps its own mode
+                with (
+                    explain_out_of_memory("scoring", self.batch_size, inference=True),
+                    flushing_denormals(),
+                ):
+                    with torch.inference_mode(), autocast(device, amp_dtype):
+                        images = images.to(
+                            device, memory_format=torch.channels_last, non_blocking=True
+                        )
+                        features = self.backbone_(images)
+                        reconstruction = self.model_(features)
+                    batch_maps = anomaly_map(features, reconstruction, image_size)
+                    scores = image_score(batch_maps, method=network["image_score"])
+                    scores = scores.cpu().numpy().astype(np.float64)
+                    maps = batch_maps.cpu().numpy() if keep_maps else None
+                scores[failed] = np.nan
+                if maps is not None:
+                    maps[failed] = np.nan
+                progress.advance(task, len(images))
+                yield scores, maps, sizes, errors
+                if stop is not None:
+                    raise stop
+
+    @_releasing_device_memory
+    def _infer(self, X, keep_maps: bool):
+        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
+        check_is_fitted(self, "model_")
+        X = check_images(X)
+        scores, maps, sizes = [], [], []
+        for batch_scores, batch_maps, batch_sizes, _ in self._iter_scored(X, keep_maps=keep_maps):
+            scores.append(batch_scores)
+            maps.append(batch_maps)
+            sizes.extend(batch_sizes)
+        return np.concatenate(scores), np.concatenate(maps) if keep_maps else None, sizes
 
     def score_samples(self, X) -> np.ndarray:
         """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
@@ -763,16 +893,22 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ----------
         X : images
         size : {"input", "model"}, default="input"
-            ``"input"``: each image's own size; an array (n, H, W) when all
-            images share a size, else a list of (H, W) arrays. ``"model"``:
-            (n, image_size, image_size).
+            ``"input"``: each image's own size. ``"model"``:
+            ``image_size`` squared.
+
+        Returns
+        -------
+        maps : ndarray (n, H, W) or list of n ndarrays (H_i, W_i), float32
+            The type follows ``X``'s, never the image sizes: an array or a
+            tensor ``X`` (images of one size) gives an array, a list (of
+            paths, PIL images or arrays) a list, even when all sizes agree.
+            ``size="model"`` always gives an array ``(n, image_size, image_size)``.
         """
-        if size not in ("input", "model"):
-            raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+        _check_size(size)
         _, maps, sizes = self._infer(X, keep_maps=True)
         if size == "model":
             return maps
-        return _resize_maps(maps, sizes)
+        return _resize_maps(maps, sizes, _stacks(X))
 
     def predict_masks(self, X, threshold=None, groups=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
@@ -793,6 +929,125 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             _check_groups(groups, n)
             thresholds = np.full(n, float(threshold))
         return _masks(self.anomaly_maps(X, size="input"), thresholds)
+
+    def predict_all(self, X, *, size="input", groups=None) -> Bunch:
+        """Scores, labels, maps and masks from ONE pass of the networks.
+
+        Each method's own call runs the backbone and the transformer again;
+        this runs them once. All results are held in memory; for data sets
+        whose maps do not fit, iterate with :meth:`predict_chunks`.
+
+        Parameters
+        ----------
+        X : images
+        size : {"input", "model"}, default="input"
+            Size of the maps and masks, as in :meth:`anomaly_maps`.
+        groups : array-like of shape (n,) of str or int, default=None
+            Each image's category, to apply its own thresholds (as in
+            :meth:`predict` and :meth:`predict_masks`).
+
+        Returns
+        -------
+        result : sklearn.utils.Bunch
+            Keys named after the methods they equal: ``score_samples``,
+            ``decision_function``, ``predict``, ``anomaly_maps`` and
+            ``predict_masks`` (default threshold). The last three that need
+            thresholds are None for a model without them (imported from a
+            reference checkpoint, not calibrated).
+        """
+        check_is_fitted(self, "model_")
+        _check_size(size)
+        stack = _stacks(X)
+        X = check_images(X)
+        groups = _check_groups(groups, len(X))
+        (result,) = self._iter_results(X, len(X), size, stack, groups, skip_errors=False)
+        del result["indices"], result["errors"]
+        return result
+
+    def predict_chunks(
+        self, X, *, chunk_size=64, size="input", errors="raise", groups=None
+    ) -> Iterator[Bunch]:
+        """:meth:`predict_all`, chunk by chunk: bounded memory for any number of images.
+
+        Parameters
+        ----------
+        X : images
+            Paths are read batch by batch; only one chunk's maps are held.
+        chunk_size : int, default=64
+            Images per yielded chunk (the last one may be shorter).
+        size : {"input", "model"}, default="input"
+        errors : {"raise", "skip"}, default="raise"
+            ``"skip"``: an unreadable image does not stop the iteration; it
+            gets a NaN score, label 0 and None (``size="input"``) or NaN
+            (``"model"``) map and mask, and its reason in ``errors``.
+        groups : array-like of shape (n,) of str or int, default=None
+            Each image's category, to apply its own thresholds.
+
+        Yields
+        ------
+        chunk : sklearn.utils.Bunch
+            :meth:`predict_all`'s keys for the chunk's images, plus
+            ``indices`` (their positions in ``X``) and ``errors`` (None, or
+            why the image could not be read).
+        """
+        check_is_fitted(self, "model_")
+        _check_size(size)
+        if not isinstance(chunk_size, Integral) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+        if errors not in ("raise", "skip"):
+            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
+        stack = _stacks(X)
+        X = check_images(X)
+        groups = _check_groups(groups, len(X))
+        if groups is not None and hasattr(self, "offset_"):
+            self._image_thresholds(groups, len(X))  # an unknown group fails now, not mid-way
+        return self._iter_results(X, chunk_size, size, stack, groups, skip_errors=errors == "skip")
+
+    def _iter_results(self, X, chunk_size, size, stack, groups, skip_errors) -> Iterator[Bunch]:
+        pending: list[tuple] = []  # (score, model-size map, size, error) of each image
+        begin = 0
+        try:
+            for scores, maps, sizes, errors in self._iter_scored(
+                X, keep_maps=True, skip_errors=skip_errors
+            ):
+                pending += zip(scores, maps, sizes, errors, strict=True)
+                while len(pending) >= chunk_size:
+                    yield self._chunk_result(pending[:chunk_size], begin, size, stack, groups)
+                    pending, begin = pending[chunk_size:], begin + chunk_size
+        except ImageLoadError:
+            if pending:  # every image before the unreadable one comes out first
+                yield self._chunk_result(pending, begin, size, stack, groups)
+            raise
+        if pending:
+            yield self._chunk_result(pending, begin, size, stack, groups)
+
+    def _chunk_result(
+        self, items: list[tuple], begin: int, size: str, stack: bool, groups
+    ) -> Bunch:
+        scores, maps, sizes, errors = zip(*items, strict=True)
+        if groups is not None:
+            groups = groups[begin : begin + len(items)]
+        score_samples = -np.asarray(scores, dtype=np.float64)
+        maps = np.stack(maps)
+        if size == "input":
+            maps = _resize_maps(maps, list(sizes), stack)
+        failed = [i for i, error in enumerate(errors) if error is not None]
+        result = Bunch(
+            indices=np.arange(begin, begin + len(items)),
+            score_samples=score_samples,
+            decision_function=None,
+            predict=None,
+            anomaly_maps=maps,
+            predict_masks=None,
+            errors=[None if error is None else error.reason for error in errors],
+        )
+        if hasattr(self, "offset_"):
+            thresholds = self._image_thresholds(groups, len(items))
+            result.decision_function = score_samples + thresholds
+            result.predict = _labels(-score_samples, thresholds)
+            result.predict[failed] = 0
+            result.predict_masks = _masks(maps, self._pixel_thresholds(groups, len(items)))
+        return result
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -1067,8 +1322,31 @@ def _labels(anomaly_scores: np.ndarray, thresholds) -> np.ndarray:
 def _masks(maps, thresholds: np.ndarray):
     """``maps > threshold`` per image; ``maps`` an (n, H, W) array or a list of (H, W) ones."""
     if isinstance(maps, list):
-        return [m > float(t) for m, t in zip(maps, thresholds, strict=True)]
+        return [None if m is None else m > float(t) for m, t in zip(maps, thresholds, strict=True)]
     return maps > np.asarray(thresholds, dtype=maps.dtype).reshape(-1, 1, 1)
+
+
+def _warn_on_anomalous_labels(y, n_images: int) -> None:
+    """Warn when fit's (ignored) ``y`` marks images anomalous: they are trained on as normal."""
+    if y is None:
+        return
+    from skuniad.metrics import as_anomaly_labels
+
+    values = np.asarray(y)
+    if values.size == 0 or set(np.unique(values).tolist()) <= {1}:
+        return  # all +1: sklearn's "all inliers"
+    try:
+        anomalous = int(as_anomaly_labels(values).sum())
+    except (TypeError, ValueError):
+        return  # y is not used; labels it cannot read are no error
+    if anomalous:
+        warnings.warn(
+            f"fit trains on every image of X as normal, but y marks {anomalous} of {n_images} "
+            "anomalous: they are learned as normal (a GridSearchCV refit or a K-fold split on "
+            "a labelled test set?). Fit on normal images only.",
+            UserWarning,
+            stacklevel=4,
+        )
 
 
 def _anomalous_side(values: np.ndarray, contamination) -> float:
@@ -1081,14 +1359,34 @@ def _anomalous_side(values: np.ndarray, contamination) -> float:
     return float(np.quantile(values, 1.0 - contamination))
 
 
-def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int]]):
+def _check_size(size) -> None:
+    if size not in ("input", "model"):
+        raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+
+
+def _stacks(X) -> bool:
+    """Whether ``X`` is one array of images, so that maps come back as one array too."""
+    return isinstance(X, torch.Tensor) or (isinstance(X, np.ndarray) and X.dtype.kind in "uifb")
+
+
+def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int] | None], stack: bool):
+    """Model-size maps at each image's own size: one array if ``stack``, else a list.
+
+    An image of size None (unreadable, skipped) gets None in the list.
+    """
     tensor = torch.from_numpy(maps).unsqueeze(1)
-    if len(set(sizes)) == 1:
+    if stack:
         size = sizes[0]
         if tuple(maps.shape[1:]) == size:
             return maps
         return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
     return [
-        F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[0, 0].numpy()
+        None
+        if s is None
+        else maps[i]
+        if tuple(maps.shape[1:]) == s
+        else F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[
+            0, 0
+        ].numpy()
         for i, s in enumerate(sizes)
     ]

@@ -9,9 +9,11 @@ score is taken from the same maps the pixel metrics use.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -187,21 +189,23 @@ def _overlay_picks(labels: np.ndarray, n_overlays: int) -> list[int]:
 
 
 def _write_overlays(
+    det: Any,
     subset: AnomalyDataset,
     maps: np.ndarray,
     masks: np.ndarray,
     folder: Path,
     n_overlays: int,
 ) -> list[Path]:
-    from skuniad.visualize import save_overlay
+    from skuniad.visualize import overlay_style, save_overlay
 
     size = maps.shape[1:]
-    vmin, vmax = float(maps.min()), float(maps.max())
+    # skuniad predict's look (threshold scale and outline), plus the ground truth in white
+    style = overlay_style(det) or {"vmin": float(maps.min()), "vmax": float(maps.max())}
     written = []
     for i in _overlay_picks(subset.labels, n_overlays):
         image = load_image(subset.paths[i], size=size)
         name = f"{subset.defect_types[i]}_{subset.paths[i].stem}.png"
-        path = save_overlay(folder / name, image, maps[i], vmin=vmin, vmax=vmax, mask=masks[i])
+        path = save_overlay(folder / name, image, maps[i], mask=masks[i], **style)
         written.append(path)
     return written
 
@@ -211,10 +215,14 @@ def _percent(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def _mean_or_none(values: Sequence[float | None], reduce: Any = np.mean) -> float | None:
-    """``reduce`` over the values present; None when no category has the metric."""
+def _mean_defined(values: Sequence[float | None], reduce: Any = np.mean) -> float | None:
+    """``reduce`` over the defined values: None (not computed) and NaN (undefined)
+    are left out; None when no value was computed, NaN when none is defined."""
     present = [v for v in values if v is not None]
-    return float(reduce(present)) if present else None
+    if not present:
+        return None
+    defined = [v for v in present if not np.isnan(v)]
+    return float(reduce(defined)) if defined else float("nan")
 
 
 def check_test_set(dataset: AnomalyDataset, *, ignore_pixel_metrics: bool = False) -> list[str]:
@@ -237,9 +245,11 @@ def check_test_set(dataset: AnomalyDataset, *, ignore_pixel_metrics: bool = Fals
     Raises
     ------
     ValueError
-        If the split is empty, a category lacks normal or anomalous images, or
-        some but not all anomalous images of a category have a mask (they are
-        named); pixel metrics over part of the defects would mislead.
+        If the split is empty, or some but not all anomalous images of a
+        category have a mask (they are named); pixel metrics over part of the
+        defects would mislead. A category without normal or without anomalous
+        test images is not an error: its metrics are undefined, reported as
+        NaN with a warning when it is evaluated.
     """
     if len(dataset) == 0:
         raise ValueError("the dataset has no images to evaluate")
@@ -247,12 +257,6 @@ def check_test_set(dataset: AnomalyDataset, *, ignore_pixel_metrics: bool = Fals
     for category in dataset.category_names:
         subset = dataset.subset(category)
         n_anomalous = int(subset.labels.sum())
-        if n_anomalous == 0 or n_anomalous == len(subset):
-            missing = "anomalous" if n_anomalous == 0 else "normal"
-            raise ValueError(
-                f"cannot evaluate category {category!r}: its test images include no {missing} "
-                "image (AUROC needs both)"
-            )
         unmasked = [
             str(path)
             for path, label, mask in zip(
@@ -272,6 +276,20 @@ def check_test_set(dataset: AnomalyDataset, *, ignore_pixel_metrics: bool = Fals
             )
         with_masks.append(category)
     return with_masks
+
+
+def _undefined_metrics(category: str, labels: np.ndarray) -> dict[str, float] | None:
+    """NaN metrics, with a warning, for a category whose test split has one class only."""
+    if labels.size and labels.min() != labels.max():
+        return None
+    missing = "anomalous" if labels.size == 0 or labels.max() == 0 else "normal"
+    warnings.warn(
+        f"category {category!r} has no {missing} test image: its metrics are undefined, "
+        "reported as NaN and left out of the mean over categories",
+        UserWarning,
+        stacklevel=3,
+    )
+    return {key: float("nan") for key in (*METRICS, *IMAGE_SCORE_METRICS)}
 
 
 def evaluate_detector(
@@ -309,16 +327,22 @@ def evaluate_detector(
     dict
         ``categories``: per category, the :data:`METRICS` (floats in [0, 1];
         the :data:`PIXEL_METRICS` are None for a category evaluated at image
-        level only) plus ``n_images`` and ``n_anomalous``; ``mean``: each
-        metric averaged over the categories that have it; ``image_level_only``:
-        the categories without pixel metrics; ``n_images``, ``n_anomalous``,
-        ``image_size``, ``seconds`` (scoring and metrics) and, with
+        level only) plus ``n_images`` and ``n_anomalous``; a category whose
+        test split lacks anomalous (or normal) images gets NaN metrics and a
+        warning. ``mean``: each metric averaged over the categories where it
+        is defined; ``image_level_only``: the categories without pixel
+        metrics; ``n_images``, ``n_anomalous``, ``image_size``,
+        ``precision`` (the one scoring used), ``thresholds`` (``offset_``,
+        ``pixel_threshold_``), ``images`` (per image: ``path``,
+        ``category``, ``label`` 1 = anomalous, ``score`` higher = more
+        anomalous), ``seconds`` (scoring and metrics) and, with
         ``overlay_dir``, ``overlays`` (list of written files).
     """
     with_masks = check_test_set(dataset, ignore_pixel_metrics=ignore_pixel_metrics)
     start = time.perf_counter()
     per_category: dict[str, dict[str, float | int]] = {}
     overlays: list[Path] = []
+    images: list[dict[str, Any]] = []
     with progress_bar(verbose > 0) as progress:
         task = progress.add_task("scoring", total=len(dataset))
         for category in dataset.category_names:
@@ -331,31 +355,37 @@ def evaluate_detector(
                     for m in subset.mask_paths
                 ]
             )
-            try:
-                if category in with_masks:
-                    metrics = evaluate(subset.labels, scores, masks, maps)
-                else:
-                    metrics = evaluate(subset.labels, scores)
-            except ValueError as exc:
-                raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
-            row: dict[str, float | int | None] = {
-                key: float(metrics[key]) if key in metrics else None for key in METRICS
-            }
-            row.update(image_score_aurocs(subset.labels, maps))
-            at_thresholds = operating_point_metrics(
-                det, category, subset.labels, scores, masks, maps
-            )
-            if category not in with_masks:  # no ground truth to count pixels against
-                at_thresholds = {
-                    k: None if k.startswith("pixel_") else v for k, v in at_thresholds.items()
-                }
-            row.update(at_thresholds)
+            row: dict[str, float | int | None] | None = _undefined_metrics(category, subset.labels)
+            if row is None:
+                try:
+                    if category in with_masks:
+                        metrics = evaluate(subset.labels, scores, masks, maps)
+                    else:
+                        metrics = evaluate(subset.labels, scores)
+                except ValueError as exc:
+                    raise ValueError(f"cannot evaluate category {category!r}: {exc}") from None
+                row = {key: float(metrics[key]) if key in metrics else None for key in METRICS}
+                row.update(image_score_aurocs(subset.labels, maps))
+                at_thresholds = operating_point_metrics(
+                    det, category, subset.labels, scores, masks, maps
+                )
+                if category not in with_masks:  # no ground truth to count pixels against
+                    at_thresholds = {
+                        k: None if k.startswith("pixel_") else v for k, v in at_thresholds.items()
+                    }
+                row.update(at_thresholds)
+            elif hasattr(det, "offset_"):
+                row.update({key: float("nan") for key in OPERATING_POINT_METRICS})
             row["n_images"] = len(subset)
             row["n_anomalous"] = int(subset.labels.sum())
             per_category[category] = row
             if overlay_dir is not None:
                 folder = Path(overlay_dir) / category
-                overlays += _write_overlays(subset, maps, masks, folder, n_overlays)
+                overlays += _write_overlays(det, subset, maps, masks, folder, n_overlays)
+            images += [
+                {"path": str(path), "category": category, "label": int(label), "score": score}
+                for path, label, score in zip(subset.paths, subset.labels, scores, strict=True)
+            ]
             progress.advance(task, len(subset))
             if verbose > 0:
                 summary = "  ".join(f"{METRIC_NAMES[k]} {_percent(row[k])}" for k in METRICS[:3])
@@ -363,16 +393,35 @@ def evaluate_detector(
     results: dict[str, Any] = {
         "categories": per_category,
         "mean": _mean_over_categories(per_category),
-        "image_level_only": [c for c in per_category if c not in with_masks],
+        "image_level_only": [
+            c  # with masks or not, a one-class category has no metrics at all
+            for c, row in per_category.items()
+            if c not in with_masks and not np.isnan(row["image_auroc"])
+        ],
         "image_score": det.image_score,
         "n_images": len(dataset),
         "n_anomalous": int(dataset.labels.sum()),
         "image_size": int(size[0]),
+        **_model_facts(det),
+        "images": images,
         "seconds": time.perf_counter() - start,
     }
     if overlay_dir is not None:
         results["overlays"] = [str(p) for p in overlays]
     return results
+
+
+def _model_facts(det: Any) -> dict[str, Any]:
+    """What a report needs to be reproduced: the precision used and the thresholds."""
+    facts: dict[str, Any] = {
+        "thresholds": {
+            name: None if getattr(det, name, None) is None else float(getattr(det, name))
+            for name in ("offset_", "pixel_threshold_")
+        }
+    }
+    if hasattr(det, "_amp_dtype"):
+        facts["precision"] = "fp32" if det._amp_dtype() is None else "bf16"
+    return facts
 
 
 class CurveRecorder:
@@ -443,7 +492,7 @@ class CurveRecorder:
             for key, value in row.items():
                 self.curve["categories"][category].setdefault(key, []).append(value)
         for key in rows[self.dataset.category_names[0]]:
-            mean = _mean_or_none([row[key] for row in rows.values()])
+            mean = _mean_defined([row[key] for row in rows.values()])
             self.curve["mean"].setdefault(key, []).append(mean)
         if self.path is not None:
             self.path.write_text(json.dumps(self.curve, indent=2) + "\n")
@@ -457,23 +506,24 @@ class CurveRecorder:
         from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
 
         subset = self.dataset.subset(category)
-        size = (det.image_size, det.image_size)
+        network = det._fitted_network()  # what the model being trained scores with
+        size = (network["image_size"], network["image_size"])
         batch = inference_batch_size(det.batch_size)
         if category not in self._features:
             self._features[category] = extract_features(
                 det.backbone_,
                 subset.paths,
-                image_size=det.image_size,
+                image_size=network["image_size"],
                 batch_size=batch,
                 device=det.device_,
                 amp_dtype=det._amp_dtype(),
-                resize=det.resize,
+                resize=network["resize"],
             )
             self._masks[category] = _load_masks(subset, size)
         _, token_maps = reconstruction_maps(
             det.model_,
             self._features[category],
-            image_size=det.image_size,
+            image_size=network["image_size"],
             batch_size=batch,
             device=det.device_,
             amp_dtype=det._amp_dtype(),
@@ -512,7 +562,7 @@ def _merge_curves(curves: list[dict[str, Any]]) -> dict[str, Any]:
     rows = list(merged["categories"].values())
     for key in rows[0]:
         merged["mean"][key] = [
-            _mean_or_none([row[key][i] for row in rows]) for i in range(len(merged["epoch"]))
+            _mean_defined([row[key][i] for row in rows]) for i in range(len(merged["epoch"]))
         ]
     return merged
 
@@ -534,6 +584,8 @@ def run_experiment(
     curve_categories: bool = False,
     per_category: bool = False,
     ignore_pixel_metrics: bool = False,
+    checkpoint_every: int | None = None,
+    init_model: str | os.PathLike[str] | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -571,7 +623,21 @@ def run_experiment(
     ignore_pixel_metrics : bool, default=False
         Image-level metrics only (see :func:`check_test_set`, which runs
         before any training).
+    checkpoint_every : int, optional
+        With ``output_dir``, each fit checkpoints every that many epochs to
+        ``<model file>.ckpt`` there; running the experiment again resumes
+        the fits (see ``UniADDetector(checkpoint_path=...)``).
+    init_model : str or path-like, optional
+        A saved model to continue (a warm start for ``max_epochs`` more
+        epochs) instead of training one from scratch; the unified setting
+        and one seed only. ``params`` must not change its network.
     verbose : int, default=0
+
+    Raises
+    ------
+    skuniad.training.TrainingInterrupted
+        Ctrl-C during a fit: with ``output_dir``, the model of the last
+        finished epoch is written first, under the name it would have had.
 
     Returns
     -------
@@ -579,13 +645,16 @@ def run_experiment(
         ``categories`` and ``mean``: each metric's mean over seeds; with
         several seeds ``std`` (same layout, sample standard deviation);
         ``runs``: every seed's own results (:func:`evaluate_detector`) with
-        its ``seed``, ``fit_seconds`` and, with ``eval_every``, ``curve``;
+        its ``seed``, ``fit_seconds``, ``models`` (each model file's
+        ``precision`` and ``thresholds``), ``images`` (per-image scores)
+        and, with ``eval_every``, ``curve``;
         ``paper``: the paper's AUROCs of the categories it reports, for this
         setting; ``setting``, ``seeds``, ``image_score``, ``image_size``,
         ``n_images``, ``n_anomalous``.
     """
     from skuniad import UniADDetector
     from skuniad.paper import paper_aurocs
+    from skuniad.training import TrainingInterrupted
 
     if setting not in SETTINGS:
         raise ValueError(f"setting must be one of {SETTINGS}, got {setting!r}")
@@ -603,6 +672,8 @@ def run_experiment(
     folder = None if output_dir is None else Path(output_dir)
     if folder is not None:
         folder.mkdir(parents=True, exist_ok=True)
+    if init_model is not None and (setting != "unified" or len(seeds) > 1):
+        raise ValueError("init_model continues one model: the unified setting and one seed only")
     groups = [None] if setting == "unified" else test.category_names
     runs = []
     for seed in seeds:
@@ -611,9 +682,18 @@ def run_experiment(
         for category in groups:
             train_part = train if category is None else train.subset(category)
             test_part = test if category is None else test.subset(category)
-            det = UniADDetector(**{**params, "random_state": seed})
+            if init_model is None:
+                det = UniADDetector(**{**params, "random_state": seed})
+            else:
+                det = UniADDetector.load(init_model, device=params.get("device", "auto"))
+                det.set_params(**params, random_state=seed, warm_start=True)
             if verbose > 0:
                 det.set_params(verbose=verbose)
+            name = _model_name(category, seed, len(seeds))
+            if folder is not None and checkpoint_every is not None:
+                det.set_params(
+                    checkpoint_path=folder / f"{name}.ckpt", checkpoint_every=checkpoint_every
+                )
             recorder = None
             if eval_every is not None:
                 # until the experiment ends, curve.json follows the model being trained
@@ -625,13 +705,21 @@ def run_experiment(
                 recorder = CurveRecorder(curve_test, eval_every, max_epochs, progress)
             start = time.perf_counter()
             categories = train_part.categories if per_category else None
-            det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
+            try:
+                det.fit(train_part.paths, groups=categories, on_epoch_end=recorder)
+            except TrainingInterrupted as exc:
+                if folder is None or not exc.loss_curve:
+                    raise
+                det.save(folder / name)  # the last finished epoch's model, kept
+                raise TrainingInterrupted(
+                    f"{exc}; written to {folder / name}", exc.loss_curve
+                ) from None
             run["fit_seconds"] += time.perf_counter() - start
             run["n_epochs"] = det.n_epochs_
             if recorder is not None:
                 curves.append(recorder.curve)
             if folder is not None:
-                det.save(folder / _model_name(category, seed, len(seeds)))
+                det.save(folder / name)
             overlay_dir = None
             if folder is not None and n_overlays:
                 overlay_dir = folder / "overlays" / ("" if len(seeds) == 1 else f"seed{seed}")
@@ -645,8 +733,14 @@ def run_experiment(
                     verbose=verbose,
                 )
             )
-        for evaluation in evaluations:
+        run["models"] = {}
+        run["images"] = []
+        for category, evaluation in zip(groups, evaluations, strict=True):
             run["categories"].update(evaluation["categories"])
+            run["models"][_model_name(category, seed, len(seeds))] = {
+                key: evaluation[key] for key in ("precision", "thresholds") if key in evaluation
+            }
+            run["images"] += [{**row, "seed": seed} for row in evaluation["images"]]
         run["image_level_only"] = [c for e in evaluations for c in e["image_level_only"]]
         run["mean"] = _mean_over_categories(run["categories"])
         run["seconds"] = sum(e["seconds"] for e in evaluations)
@@ -680,7 +774,7 @@ def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
 
 def _mean_over_categories(categories: dict[str, dict[str, Any]]) -> dict[str, float]:
     keys = [k for k in _ALL_METRICS if k in next(iter(categories.values()))]
-    return {k: _mean_or_none([row[k] for row in categories.values()]) for k in keys}
+    return {k: _mean_defined([row[k] for row in categories.values()]) for k in keys}
 
 
 def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[str, Any]:
@@ -689,7 +783,7 @@ def _summarise_runs(runs: list[dict[str, Any]], test: AnomalyDataset) -> dict[st
     keys = [k for k in _ALL_METRICS if k in runs[0]["categories"][names[0]]]
 
     def over_runs(pick, reduce) -> dict[str, float | None]:
-        return {k: _mean_or_none([pick(run)[k] for run in runs], reduce) for k in keys}
+        return {k: _mean_defined([pick(run)[k] for run in runs], reduce) for k in keys}
 
     results: dict[str, Any] = {
         "categories": {
@@ -892,8 +986,17 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     return "\n".join(lines)
 
 
+RESULTS_SCHEMA_VERSION = 1
+"""Version of the ``results.json`` layout (``schema_version`` in the file)."""
+
+
 def write_results(results: dict[str, Any], output_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``results.json`` and ``results.md`` into ``output_dir`` (created if missing).
+    """Write ``results.json``, ``results.md`` and ``scores.csv`` into ``output_dir``.
+
+    ``results.json`` is ``results`` with a ``schema_version`` and without
+    the per-image rows, which go to ``scores.csv`` (``path``, ``category``,
+    ``label`` 1 = anomalous, ``score`` higher = more anomalous, and
+    ``seed`` for experiments). The folder is created if missing.
 
     Returns
     -------
@@ -901,8 +1004,19 @@ def write_results(results: dict[str, Any], output_dir: str | os.PathLike[str]) -
     """
     folder = Path(output_dir)
     folder.mkdir(parents=True, exist_ok=True)
+    document = {"schema_version": RESULTS_SCHEMA_VERSION, **results}
+    rows = document.pop("images", [])
+    if "runs" in document:
+        document["runs"] = [dict(run) for run in document["runs"]]
+        for run in document["runs"]:
+            rows += run.pop("images", [])
+    if rows:
+        with open(folder / "scores.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
     json_path = folder / "results.json"
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    json_path.write_text(json.dumps(document, indent=2) + "\n")
     md_path = folder / "results.md"
     md_path.write_text(results_markdown(results))
     return json_path, md_path

@@ -260,7 +260,8 @@ def reference_arch(detector) -> list[dict]:
     It is what the reference's ``update_config`` and ``ModelHelper`` leave in
     the config they save.
     """
-    variant = reference_variant(detector.backbone)
+    network = detector._fitted_network()
+    variant = reference_variant(network["backbone"])
     body = detector.backbone_.body
     channels = [int(c) for c in body.feature_info.channels()]
     strides = [int(s) for s in body.feature_info.reduction()]
@@ -268,17 +269,17 @@ def reference_arch(detector) -> list[dict]:
     stage_ends = list(_cumulative(len(stage) for stage in body.blocks))
     outblocks = [stage_ends[int(n.split(".")[1])] - 1 for n in body.feature_info.module_name()]
     channels_total, height, width = detector.feature_shape_
-    if height * max(strides) != detector.image_size:
+    if height * max(strides) != network["image_size"]:
         raise ValueError(
             f"the reference needs an input size divisible by the feature stride "
-            f"{max(strides)}; this detector has image_size={detector.image_size}"
+            f"{max(strides)}; this detector has image_size={network['image_size']}"
         )
-    if detector.layer_queries != "every":
+    if network["layer_queries"] != "every":
         raise ValueError(
             "the reference has learned queries in every decoder layer; this detector has "
-            f"layer_queries={detector.layer_queries!r}, which its checkpoint cannot describe"
+            f"layer_queries={network['layer_queries']!r}, which its checkpoint cannot describe"
         )
-    k = detector.neighbor_size
+    k = network["neighbor_size"]
     return [
         {
             "name": "backbone",
@@ -303,11 +304,11 @@ def reference_arch(detector) -> list[dict]:
             "type": "models.reconstructions.UniAD",
             "kwargs": {
                 "pos_embed_type": "learned",
-                "hidden_dim": int(detector.hidden_dim),
-                "nhead": int(detector.num_heads),
-                "num_encoder_layers": int(detector.num_encoder_layers),
-                "num_decoder_layers": int(detector.num_decoder_layers),
-                "dim_feedforward": int(detector.dim_feedforward),
+                "hidden_dim": int(network["hidden_dim"]),
+                "nhead": int(network["num_heads"]),
+                "num_encoder_layers": int(network["num_encoder_layers"]),
+                "num_decoder_layers": int(network["num_decoder_layers"]),
+                "dim_feedforward": int(network["dim_feedforward"]),
                 "dropout": float(detector.dropout),
                 "activation": "relu",
                 "normalize_before": False,
@@ -505,6 +506,7 @@ def detector_from_reference(
     )
     detector._validate_params()
     detector._check_architecture()
+    detector._network_params_ = detector._requested_network()
     resolved = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
         backbone = detector._build_backbone(backbone_weights=None)
@@ -684,10 +686,10 @@ def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -
     graph = AnomalyGraph(
         copy.deepcopy(detector.backbone_).to("cpu", torch.float32),
         copy.deepcopy(detector.model_).to("cpu", torch.float32),
-        int(detector.image_size),
-        detector.image_score,
+        int(detector._fitted_network()["image_size"]),
+        detector._fitted_network()["image_score"],
     ).eval()
-    size = int(detector.image_size)
+    size = int(detector._fitted_network()["image_size"])
     example = torch.zeros(2, 3, size, size)
     batch = {0: "batch"}
     with atomic_write(path) as temporary, warnings.catch_warnings():

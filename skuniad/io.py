@@ -32,7 +32,15 @@ _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
 class ImageLoadError(ValueError):
-    """An input image is missing, unreadable or not an image."""
+    """An input image is missing, unreadable or not an image.
+
+    ``reason`` is the message without its leading ``"image N: "``.
+    """
+
+    def __init__(self, index: int, reason: str) -> None:
+        super().__init__(f"image {index}: {reason}")
+        self.index = index
+        self.reason = reason
 
 
 def check_images(X) -> Sequence:
@@ -47,7 +55,19 @@ def check_images(X) -> Sequence:
         raise TypeError(f"X must be a list of images or paths, not a single path {str(X)!r}")
     if isinstance(X, Image.Image):
         raise TypeError("X must be a list of images; wrap a single PIL image in a list")
+    if isinstance(X, torch.Tensor):
+        X = _tensor_images(X)
+    if isinstance(X, np.ndarray) and X.dtype.kind in "US":
+        if X.ndim != 1:
+            raise ValueError(f"an array of paths must be one-dimensional; got shape {X.shape}")
+        X = [str(path) for path in X]
     if isinstance(X, np.ndarray) and X.dtype != object:
+        if X.ndim == 3 and X.shape[-1] in (3, 4):
+            # (n, H, W) grayscale images this narrow are refused anyway: it is one color image
+            raise ValueError(
+                f"X has shape {X.shape}, one {X.shape[0]}x{X.shape[1]} color image: pass a "
+                "batch, image[None] (shape (1, H, W, channels)) or [image]"
+            )
         if X.ndim not in (3, 4):
             raise ValueError(
                 f"an image array X must be (n, H, W) or (n, H, W, channels); got shape {X.shape}"
@@ -78,10 +98,22 @@ def check_images(X) -> Sequence:
         elif isinstance(item, (str, Path)):
             path = Path(item)
             if path.is_dir():
-                raise ImageLoadError(f"image {i}: {path} is a directory, not an image file")
+                raise ImageLoadError(i, f"{path} is a directory, not an image file")
             if not path.exists():
-                raise ImageLoadError(f"image {i}: file not found: {path}")
+                raise ImageLoadError(i, f"file not found: {path}")
     return X
+
+
+def _tensor_images(X: torch.Tensor) -> np.ndarray:
+    """A torchvision-style batch ``(N, C, H, W)``, C in 1, 3, 4, as a channels-last array."""
+    if X.ndim != 4 or X.shape[1] not in (1, 3, 4):
+        single = " (one image: pass image[None])" if X.ndim == 3 and X.shape[0] in (1, 3, 4) else ""
+        raise ValueError(
+            f"a torch tensor X must be a batch (N, 3, H, W), channels first, got shape "
+            f"{tuple(X.shape)}{single}; for channels-last data pass tensor.numpy()"
+        )
+    array = X.detach().cpu().permute(0, 2, 3, 1).numpy()
+    return array[..., 0] if array.shape[-1] == 1 else array
 
 
 def _kind(item, index: int) -> str:
@@ -182,26 +214,27 @@ def read_image(
         with Image.open(path) as img:
             return _pil_to_array(img, index, max_side, path, as_uint8)
     except FileNotFoundError:
-        raise ImageLoadError(f"image {index}: file not found: {path}") from None
+        raise ImageLoadError(index, f"file not found: {path}") from None
     except IsADirectoryError:
-        raise ImageLoadError(f"image {index}: {path} is a directory, not an image file") from None
+        raise ImageLoadError(index, f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
-        raise ImageLoadError(f"image {index}: {path} is not a readable image file") from None
+        raise ImageLoadError(index, f"{path} is not a readable image file") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageLoadError):
             raise
-        raise ImageLoadError(f"image {index}: cannot decode {path}: {exc}") from None
+        raise ImageLoadError(index, f"cannot decode {path}: {exc}") from None
 
 
 def _pil_to_array(
     img: Image.Image, index: int, max_side: int | None, path: Path | None, as_uint8: bool = False
 ):
-    where = f"image {index}" + (f" ({path})" if path else "")
+    where = f"{path} " if path else ""
     width, height = img.size
     if min(width, height) < MIN_IMAGE_SIDE:
-        raise ValueError(
-            f"{where} is {height}x{width} pixels; images must be at least "
-            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        raise ImageLoadError(
+            index,
+            f"{where}is {height}x{width} pixels; images must be at least "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
         )
     if max_side is not None and img.format == "JPEG":
         img.draft("RGB", (max_side, max_side))
@@ -278,10 +311,17 @@ class ImageDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.X)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        image, original = load_resized(self.X[index], index, self.image_size, self.resize)
-        tensor = (image - self.mean) / self.std
-        return tensor, torch.tensor(original)
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """The image, its original size and "" ; or, unreadable, zeros, (0, 0) and why."""
+        # returned, not raised: an exception from a DataLoader worker loses its type and
+        # comes back as a multi-line traceback
+        try:
+            tensor, original = load_resized(self.X[index], index, self.image_size, self.resize)
+        except ImageLoadError as exc:
+            blank = torch.zeros(3, self.image_size, self.image_size)
+            return blank, torch.tensor((0, 0)), str(exc)
+        tensor = (tensor - self.mean) / self.std
+        return tensor, torch.tensor(original), ""
 
 
 def decoding_cores() -> list[int]:
@@ -341,7 +381,32 @@ def iter_batches(
     them to be worth it and cores left free by the model on ``device``
     (:func:`decoding_workers`), so decoding overlaps with the model. For a
     CUDA ``device`` the batches come in pinned memory, ready for an
-    asynchronous copy (``.to(device, non_blocking=True)``).
+    asynchronous copy (``.to(device, non_blocking=True)``). An unreadable
+    image raises :class:`ImageLoadError` with its index in ``X``.
+    """
+    for images, sizes, errors in iter_loaded(
+        X, image_size, mean, std, batch_size, device, resize=resize
+    ):
+        failed = next((error for error in errors if error is not None), None)
+        if failed is not None:
+            raise failed
+        yield images, sizes
+
+
+def iter_loaded(
+    X: Sequence,
+    image_size: int,
+    mean,
+    std,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    resize: str = "pil-uint8",
+) -> Iterator[tuple[torch.Tensor, list[tuple[int, int] | None], list[ImageLoadError | None]]]:
+    """:func:`iter_batches` that goes on past unreadable images.
+
+    Yields ``(images, sizes, errors)``: an unreadable image is a blank tensor
+    with size None and its :class:`ImageLoadError` in ``errors`` (None for the
+    others).
     """
     dataset = ImageDataset(X, image_size, mean, std, resize)
     reads_files = len(X) > 0 and isinstance(X[0], (str, Path))
@@ -361,5 +426,15 @@ def iter_batches(
         if workers and shared
         else None,
     )
-    for images, sizes in loader:
-        yield images, [tuple(int(v) for v in s) for s in sizes]
+    begin = 0
+    for images, sizes, messages in loader:
+        errors = [
+            ImageLoadError(begin + i, message.partition(": ")[2]) if message else None
+            for i, message in enumerate(messages)
+        ]
+        yield (
+            images,
+            [None if e else tuple(int(v) for v in s) for s, e in zip(sizes, errors, strict=True)],
+            errors,
+        )
+        begin += len(images)

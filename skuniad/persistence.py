@@ -152,7 +152,8 @@ def save_detector(detector, path: str | os.PathLike) -> None:
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "params": json_safe_params(detector.get_params()),
+        # the networks' parameters as fitted, whatever set_params changed since
+        "params": {**json_safe_params(detector.get_params()), **detector._fitted_network()},
         "fitted": {
             # None: not calibrated yet (a model imported from a reference checkpoint)
             "offset_": _float_or_none(getattr(detector, "offset_", None)),
@@ -194,6 +195,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     if "out_indices" in params:
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
+    detector._network_params_ = detector._requested_network()
     fitted = metadata["fitted"]
     for name in ("offset_", "pixel_threshold_"):
         if fitted[name] is not None:

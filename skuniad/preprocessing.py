@@ -14,7 +14,6 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin, _fit_context
 from sklearn.utils._param_validation import Interval, StrOptions
 
-from skuniad.detector import DOCS_URL
 from skuniad.io import (
     MIN_IMAGE_SIDE,
     RESIZE_MODES,
@@ -82,10 +81,6 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         "resize": [StrOptions(set(RESIZE_MODES))],
     }
 
-    # HTML repr (Jupyter): the "?" link opens skuniad's user guide, not sklearn's site
-    _doc_link_module = "skuniad"
-    _doc_link_template = f"{DOCS_URL}/user-guide.md"
-
     def __init__(self, *, size=None, resize="pil-uint8"):
         self.size = size
         self.resize = resize
@@ -104,6 +99,24 @@ class ImageLoader(TransformerMixin, BaseEstimator):
         self : ImageLoader
         """
         check_images(X)
+        return self
+
+    def set_output(self, *, transform=None):
+        """Accept a container request (``Pipeline.set_output``); images stay arrays.
+
+        Images are not tables: whatever ``transform`` asks (``"default"``,
+        ``"pandas"``, ``"polars"`` or None), :meth:`transform` returns arrays
+        as documented. Accepting the call lets ``pipe.set_output(...)`` reach
+        the tabular steps of a pipeline that starts with an ImageLoader.
+
+        Returns
+        -------
+        self : ImageLoader
+        """
+        if transform not in (None, "default", "pandas", "polars"):
+            raise ValueError(
+                f"transform must be 'default', 'pandas', 'polars' or None, got {transform!r}"
+            )
         return self
 
     def transform(self, X):

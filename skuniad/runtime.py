@@ -22,18 +22,13 @@ from contextlib import contextmanager
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-# torch cannot report the flag, so skuniad tracks what it set: the state outside any
-# flushing_denormals block (True once tune_cpu_runtime ran) and how deep the blocks nest
-_flush_outside = False
-_flush_depth = 0
 
 
 def tune_cpu_runtime() -> bool:
     """Keep freed memory in the process (glibc) and flush denormals; True if malloc was tuned."""
     import torch
 
-    global _flush_outside
-    _flush_outside = torch.set_flush_denormal(True)
+    torch.set_flush_denormal(True)
     if not sys.platform.startswith("linux"):
         return False
     try:
@@ -45,23 +40,32 @@ def tune_cpu_runtime() -> bool:
     )
 
 
-@contextmanager
-def flushing_denormals() -> Iterator[None]:
-    """Flush denormal floats to zero inside the block, then restore the state outside it.
+def denormals_flushed() -> bool:
+    """Whether this thread flushes denormal floats to zero now.
 
-    Blocks nest (scoring inside a training callback): only the outermost one
-    restores, to off, or to on after :func:`tune_cpu_runtime`.
+    torch can set the mode but not report it, so a denormal is multiplied by
+    one: flushed, the product is zero.
     """
     import torch
 
-    global _flush_depth
+    return float(torch.full((1,), 1e-40, dtype=torch.float32) * 1.0) == 0.0
+
+
+@contextmanager
+def flushing_denormals() -> Iterator[None]:
+    """Flush denormal floats to zero inside the block, then restore the mode found on entry.
+
+    Blocks nest (scoring inside a training callback), and a process that
+    turned flushing on (:func:`tune_cpu_runtime`, ``torch.set_flush_denormal``)
+    keeps it after ``fit``.
+    """
+    import torch
+
+    previous = denormals_flushed()
     if not torch.set_flush_denormal(True):  # not supported on this CPU
         yield
         return
-    _flush_depth += 1
     try:
         yield
     finally:
-        _flush_depth -= 1
-        if _flush_depth == 0:
-            torch.set_flush_denormal(_flush_outside)
+        torch.set_flush_denormal(previous)

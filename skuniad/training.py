@@ -19,7 +19,6 @@ import inspect
 import os
 import time
 import traceback
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, nullcontext
 
@@ -46,8 +45,25 @@ CHECKPOINT_FORMAT = "skuniad-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
+# a training projected to take longer than this gets an estimate after its first epoch
+LONG_TRAINING_SECONDS = 15 * 60
+
+
 class DeviceOutOfMemoryError(MemoryError):
     """The accelerator ran out of memory; the message says which ``batch_size`` to try."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped training between two epochs' worth of weights.
+
+    A ``KeyboardInterrupt``, so loops (``GridSearchCV``, ``cross_val_score``)
+    stop as they would on any Ctrl-C. The model raising it holds the weights
+    of the last finished epoch; ``loss_curve`` lists the finished epochs.
+    """
+
+    def __init__(self, message: str, loss_curve: list[float]) -> None:
+        super().__init__(message)
+        self.loss_curve = loss_curve
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -71,25 +87,36 @@ def cuda_has_fast_bf16(device: torch.device) -> bool:
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; a CUDA device always gets its index.
+    """``"auto"`` -> cuda when available, else cpu; anything else must exist on this machine.
 
-    ``"cuda"`` means the current CUDA device, named explicitly (``cuda:N``) so
-    that everything keyed by the index (RNG forking, bf16 capability) looks
-    at the GPU really used.
+    A CUDA device always gets its index: ``"cuda"`` means the current CUDA
+    device, named explicitly (``cuda:N``) so that everything keyed by the index
+    (RNG forking, bf16 capability) looks at the GPU really used.
     """
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    resolved = torch.device(device)
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        resolved = None
+    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(
+            f"device={device!r} is not a device skuniad runs on: use 'auto', 'cpu', 'cuda', "
+            "'cuda:N' or 'mps'"
+        )
     if resolved.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={device!r} was requested but CUDA is not available")
+        count = torch.cuda.device_count()
         if resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())
-        elif resolved.index >= torch.cuda.device_count():
+        elif resolved.index >= count:
             raise ValueError(
-                f"device={device!r} was requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible"
+                f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
+                f"cuda:0 to cuda:{count - 1}"
             )
+    if resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"device={device!r} was requested but MPS is not available")
     return resolved
 
 
@@ -303,8 +330,8 @@ def train_reconstruction(
     AdamW, gradient-norm clipping, lr x 0.1 from :func:`lr_decay_epoch` on,
     MSE against the clean features. Uses the global torch RNG (shuffling,
     jitter, dropout), which the caller seeds. A KeyboardInterrupt stops the
-    loop: ``model`` is left with the last finished epoch's weights and the
-    curve so far is returned, with a warning.
+    loop: ``model`` is left with the last finished epoch's weights and
+    :class:`TrainingInterrupted` is raised with the curve so far.
 
     With ``checkpoint_path``, the training state is written there (atomically)
     after every ``checkpoint_every``-th epoch and after the last one. When the
@@ -354,6 +381,7 @@ def train_reconstruction(
         network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
         steps_over = max_over_ranks(len(data), device)
     finished = copy.deepcopy(model.state_dict())
+    first_epoch = len(curve)
     with (
         progress_bar(verbose > 0) as progress,
         _stopping_all_ranks(distributed) as interrupted,
@@ -361,7 +389,7 @@ def train_reconstruction(
         task = progress.add_task("training", total=max_epochs, completed=len(curve))
         try:
             with explain_out_of_memory("training", batch_size):
-                for epoch in range(len(curve), max_epochs):
+                for epoch in range(first_epoch, max_epochs):
                     start = time.perf_counter()
                     curve.append(
                         _train_epoch(
@@ -382,6 +410,10 @@ def train_reconstruction(
                             f"epoch {epoch + 1}/{max_epochs}  loss {curve[-1]:.5f}  "
                             f"{time.perf_counter() - start:.1f} s"
                         )
+                        if epoch == first_epoch:
+                            _print_estimate(
+                                progress.console, time.perf_counter() - start, max_epochs - epoch
+                            )
                     if on_epoch_end is not None:
                         on_epoch_end(epoch, curve[-1])
                         model.train()  # the callback may have scored in eval mode
@@ -389,12 +421,10 @@ def train_reconstruction(
                         raise RanksStopped
         except KeyboardInterrupt:
             model.load_state_dict(finished)
-            warnings.warn(
-                f"training interrupted: stopped after {len(curve)} of {max_epochs} epochs; "
-                "the model keeps the last finished epoch's weights",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            model.eval()
+            raise TrainingInterrupted(
+                f"training interrupted after {len(curve)} of {max_epochs} epochs", curve
+            ) from None
     model.eval()
     return curve
 
@@ -408,11 +438,25 @@ def _stopping_all_ranks(distributed: bool) -> Iterator[list[bool]]:
     try:
         with interrupts_deferred() as interrupted:
             yield interrupted
-    except RanksStopped:
-        raise
+    except (RanksStopped, TrainingInterrupted):
+        raise  # a stop all ranks agreed on: the group stays usable (calibration gathers)
     except BaseException:
         abort()  # the other ranks may wait in a collective for this one
         raise
+
+
+def _print_estimate(console, epoch_seconds: float, epochs: int) -> None:
+    """After the first epoch of a long training: how long it will take, how to shorten it."""
+    total = epoch_seconds * epochs
+    if total <= LONG_TRAINING_SECONDS:
+        return
+    hours, minutes = divmod(round(total / 60), 60)
+    duration = f"{hours} h {minutes} min" if hours else f"{minutes} min"
+    console.print(
+        f"estimated training time: about {duration} ({epochs} epochs at {epoch_seconds:.1f} s); "
+        "for a shorter run lower max_epochs (skuniad: --epochs), or train on a GPU or with "
+        "backbone='tf_efficientnet_lite0'"
+    )
 
 
 def _train_epoch(

@@ -24,6 +24,7 @@ __all__ = [
     "colorize",
     "heatmap_overlay",
     "outline",
+    "overlay_style",
     "plot_learning_curves",
     "save_overlay",
 ]
@@ -232,3 +233,18 @@ def plot_learning_curves(
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
     return path
+
+
+def overlay_style(detector) -> dict:
+    """The colour scale and outline of every skuniad overlay of ``detector``'s maps.
+
+    One look for ``skuniad predict``, ``evaluate`` and ``demo``: the scale runs
+    from 0 to twice ``pixel_threshold_`` (so a normal image stays cold) and
+    the pixels above ``pixel_threshold_`` (``predict_masks``) are outlined in
+    green. A detector without thresholds (an uncalibrated import) gets an
+    empty dict: each map's own range, no outline.
+    """
+    threshold = getattr(detector, "pixel_threshold_", None)
+    if threshold is None:
+        return {}
+    return {"vmin": 0.0, "vmax": 2.0 * float(threshold), "threshold": float(threshold)}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from skuniad import UniADDetector
@@ -121,7 +122,8 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     result = runner.invoke(
         app,
         ["evaluate", "--root", str(data_root), "--model", str(model_file), "-o", str(tmp_path)]
-        + ["--category", "parts", "--overlays", "2", "-q"],
+        + ["--category", "parts", "--overlays", "--overlays-per-category", "2", "-q"]
+        + ["--batch-size", "1"],  # the out-of-memory advice can be followed
     )
     assert result.exit_code == 0, result.output
     assert "P-AUROC" in result.output and "AUPRO" in result.output
@@ -132,6 +134,19 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
         assert 0.0 <= results["categories"]["parts"][key] <= 1.0
         assert results["mean"][key] == results["categories"]["parts"][key]
     assert results["run"]["model"] == str(model_file)
+    det = UniADDetector.load(model_file, device="cpu")
+    assert results["schema_version"] == 1 and "seconds" not in results
+    assert results["params"] == {**cli_module._json_params(det), "batch_size": 1}
+    assert results["thresholds"]["offset_"] == det.offset_
+    assert results["precision"] == ("fp32" if det._amp_dtype() is None else "bf16")
+    with open(tmp_path / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == results["n_images"] and set(rows[0]) == {
+        "path",
+        "category",
+        "label",
+        "score",
+    }
     assert "| parts |" in (tmp_path / "results.md").read_text()
     assert len(list((tmp_path / "overlays" / "parts").glob("*.png"))) == 2
     assert not (tmp_path / "model.skuniad").exists()
@@ -241,7 +256,7 @@ def test_bad_model_file_and_bad_dataset_are_domain_errors(data_root, tmp_path):
         ["fit", "x", "-o", "m.skuniad", "--epochs", "0"],
         ["evaluate", "--root", ".", "--dataset", "btad"],
         ["evaluate", "--root", ".", "--model", "m.skuniad", "--epochs", "3"],
-        ["evaluate", "--root", ".", "--overlays", "2"],  # needs --output
+        ["evaluate", "--root", ".", "--overlays"],  # needs --output
         ["evaluate", "--root", ".", "-o", "out", "--eval-every", "0"],
         ["evaluate", "--root", ".", "-o", "out", "--epochs", "2", "--eval-every", "3"],
         ["evaluate", "--root", ".", "--epochs", "2", "--eval-every", "1"],  # needs --output
@@ -357,3 +372,173 @@ def test_durations_are_printed_without_a_60th_second(seconds, text):
     from skuniad.cli import _format_seconds
 
     assert _format_seconds(seconds) == text
+
+
+def _plain(output: str) -> str:
+    """A usage error's text without the box rich draws around it, one line."""
+    return " ".join(output.replace("│", " ").split())
+
+
+def _fit_command(data_root, output, *extra):
+    args = [str(data_root), "--dataset", "mvtec", "-o", str(output), *extra]
+    return [sys.executable, "-m", "skuniad", "fit", *args, *TINY_ARGS[:-1]]
+
+
+def _weights(path):
+    return UniADDetector.load(path, device="cpu").model_.state_dict()
+
+
+def test_a_killed_fit_resumes_to_the_same_weights(data_root, tmp_path):
+    extra = ["--epochs", "4", "--checkpoint-every", "1"]
+    whole = tmp_path / "whole.skuniad"
+    done = subprocess.run(_fit_command(data_root, whole, *extra), capture_output=True, env=_env())
+    assert done.returncode == 0, done.stdout
+    killed = tmp_path / "killed.skuniad"
+    command = _fit_command(data_root, killed, *extra)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env())
+    try:
+        for line in process.stdout:
+            if line.startswith("epoch 2/4"):
+                break
+        process.send_signal(signal.SIGKILL)  # no Ctrl-C handler runs: only the checkpoint
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    checkpoint = tmp_path / "killed.skuniad.ckpt"
+    assert checkpoint.exists() and not killed.exists()
+    resumed = subprocess.run(command, capture_output=True, text=True, env=_env())
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert f"Resuming from the checkpoint {checkpoint}" in resumed.stdout
+    assert "epoch 1/4" not in resumed.stdout and "epoch 4/4" in resumed.stdout
+    expected, got = _weights(whole), _weights(killed)
+    for name, value in expected.items():
+        assert torch.equal(got[name], value), name
+    assert not checkpoint.exists()  # removed once training completed
+
+
+def test_fit_continues_a_saved_model_with_init_model(model_file, data_root, tmp_path):
+    output = tmp_path / "more.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "2"]
+    result = runner.invoke(app, [*args, "--init-model", str(model_file), "-q"])
+    assert result.exit_code == 0, result.output
+    before, after = (UniADDetector.load(p, device="cpu") for p in (model_file, output))
+    assert after.n_epochs_ == before.n_epochs_ + 2
+    assert after.loss_curve_[: before.n_epochs_] == before.loss_curve_
+    result = runner.invoke(app, [*args, "--init-model", str(model_file), "--image-size", "96"])
+    assert result.exit_code == 2
+    assert "--image-size cannot be combined with --init-model" in _plain(result.output)
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--lr", "0"], "--lr must be a float in the range (0.0, inf)"),
+        (["--neighbor-size", "4"], "--neighbor-size must be odd"),
+        (["--num-heads", "3"], "--hidden-dim=32 must be divisible by --num-heads=3"),
+        (["--device", "gpu"], "device='gpu' is not a device"),
+    ],
+)
+def test_out_of_range_options_are_usage_errors_before_any_work(
+    data_root, tmp_path, option, message
+):
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(tmp_path / "m.skuniad")]
+    result = runner.invoke(app, [*args, *TINY_ARGS, *option], terminal_width=300)
+    assert result.exit_code == 2, result.output
+    assert message in _plain(result.output)
+    assert "Training on" not in result.output
+
+
+def _folder_with_a_broken_image_and_masks(data_root, tmp_path):
+    from shutil import copytree
+
+    folder = copytree(data_root / "parts", tmp_path / "parts")
+    broken = sorted((folder / "test").rglob("*.png"))[3]  # the 4th image predict reads
+    broken.write_bytes(b"not a png")
+    assert list((folder / "ground_truth").rglob("*_mask.png"))
+    return folder, broken
+
+
+def test_predict_skips_unreadable_images_and_ground_truth_masks(model_file, data_root, tmp_path):
+    folder, broken = _folder_with_a_broken_image_and_masks(data_root, tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", str(model_file), str(folder), "-o", str(out), "--no-overlays"]
+    result = runner.invoke(app, [*args, "--chunk-size", "2", "--batch-size", "1", "-q"])
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    paths = [Path(r["path"]) for r in rows]
+    assert not any("ground_truth" in p.parts for p in paths)
+    assert len(rows) == len(list(folder.rglob("*.png"))) - len(
+        list((folder / "ground_truth").rglob("*.png"))
+    )
+    (bad,) = [r for r in rows if r["error"]]
+    index = paths.index(broken)
+    assert Path(bad["path"]) == broken and "is not a readable image file" in bad["error"]
+    assert bad["anomaly_score"] == bad["label"] == ""
+    assert all(r["anomaly_score"] and r["label"] in ("1", "-1") for r in rows if not r["error"])
+    assert "Skipped 1 unreadable images" in result.output
+    assert f"image {index}: {broken} is not a readable image file" in result.output
+
+
+def test_predict_strict_stops_at_the_first_unreadable_image(model_file, data_root, tmp_path):
+    folder, broken = _folder_with_a_broken_image_and_masks(data_root, tmp_path)
+    out = tmp_path / "out"
+    args = ["predict", str(model_file), str(folder), "-o", str(out), "--no-overlays", "--strict"]
+    result = runner.invoke(app, [*args, "--chunk-size", "2", "--batch-size", "1", "-q"])
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    with open(out / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    index = len(rows)  # every row before the broken image was written as it was scored
+    assert index == 3 and f"Error: image {index}: {broken} is not a readable image" in result.output
+
+
+def test_only_the_librarys_own_type_errors_are_one_line(
+    model_file, data_root, tmp_path, monkeypatch
+):
+    from skuniad.io import check_images
+
+    with pytest.raises(TypeError) as own:
+        check_images(5)
+    assert cli_module._is_domain_error(own.value)
+    monkeypatch.setattr(cli_module, "_display_image", lambda path: None + 1)  # a bug
+    image = data_root / "parts" / "test" / "good" / "000.png"
+    result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
+    assert isinstance(result.exception, TypeError) and not result.output.startswith("Error:")
+
+
+def test_out_of_memory_advice_names_the_option():
+    from skuniad.training import DeviceOutOfMemoryError
+
+    exc = DeviceOutOfMemoryError(
+        "out of device memory while scoring (32 images per batch): pass a smaller batch_size "
+        "(now 8; try batch_size=4)."
+    )
+    assert "pass a smaller --batch-size (now 8; try --batch-size 4)" in (
+        cli_module._one_line_message(exc)
+    )
+
+
+def test_usage_lines_name_arguments_not_python_types():
+    for command in app.registered_commands:
+        name = command.name or command.callback.__name__.replace("_", "-")
+        result = runner.invoke(app, [name, "--help"], terminal_width=200)
+        assert result.exit_code == 0, name
+        for python_type in ("<list[Path]>", "<path>", "<list[str]>"):
+            assert python_type not in result.output, (name, python_type)
+        assert "{model}" not in result.output
+    assert "MODEL" in runner.invoke(app, ["predict", "--help"]).output
+
+
+def test_evaluate_continues_a_saved_model_with_init_model(model_file, data_root, tmp_path):
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1", "-q"]
+    result = runner.invoke(app, [*args, "--init-model", str(model_file), "--seed", "0"])
+    assert result.exit_code == 0, result.output
+    before = UniADDetector.load(model_file, device="cpu")
+    after = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
+    assert after.n_epochs_ == before.n_epochs_ + 1
+    assert after.loss_curve_[: before.n_epochs_] == before.loss_curve_
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["run"]["epochs"] == after.n_epochs_
+    assert results["run"]["backbone"] == "tf_efficientnet_lite0"
+    refused = runner.invoke(app, [*args, "--init-model", str(model_file), "--hidden-dim", "8"])
+    assert refused.exit_code == 2

@@ -1,4 +1,5 @@
 import pickle
+import re
 import subprocess
 import sys
 import warnings
@@ -242,7 +243,7 @@ def test_warm_start_continues_from_the_fitted_weights(tiny_params, images):
 def test_warm_start_refuses_a_changed_architecture(tiny_params, images):
     det = UniADDetector(**tiny_params).fit(images)
     det.set_params(warm_start=True, hidden_dim=16)
-    with pytest.raises(ValueError, match="warm_start=True needs the fitted model's architecture"):
+    with pytest.raises(ValueError, match="hidden_dim=32 when fitted, 16 now"):
         det.fit(images)
     assert det.model_.input_proj.out_features == 32  # the fitted model is untouched
 
@@ -278,13 +279,34 @@ def test_keyboard_interrupt_keeps_last_finished_epoch(tiny_params, images, monke
 
     monkeypatch.setattr(training.F, "mse_loss", interrupt_in_third_epoch)
     det = UniADDetector(**{**tiny_params, "max_epochs": 5})
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
+    # re-raised (a KeyboardInterrupt: loops stop), the detector fitted with epoch 2
+    with pytest.raises(KeyboardInterrupt, match="after 2 of 5 epochs.*fitted.*n_epochs_=2") as info:
         det.fit(images)
+    assert isinstance(info.value, training.TrainingInterrupted)
+    assert info.value.loss_curve == det.loss_curve_
     assert det.n_epochs_ == 2 and len(det.loss_curve_) == 2
-    assert any("interrupted" in str(w.message) for w in caught)
     monkeypatch.setattr(training.F, "mse_loss", original)
     assert np.isfinite(det.offset_) and np.isfinite(det.score_samples(images)).all()
+
+
+@pytest.mark.filterwarnings("ignore:fit trains on every image")
+def test_keyboard_interrupt_in_a_search_loop_stops_the_loop(tiny_params, images, monkeypatch):
+    from sklearn.model_selection import GridSearchCV
+
+    import skuniad.training as training
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.F, "mse_loss", interrupt)
+    search = GridSearchCV(UniADDetector(**tiny_params), {"max_epochs": [1, 2]}, cv=2)
+    y = np.array([1, 1, 1, -1, -1, -1])
+    with pytest.raises(KeyboardInterrupt, match="no epoch finished"):
+        search.fit(images, y)
+    det = UniADDetector(**tiny_params)
+    with pytest.raises(KeyboardInterrupt):
+        det.fit(images)
+    assert not hasattr(det, "model_")  # interrupted before an epoch: left unfitted
 
 
 def test_fit_flushes_denormals_only_while_it_runs(tiny_params, images, monkeypatch):
@@ -325,3 +347,183 @@ def test_scoring_does_not_disturb_the_global_torch_rng(fitted_tiny):
     before = torch.get_rng_state()
     det.score_samples(X)
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_set_params_after_fit_changes_neither_scoring_nor_the_saved_model(
+    tiny_params, images, tmp_path
+):
+    det = UniADDetector(**tiny_params).fit(images)
+    expected = det.score_samples(images)
+    det.set_params(image_size=96, hidden_dim=16, out_indices=(1, 2))
+    np.testing.assert_array_equal(det.score_samples(images), expected)
+    assert det.anomaly_maps(images, size="model").shape == (len(images), 64, 64)
+    det.save(tmp_path / "m.skuniad")
+    loaded = UniADDetector.load(tmp_path / "m.skuniad", device="cpu")
+    assert (loaded.image_size, loaded.hidden_dim, loaded.out_indices) == (64, 32, (0, 1, 2, 3))
+    np.testing.assert_array_equal(loaded.score_samples(images), expected)
+    restored = pickle.loads(pickle.dumps(det))
+    np.testing.assert_array_equal(restored.score_samples(images), expected)
+    det.fit(images)  # the next fit uses the new parameters
+    assert det.anomaly_maps(images, size="model").shape == (len(images), 96, 96)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"out_indices": (1, 2, 3)}, "out_indices=[0, 1, 2, 3] when fitted, [1, 2, 3] now"),
+        ({"backbone_weights": "imagenet"}, "backbone_weights=None when fitted, 'imagenet' now"),
+        ({"static_padding_size": 96}, "static_padding_size='auto' when fitted, 96 now"),
+        ({"resize": "float"}, "resize='pil-uint8' when fitted, 'float' now"),
+        ({"image_size": 96}, "image_size=64 when fitted, 96 now"),
+    ],
+)
+def test_warm_start_refuses_changes_the_reused_networks_would_ignore(
+    fitted_tiny, images, change, named
+):
+    det = clone(fitted_tiny[0])
+    det.__dict__.update({k: v for k, v in vars(fitted_tiny[0]).items() if k.endswith("_")})
+    det.set_params(warm_start=True, **change)
+    with pytest.raises(ValueError, match=re.escape(named)):
+        det.fit(images)
+
+
+@pytest.mark.parametrize(
+    ("device", "match"),
+    [
+        ("gpu", "device='gpu' is not a device skuniad runs on: use 'auto', 'cpu'"),
+        ("meta", "device='meta' is not a device"),
+        ("cuda:0", "CUDA is not available"),
+    ],
+)
+def test_unknown_or_absent_devices_are_refused_clearly(tiny_params, images, device, match):
+    if device == "cuda:0" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(ValueError, match=match):
+        UniADDetector(**tiny_params, device=device).fit(images)
+
+
+@pytest.mark.parametrize(
+    ("out_indices", "match"),
+    [
+        ((0, 9), r"out_indices=\(0, 9\) names a stage .* lacks: it has 5 feature stages, 0 to 4"),
+        ((1, 1), "increasing without repeats"),
+        ((2, 1), "increasing without repeats"),
+        ((-1,), "stage numbers"),
+        ((0.5,), "stage numbers"),
+    ],
+)
+def test_out_indices_are_checked_against_the_backbone(tiny_params, images, out_indices, match):
+    with pytest.raises(ValueError, match=match):
+        UniADDetector(**{**tiny_params, "out_indices": out_indices}).fit(images)
+
+
+def test_fit_warns_when_y_marks_images_anomalous(tiny_params, images):
+    det = UniADDetector(**{**tiny_params, "max_epochs": 1})
+    with pytest.warns(UserWarning, match="y marks 2 of 6 anomalous"):
+        det.fit(images, np.array([0, 0, 0, 0, 1, 1]))
+    with pytest.warns(UserWarning, match="y marks 1 of 6"):
+        det.fit(images, [1, 1, 1, 1, 1, -1])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        det.fit(images, np.ones(6))  # sklearn's "all inliers"
+        det.fit(images, np.zeros(6))
+
+
+def test_fit_restores_the_denormal_mode_it_found(tiny_params, images):
+    from skuniad.runtime import denormals_flushed
+
+    try:
+        torch.set_flush_denormal(True)  # as tune_cpu_runtime() does
+        det = UniADDetector(**{**tiny_params, "max_epochs": 1}).fit(images)
+        det.score_samples(images)
+        assert denormals_flushed()
+    finally:
+        torch.set_flush_denormal(False)
+    det.score_samples(images)
+    assert not denormals_flushed()
+
+
+def _count_backbone_calls(det, monkeypatch) -> dict:
+    calls = {"images": 0}
+    forward = type(det.backbone_).forward
+
+    def counting(module, images):
+        calls["images"] += len(images)
+        return forward(module, images)
+
+    monkeypatch.setattr(type(det.backbone_), "forward", counting)
+    return calls
+
+
+def test_predict_all_runs_the_networks_once_and_equals_each_method(fitted_tiny, monkeypatch):
+    det, X = fitted_tiny
+    calls = _count_backbone_calls(det, monkeypatch)
+    result = det.predict_all(X)
+    assert calls["images"] == len(X)
+    assert set(result) == {
+        "score_samples",
+        "decision_function",
+        "predict",
+        "anomaly_maps",
+        "predict_masks",
+    }
+    np.testing.assert_array_equal(result.score_samples, det.score_samples(X))
+    np.testing.assert_array_equal(result.decision_function, det.decision_function(X))
+    np.testing.assert_array_equal(result.predict, det.predict(X))
+    np.testing.assert_array_equal(result.anomaly_maps, det.anomaly_maps(X))
+    np.testing.assert_array_equal(result.predict_masks, det.predict_masks(X))
+    model_size = det.predict_all(list(X), size="model")
+    np.testing.assert_array_equal(model_size.anomaly_maps, det.anomaly_maps(X, size="model"))
+
+
+def test_predict_chunks_bounds_memory_and_skips_unreadable_files(fitted_tiny, tmp_path):
+    det, X = fitted_tiny
+    paths = []
+    for i, image in enumerate(X):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(image).save(paths[-1])
+    whole = det.predict_all(paths)
+    chunks = list(det.predict_chunks(paths, chunk_size=4))
+    assert [list(c.indices) for c in chunks] == [[0, 1, 2, 3], [4, 5]]
+    np.testing.assert_array_equal(
+        np.concatenate([c.score_samples for c in chunks]), whole.score_samples
+    )
+    assert [m.shape for c in chunks for m in c.anomaly_maps] == [(40, 48)] * len(X)
+    paths[1].write_bytes(b"broken")
+    with pytest.raises(ValueError, match="image 1: .*1.png is not a readable image"):
+        list(det.predict_chunks(paths, chunk_size=4))
+    (first, second) = det.predict_chunks(paths, chunk_size=4, errors="skip")
+    assert first.errors[1].endswith("1.png is not a readable image file")
+    assert first.errors[0] is None and second.errors == [None, None]
+    assert np.isnan(first.score_samples[1]) and first.predict[1] == 0
+    assert first.anomaly_maps[1] is None and first.predict_masks[1] is None
+    np.testing.assert_array_equal(first.score_samples[[0, 2, 3]], whole.score_samples[[0, 2, 3]])
+    np.testing.assert_array_equal(first.predict[[0, 2, 3]], whole.predict[[0, 2, 3]])
+
+
+def test_anomaly_maps_type_follows_the_input_not_the_sizes(fitted_tiny):
+    det, X = fitted_tiny
+    assert isinstance(det.anomaly_maps(X), np.ndarray)
+    listed = det.anomaly_maps(list(X))  # all of one size, still a list
+    assert isinstance(listed, list) and len(listed) == len(X)
+    np.testing.assert_array_equal(np.stack(listed), det.anomaly_maps(X))
+    assert isinstance(det.predict_masks(list(X)), list)
+    assert isinstance(det.anomaly_maps(list(X), size="model"), np.ndarray)
+
+
+def test_tensors_are_scored_like_arrays(fitted_tiny):
+    det, X = fitted_tiny
+    tensor = torch.from_numpy(X).permute(0, 3, 1, 2).float() / 255
+    np.testing.assert_allclose(det.score_samples(tensor), det.score_samples(X), rtol=1e-5)
+    assert isinstance(det.anomaly_maps(tensor), np.ndarray)
+
+
+def test_verbose_scoring_shows_progress(fitted_tiny, capsys):
+    det, X = fitted_tiny
+    det = pickle.loads(pickle.dumps(det))
+    det.set_params(verbose=1)
+    det.score_samples(X)
+    assert "scoring" in capsys.readouterr().out
+    det.set_params(verbose=0)
+    det.score_samples(X)
+    assert capsys.readouterr().out == ""

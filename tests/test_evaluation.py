@@ -1,3 +1,4 @@
+import csv
 import json
 from dataclasses import replace
 
@@ -112,17 +113,31 @@ def test_overlays_show_image_and_map_side_by_side(test_split, tmp_path):
         assert image.size == (128, 64)
 
 
-def test_category_without_anomalies_is_named(test_split):
-    normal_only = test_split.select(test_split.labels == 0)
-    with pytest.raises(ValueError, match="category 'parts'"):
-        evaluate_detector(OracleDetector(test_split), normal_only)
+def test_category_without_anomalies_is_reported_as_undefined(test_split):
+    keep = (test_split.labels == 0) | (np.array(test_split.categories) == "stripes")
+    parts_normal_only = test_split.select(keep)
+    with pytest.warns(UserWarning, match="category 'parts' has no anomalous test image.*NaN"):
+        results = evaluate_detector(OracleDetector(test_split), parts_normal_only)
+    assert all(np.isnan(results["categories"]["parts"][key]) for key in METRICS)
+    for key in METRICS:  # the other category is evaluated, and the mean is over it alone
+        assert results["categories"]["stripes"][key] == pytest.approx(1.0)
+        assert results["mean"][key] == pytest.approx(1.0)
+    assert "| nan |" in results_markdown(results)
 
 
 def test_markdown_and_json_reports(test_split, tmp_path):
     results = evaluate_detector(OracleDetector(test_split, offset=0.0), test_split)
     results["run"] = {"backbone": "oracle"}
     json_path, md_path = write_results(results, tmp_path / "out")
-    assert json.loads(json_path.read_text()) == results
+    document = json.loads(json_path.read_text())
+    assert document.pop("schema_version") == 1
+    assert document == {k: v for k, v in results.items() if k != "images"}
+    with open(tmp_path / "out" / "scores.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["path"] for r in rows] == [str(p) for p in test_split.paths]
+    assert [int(r["label"]) for r in rows] == test_split.labels.tolist()
+    assert {r["category"] for r in rows} == set(CATEGORIES)
+    assert all(float(r["score"]) >= 0 for r in rows)
     markdown = md_path.read_text()
     assert markdown == results_markdown(results)
     assert "- backbone: oracle" in markdown
@@ -276,3 +291,36 @@ def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(roo
     curve = results["runs"][0]["curve"]
     assert curve["mean"]["pixel_auroc"] == [None] and len(curve["mean"]["image_auroc"]) == 1
     assert (tmp_path / "curve.png").is_file() and (tmp_path / "results.md").is_file()
+
+
+def test_evaluation_records_precision_and_thresholds(fitted, test_split):
+    results = evaluate_detector(fitted, test_split.subset("parts"))
+    assert results["precision"] in ("fp32", "bf16")
+    assert results["thresholds"] == {
+        "offset_": fitted.offset_,
+        "pixel_threshold_": fitted.pixel_threshold_,
+    }
+    scores = [row["score"] for row in results["images"]]
+    np.testing.assert_allclose(scores, -fitted.score_samples(test_split.subset("parts").paths))
+
+
+def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_split, tmp_path):
+    import skuniad.training as training
+    from skuniad.evaluation import run_experiment
+
+    train = load_mvtec(root, "train")
+    original, calls = training.F.mse_loss, {"n": 0}
+
+    def interrupt_in_second_epoch(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 12 images, batch 4: 3 steps per epoch
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(training.F, "mse_loss", interrupt_in_second_epoch)
+        with pytest.raises(KeyboardInterrupt, match="after 1 of 3 epochs.*model.skuniad"):
+            run_experiment(
+                train, test_split, {**TINY, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
+            )
+    assert UniADDetector.load(tmp_path / "model.skuniad").n_epochs_ == 1

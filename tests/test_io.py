@@ -194,3 +194,53 @@ def test_pil_uint8_resize_rounds_to_eight_bits_before_resizing():
     assert not torch.equal(in_float * 255, (in_float * 255).round())  # 16-bit precision kept
     with pytest.raises(ValueError, match="resize must be one of"):
         load_resized(eight, 0, 16, "nearest")
+
+
+def test_one_color_image_is_refused_with_how_to_pass_it():
+    with pytest.raises(ValueError, match=r"one 48x40 color image: pass .*image\[None\]"):
+        check_images(np.zeros((48, 40, 3), np.uint8))
+
+
+def test_a_string_array_is_a_list_of_paths(tmp_path):
+    paths = []
+    for i in range(2):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.new("RGB", (20, 16), (10 * i, 2, 3)).save(paths[-1])
+    X = check_images(np.array(paths))
+    assert X == paths
+    images, sizes = _batch(np.array(paths))
+    expected, _ = _batch(paths)
+    assert torch.equal(images, expected) and sizes == [(16, 20), (16, 20)]
+    with pytest.raises(ImageLoadError, match="image 1: file not found"):
+        check_images(np.array([paths[0], str(tmp_path / "missing.png")]))
+
+
+def test_a_channels_first_tensor_is_a_batch_of_images():
+    array = np.random.default_rng(0).random((2, 16, 20, 3), dtype=np.float32)
+    tensor = torch.from_numpy(array).permute(0, 3, 1, 2)  # (N, 3, H, W), as torchvision
+    np.testing.assert_array_equal(check_images(tensor), array)
+    assert torch.equal(_batch(tensor)[0], _batch(array)[0])
+    gray = torch.zeros(2, 1, 16, 20)
+    assert check_images(gray).shape == (2, 16, 20)
+    with pytest.raises(ValueError, match=r"\(N, 3, H, W\).*image\[None\]"):
+        check_images(tensor[0])
+    with pytest.raises(ValueError, match=r"channels first.*tensor.numpy\(\)"):
+        check_images(torch.zeros(2, 16, 20, 3))
+
+
+def test_unreadable_files_are_reported_with_their_index_in_the_whole_input(tmp_path):
+    from skuniad.io import iter_loaded
+
+    paths = []
+    for i in range(5):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (16, 16), (i, 0, 0)).save(paths[-1])
+    paths[3].write_text("not an image")
+    with pytest.raises(ImageLoadError, match="image 3: .*3.png is not a readable image"):
+        list(iter_batches(paths, 16, (0, 0, 0), (1, 1, 1), 2))
+    batches = list(iter_loaded(paths, 16, (0, 0, 0), (1, 1, 1), 2))
+    sizes = [s for _, batch_sizes, _ in batches for s in batch_sizes]
+    errors = [e for _, _, batch_errors in batches for e in batch_errors]
+    assert sizes == [(16, 16)] * 3 + [None, (16, 16)]
+    assert [e is None for e in errors] == [True, True, True, False, True]
+    assert errors[3].index == 3 and errors[3].reason.endswith("3.png is not a readable image file")

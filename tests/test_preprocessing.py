@@ -99,3 +99,18 @@ def test_errors_name_the_offending_image(tmp_path):
         ImageLoader().transform([good, broken])
     with pytest.raises(TypeError, match="single path"):
         ImageLoader().transform(good)
+
+
+def test_pipeline_set_output_reaches_past_the_loader(tiny_params):
+    from sklearn.pipeline import make_pipeline
+
+    from skuniad import UniADDetector
+
+    pipe = make_pipeline(ImageLoader(size=64), UniADDetector(**tiny_params))
+    assert pipe.set_output(transform="default") is pipe
+    loader = ImageLoader(size=16)
+    assert loader.set_output(transform="pandas") is loader
+    X = np.zeros((2, 20, 20, 3), np.uint8)
+    assert isinstance(loader.fit_transform(X), np.ndarray)  # images stay arrays
+    with pytest.raises(ValueError, match="transform must be"):
+        loader.set_output(transform="arrow")

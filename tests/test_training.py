@@ -10,7 +10,7 @@ import skuniad.training as training
 from skuniad import UniADDetector
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction
-from skuniad.training import DeviceOutOfMemoryError, explain_out_of_memory
+from skuniad.training import DeviceOutOfMemoryError, TrainingInterrupted, explain_out_of_memory
 
 
 def _interrupt_at_step(monkeypatch, step: int) -> None:
@@ -28,10 +28,12 @@ def _interrupt_at_step(monkeypatch, step: int) -> None:
 
 
 def _fit_interrupted(params, images, monkeypatch, step):
+    det = UniADDetector(**params)
     with monkeypatch.context() as patch:
         _interrupt_at_step(patch, step)
-        with pytest.warns(RuntimeWarning, match="interrupted"):
-            return UniADDetector(**params).fit(images)
+        with pytest.raises(TrainingInterrupted, match="interrupted"):
+            det.fit(images)
+    return det
 
 
 def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path):
@@ -218,3 +220,17 @@ def test_scoring_after_every_epoch_leaves_the_fit_unchanged(tiny_params, images)
     np.testing.assert_array_equal(seen[-1][2], plain.score_samples(images))
     assert not np.array_equal(seen[0][2], seen[-1][2])
     assert not any(training_mode for *_, training_mode in seen)
+
+
+def test_a_long_training_prints_its_estimated_duration_after_the_first_epoch(
+    tiny_params, images, monkeypatch, capsys
+):
+    monkeypatch.setattr(training, "LONG_TRAINING_SECONDS", 0.0)
+    UniADDetector(**{**tiny_params, "max_epochs": 3, "verbose": 1}).fit(images)
+    out = capsys.readouterr().out
+    assert out.count("estimated training time") == 1
+    assert "(3 epochs at" in out and "lower max_epochs (skuniad: --epochs)" in out
+    assert out.index("epoch 1/3") < out.index("estimated") < out.index("epoch 2/3")
+    monkeypatch.setattr(training, "LONG_TRAINING_SECONDS", 1e9)  # a short run: no estimate
+    UniADDetector(**{**tiny_params, "verbose": 1}).fit(images)
+    assert "estimated" not in capsys.readouterr().out

@@ -160,3 +160,16 @@ def test_shortcut_script_draws_runs_side_by_side(tmp_path, capsys, monkeypatch):
     assert "| UniAD | 2 | 0.5000 | 80.0 | 80.0 |" in printed
     assert "| plain | 2 | 0.5000 | 50.0 | 50.0 |" in printed
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_overlay_style_is_the_detectors_threshold_scale():
+    from types import SimpleNamespace
+
+    from skuniad.visualize import overlay_style
+
+    assert overlay_style(SimpleNamespace(pixel_threshold_=0.25)) == {
+        "vmin": 0.0,
+        "vmax": 0.5,
+        "threshold": 0.25,
+    }
+    assert overlay_style(SimpleNamespace()) == {}  # no thresholds: the map's own range

@@ -46,9 +46,12 @@ class FrozenBackbone(nn.Module):
         super().__init__()
         from skuniad.weights import create_timm_model
 
-        model, state = create_timm_model(
-            backbone, backbone_weights, features_only=True, out_indices=tuple(out_indices)
-        )
+        try:
+            model, state = create_timm_model(
+                backbone, backbone_weights, features_only=True, out_indices=tuple(out_indices)
+            )
+        except IndexError:  # timm's bare "list index out of range" for a stage it lacks
+            raise ValueError(_missing_stage_message(backbone, out_indices)) from None
         _cut_after_last_stage(model)
         if state is not None:
             _load_needed(model, state, backbone)
@@ -118,3 +121,13 @@ def _load_needed(model: nn.Module, state: dict[str, torch.Tensor], backbone: str
             f"{tuple(state[k].shape)}, expected {tuple(own[k].shape)}"
         )
     model.load_state_dict({k: state[k] for k in own})
+
+
+def _missing_stage_message(backbone: str, out_indices) -> str:
+    import timm
+
+    stages = len(timm.create_model(backbone, pretrained=False, features_only=True).feature_info)
+    return (
+        f"out_indices={tuple(out_indices)} names a stage that backbone {backbone!r} lacks: "
+        f"it has {stages} feature stages, 0 to {stages - 1}"
+    )
