@@ -144,7 +144,7 @@ def test_cuda_devices_resolve_to_an_index(gpus):
     assert resolve_device("cuda") == torch.device("cuda", 2)
     assert resolve_device("auto") == torch.device("cuda", 2)
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
-    with pytest.raises(ValueError, match="only 3 CUDA device"):
+    with pytest.raises(ValueError, match="has 3 CUDA device"):
         resolve_device("cuda:3")
 
 
