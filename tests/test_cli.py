@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from skuniad import UniADDetector
 from skuniad import cli as cli_module
-from skuniad.cli import app
+from skuniad.cli import _common, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
 
 runner = CliRunner()
@@ -40,7 +40,7 @@ TINY_ARGS = [
 def _keep_process_settings():
     """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_module, "_tune_runtime", lambda threads=None: None)
+        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
         yield
 
 
@@ -107,7 +107,7 @@ def test_predict_leaves_labels_empty_without_thresholds(
 ):
     det = UniADDetector.load(model_file, device="cpu")
     del det.offset_, det.pixel_threshold_  # as after importing an uncalibrated checkpoint
-    monkeypatch.setattr(cli_module, "_load_detector", lambda path, device: det)
+    monkeypatch.setattr(predict, "_load_detector", lambda path, device: det)
     image = data_root / "parts" / "test" / "good" / "000.png"
     result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -136,7 +136,7 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert results["run"]["model"] == str(model_file)
     det = UniADDetector.load(model_file, device="cpu")
     assert results["schema_version"] == 1 and "seconds" not in results
-    assert results["params"] == {**cli_module._json_params(det), "batch_size": 1}
+    assert results["params"] == {**_common._json_params(det), "batch_size": 1}
     assert results["thresholds"]["offset_"] == det.offset_
     assert results["precision"] == ("fp32" if det._amp_dtype() is None else "bf16")
     with open(tmp_path / "scores.csv", newline="") as f:
@@ -203,9 +203,9 @@ def test_evaluate_ablation_options_reach_the_model(data_root, tmp_path):
 
 
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
-    monkeypatch.setattr(cli_module, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
+    monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
     monkeypatch.setattr(
-        cli_module,
+        demo,
         "DEMO_PARAMS",
         dict(image_size=64, hidden_dim=32, num_heads=2, num_encoder_layers=1,
              num_decoder_layers=1, dim_feedforward=64, neighbor_size=1),
@@ -273,10 +273,10 @@ def test_usage_errors_exit_2(args):
 
 def test_cli_defaults_are_the_detector_defaults():
     defaults = UniADDetector().get_params()
-    for command in (cli_module.fit, cli_module.evaluate_command):
+    for command in (fit.fit, evaluate.evaluate_command):
         parameters = inspect.signature(command).parameters
-        cli_defaults = {name: parameters[name].default for name in cli_module._DETECTOR_PARAMS}
-        for name, value in cli_module._detector_params(cli_defaults).items():
+        cli_defaults = {name: parameters[name].default for name in _common._DETECTOR_PARAMS}
+        for name, value in _common._detector_params(cli_defaults).items():
             assert value == defaults[name], name
 
 
@@ -297,10 +297,10 @@ def _env():
 
 
 def test_cli_module_imports_no_heavy_library():
-    # skuniad/__init__.py is stubbed so that only cli.py's own imports count
+    # skuniad/__init__.py is stubbed so that only the CLI's own imports count
     probe = (
         "import sys, types; package = types.ModuleType('skuniad'); "
-        f"package.__path__ = [{str(Path(cli_module.__file__).parent)!r}]; "
+        f"package.__path__ = [{str(Path(cli_module.__file__).parent.parent)!r}]; "
         "sys.modules['skuniad'] = package; from skuniad.cli import app; "
         "from typer.testing import CliRunner; "
         "assert CliRunner().invoke(app, ['--help']).exit_code == 0; "
@@ -369,7 +369,7 @@ def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):
     ],
 )
 def test_durations_are_printed_without_a_60th_second(seconds, text):
-    from skuniad.cli import _format_seconds
+    from skuniad.cli._common import _format_seconds
 
     assert _format_seconds(seconds) == text
 
@@ -499,8 +499,8 @@ def test_only_the_librarys_own_type_errors_are_one_line(
 
     with pytest.raises(TypeError) as own:
         check_images(5)
-    assert cli_module._is_domain_error(own.value)
-    monkeypatch.setattr(cli_module, "_display_image", lambda path: None + 1)  # a bug
+    assert _common._is_domain_error(own.value)
+    monkeypatch.setattr(predict, "_display_image", lambda path: None + 1)  # a bug
     image = data_root / "parts" / "test" / "good" / "000.png"
     result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
     assert isinstance(result.exception, TypeError) and not result.output.startswith("Error:")
@@ -514,7 +514,7 @@ def test_out_of_memory_advice_names_the_option():
         "(now 8; try batch_size=4)."
     )
     assert "pass a smaller --batch-size (now 8; try --batch-size 4)" in (
-        cli_module._one_line_message(exc)
+        _common._one_line_message(exc)
     )
 
 

@@ -9,8 +9,7 @@ import pytest
 from test_cli import TINY_ARGS as CLI_TINY_ARGS
 from typer.testing import CliRunner
 
-from skuniad import cli as cli_module
-from skuniad.cli import app
+from skuniad.cli import _common, app
 from skuniad.datasets import load_mvtec, load_uniad_json, write_synthetic
 
 runner = CliRunner()
@@ -20,7 +19,7 @@ runner = CliRunner()
 def _keep_process_settings():
     """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli_module, "_tune_runtime", lambda threads=None: None)
+        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
         yield
 
 

@@ -745,9 +745,10 @@ def cli(monkeypatch):
     from typer.testing import CliRunner
 
     from skuniad import cli
+    from skuniad.cli import _common
 
     # in-process runs leave the denormal and malloc settings alone
-    monkeypatch.setattr(cli, "_tune_runtime", lambda: None)
+    monkeypatch.setattr(_common, "_tune_runtime", lambda threads=None: None)
     runner = CliRunner()
     return lambda *args: runner.invoke(cli.app, [str(a) for a in args])
 

@@ -1,0 +1,701 @@
+"""What the commands share: the Typer app, option types, error handling, data set helpers."""
+
+from __future__ import annotations
+
+import linecache
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(
+    name="skuniad",
+    help="UniAD unified anomaly detection: train on normal images, score new ones.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+
+def _argument_type(self, ctx):
+    """No Python type (``<list[Path]>``) next to an argument whose metavar names it."""
+    return None if self.metavar else _typer_argument_type(self, ctx)
+
+
+# every skuniad argument has a metavar (MODEL, IMAGES...); typer would add "<path>" after it
+_typer_argument_type = typer.core.TyperArgument.display_type_rich
+typer.core.TyperArgument.display_type_rich = _argument_type
+
+EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
+MODEL_SUFFIX = ".skuniad"
+
+_TRAIN = "Training options"
+
+
+class DataKind(str, Enum):
+    folder = "folder"
+    mvtec = "mvtec"
+    visa = "visa"
+    uniad_json = "uniad-json"
+
+
+class DatasetFormat(str, Enum):
+    """The formats of skuniad.datasets.DATASET_FORMATS."""
+
+    mvtec = "mvtec"
+    visa = "visa"
+    uniad_json = "uniad-json"
+
+
+class Setting(str, Enum):
+    unified = "unified"
+    separate = "separate"
+
+
+class LayerQueries(str, Enum):
+    every = "every"
+    first = "first"
+    none = "none"
+
+
+class ImageScore(str, Enum):
+    max = "max"
+    mean = "mean"
+    std = "std"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    bf16 = "bf16"
+    fp32 = "fp32"
+
+
+# Training options shared by `fit` and `evaluate`. The defaults are the
+# detector's (the paper's); tests check they stay in step.
+Epochs = Annotated[
+    int,
+    typer.Option("--epochs", min=1, metavar="N", help="Training epochs.", rich_help_panel=_TRAIN),
+]
+Backbone = Annotated[
+    str,
+    typer.Option(
+        metavar="NAME",
+        help="timm backbone; tf_efficientnet_lite0 is fast on CPUs and ships its weights.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+BackboneWeights = Annotated[
+    str,
+    typer.Option(
+        metavar="WEIGHTS",
+        help="'imagenet', a weights file, or 'none' (random, for tests).",
+        rich_help_panel=_TRAIN,
+    ),
+]
+ImageSize = Annotated[
+    int,
+    typer.Option(
+        min=32, metavar="PIXELS", help="Model resolution (square).", rich_help_panel=_TRAIN
+    ),
+]
+BatchSize = Annotated[
+    int,
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="Training images per step; scoring runs min(4 N, 32) at a time. Lower it when "
+        "the device runs out of memory.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+LearningRate = Annotated[float, typer.Option("--lr", metavar="RATE", rich_help_panel=_TRAIN)]
+HiddenDim = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
+NumHeads = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
+EncoderLayers = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=_TRAIN)]
+DecoderLayers = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
+FeedforwardDim = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
+NeighborSize = Annotated[
+    int,
+    typer.Option(
+        min=0,
+        metavar="N",
+        help="Neighbor-mask window (odd); 0 disables the mask.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+JitterScale = Annotated[
+    float,
+    typer.Option(
+        min=0.0,
+        metavar="ALPHA",
+        help="Feature-jitter strength alpha; 0 disables jittering.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+LayerQueriesOption = Annotated[
+    LayerQueries,
+    typer.Option(
+        help="Decoder layers with their own learned queries: every (the paper), first, none.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+ImageScoreOption = Annotated[
+    ImageScore,
+    typer.Option(
+        help="Image score from the anomaly map: max of the 16x16-pooled map (the paper's), "
+        "mean or std.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+Contamination = Annotated[
+    str,
+    typer.Option(
+        metavar="FRACTION",
+        help="'auto' or the fraction of training images that falls on the anomalous side; "
+        "sets the +1/-1 threshold.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+ValidationFraction = Annotated[
+    float | None,
+    typer.Option(
+        help="Hold this share of the normal images (of each category) out of training and set "
+        "the thresholds on it; default: set them on the training images.",
+        rich_help_panel=_TRAIN,
+    ),
+]
+PerCategory = Annotated[
+    bool,
+    typer.Option(
+        "--per-category",
+        help="Also set thresholds per category: the data set's categories with --dataset "
+        "mvtec, else each DATA_DIR is one category, named after its folder.",
+    ),
+]
+Device = Annotated[
+    str,
+    typer.Option(
+        metavar="DEVICE", help="'auto' (CUDA if available), 'cpu', 'cuda', 'cuda:1', 'mps'."
+    ),
+]
+PrecisionOption = Annotated[
+    Precision, typer.Option(help="'auto': bf16 where fast, else fp32.", rich_help_panel=_TRAIN)
+]
+Seed = Annotated[
+    int | None, typer.Option(metavar="SEED", help="Random seed.", rich_help_panel=_TRAIN)
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")]
+Threads = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="CPU threads (default: torch's, one per core). On a CPU that other programs keep "
+        "busy, fewer threads than cores can be several times faster.",
+    ),
+]
+ChunkSize = Annotated[
+    int, typer.Option(min=1, metavar="N", help="Images scored per pass (bounds memory).")
+]
+ScoringBatchSize = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        metavar="N",
+        help="The model's batch_size for scoring (min(4 N, 32) images at a time; default: "
+        "the model's). Lower it when the device runs out of memory.",
+    ),
+]
+
+# CLI option name -> UniADDetector parameter
+_DETECTOR_PARAMS = {
+    "epochs": "max_epochs",
+    "backbone": "backbone",
+    "backbone_weights": "backbone_weights",
+    "image_size": "image_size",
+    "batch_size": "batch_size",
+    "lr": "learning_rate",
+    "hidden_dim": "hidden_dim",
+    "num_heads": "num_heads",
+    "encoder_layers": "num_encoder_layers",
+    "decoder_layers": "num_decoder_layers",
+    "feedforward_dim": "dim_feedforward",
+    "neighbor_size": "neighbor_size",
+    "jitter_scale": "jitter_scale",
+    "layer_queries": "layer_queries",
+    "image_score": "image_score",
+    "contamination": "contamination",
+    "validation_fraction": "validation_fraction",
+    "device": "device",
+    "precision": "precision",
+    "seed": "random_state",
+}
+# options that shape the networks: they come from the model with --model / --init-model
+_NETWORK_OPTIONS = (
+    "backbone",
+    "backbone_weights",
+    "image_size",
+    "hidden_dim",
+    "num_heads",
+    "encoder_layers",
+    "decoder_layers",
+    "feedforward_dim",
+    "neighbor_size",
+    "layer_queries",
+    "image_score",
+)
+
+
+class CliError(Exception):
+    """A domain error to report in one line (exit code 1)."""
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _is_domain_error(exc: Exception) -> bool:
+    if isinstance(exc, CliError | ValueError | OSError):
+        return True
+    if isinstance(exc, TypeError):
+        return _raised_by_skuniad(exc)
+    # skuniad's own exception types, e.g. BackboneWeightsError (a RuntimeError)
+    return type(exc).__module__.startswith("skuniad.")
+
+
+def _raised_by_skuniad(exc: BaseException) -> bool:
+    """Whether a ``raise`` statement of skuniad's raised ``exc`` (an input check, not a bug)."""
+    traceback = exc.__traceback__
+    if traceback is None:
+        return False
+    while traceback.tb_next is not None:
+        traceback = traceback.tb_next
+    filename = traceback.tb_frame.f_code.co_filename
+    package = str(Path(__file__).parent.parent)  # all of skuniad, not only the CLI
+    line = linecache.getline(filename, traceback.tb_lineno).strip()
+    return filename.startswith(package) and line.startswith("raise ")
+
+
+def _one_line_message(exc: BaseException) -> str:
+    message = _one_line(exc)
+    from skuniad.training import DeviceOutOfMemoryError
+
+    if isinstance(exc, DeviceOutOfMemoryError):  # the library's advice, in option words
+        message = message.replace("batch_size=", "--batch-size ").replace(
+            "batch_size", "--batch-size"
+        )
+    return message
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Turn domain errors into one line + exit 1, and Ctrl-C into exit 130."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        if str(exc):  # TrainingInterrupted says what was kept
+            typer.echo(str(exc), err=True)
+        typer.echo("Interrupted.", err=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:
+        if not _is_domain_error(exc):
+            raise
+        typer.echo(f"Error: {_one_line_message(exc)}", err=True)
+        raise typer.Exit(EXIT_ERROR) from None
+
+
+def _detector_params(options: dict[str, Any]) -> dict[str, Any]:
+    """Map CLI training options onto UniADDetector keyword arguments."""
+    params = {_DETECTOR_PARAMS[k]: v for k, v in options.items() if k in _DETECTOR_PARAMS}
+    weights = params.get("backbone_weights")
+    if isinstance(weights, str) and weights.lower() == "none":
+        params["backbone_weights"] = None
+    if params.get("neighbor_size") == 0:
+        params["neighbor_size"] = None
+    for name, value in params.items():
+        if isinstance(value, Enum):
+            params[name] = value.value
+    contamination = params.get("contamination")
+    if isinstance(contamination, str) and contamination != "auto":
+        try:
+            params["contamination"] = float(contamination)
+        except ValueError:
+            raise typer.BadParameter(
+                f"must be 'auto' or a number in (0, 0.5], got {contamination!r}",
+                param_hint="--contamination",
+            ) from None
+    return params
+
+
+def _check_options(params: dict[str, Any]) -> None:
+    """Refuse out-of-range training options as usage errors (exit 2), before any work."""
+    from sklearn.utils._param_validation import InvalidParameterError
+
+    from skuniad import UniADDetector
+    from skuniad.training import resolve_device
+
+    det = UniADDetector(**params)
+    try:
+        det._validate_params()
+        det._check_architecture()
+        resolve_device(det.device)
+    except (InvalidParameterError, ValueError) as exc:
+        message = re.sub(r"^The '(\w+)' parameter of \w+ ", r"\1 ", _one_line(exc))
+        for option, name in _DETECTOR_PARAMS.items():  # "name=value", "name must": parameters
+            flag = "--" + option.replace("_", "-")
+            message = re.sub(rf"\b{name}\b(?==| must)", flag, message)
+        raise typer.BadParameter(message) from None
+
+
+def _given_options(ctx: typer.Context, names) -> list[str]:
+    """The options among ``names`` typed on the command line, as flags."""
+    return [
+        "--" + name.replace("_", "-")
+        for name in names
+        if getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+    ]
+
+
+def _collect_images(inputs: list[Path], skip_masks: bool = False) -> list[Path]:
+    """Image files named directly or found (recursively, sorted) in folders.
+
+    ``skip_masks``: leave out files under a ``ground_truth`` folder of a
+    searched folder (an MVTec-style data set's masks).
+    """
+    from skuniad.datasets import IMAGE_EXTENSIONS
+
+    found: list[Path] = []
+    for item in inputs:
+        if item.is_file():
+            if item.suffix.lower() not in IMAGE_EXTENSIONS:
+                raise CliError(f"not an image file (by extension): {item}")
+            found.append(item)
+        elif item.is_dir():
+            files = sorted(
+                p
+                for p in item.rglob("*")
+                if p.suffix.lower() in IMAGE_EXTENSIONS
+                and p.is_file()
+                and not any(part.startswith(".") for part in p.relative_to(item).parts)
+                and not (skip_masks and "ground_truth" in p.relative_to(item).parts[:-1])
+            )
+            if not files:
+                raise CliError(f"no image files found in {item}")
+            found.extend(files)
+        else:
+            raise CliError(f"no such file or folder: {item}")
+    return found
+
+
+def _training_images(
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
+) -> list[Path]:
+    from skuniad.datasets import list_categories
+
+    if dataset is not DataKind.folder:
+        data_format = DatasetFormat(dataset.value)
+        _check_meta_options(data_format, train_meta, None)
+        if dataset is DataKind.uniad_json and len(data_dirs) != 1:
+            raise typer.BadParameter(
+                "--dataset uniad-json takes one DATA_DIR, the image folder of --train-meta",
+                param_hint="DATA_DIR",
+            )
+        paths: list[Path] = []
+        for root in data_dirs:
+            paths += _read_split(data_format, root, "train", categories, train_meta).paths
+        return paths
+    if categories or train_meta:
+        flag = "--category" if categories else "--train-meta"
+        raise typer.BadParameter(
+            f"{flag} needs --dataset mvtec, visa or uniad-json", param_hint=flag
+        )
+    for root in data_dirs:
+        if root.is_dir() and list_categories(root):
+            raise CliError(
+                f"{root} looks like an MVTec-style data set (it has train/ or test/ folders); "
+                "pass --dataset mvtec to train on its train/good images only"
+            )
+    return _collect_images(data_dirs)
+
+
+def _images_and_categories(
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
+) -> tuple[list[Path], list[str]]:
+    """Normal images and the category of each: the data set's categories, else each
+    DATA_DIR's name."""
+    if dataset is not DataKind.folder:
+        paths: list[Path] = []
+        names: list[str] = []
+        for root in data_dirs:
+            data = _read_split(DatasetFormat(dataset.value), root, "train", categories, train_meta)
+            paths += data.paths
+            names += data.categories
+        return paths, names
+    paths = _training_images(data_dirs, dataset, categories)
+    owners = {}
+    for folder in data_dirs:
+        name = folder.resolve().name if folder.is_dir() else folder.resolve().parent.name
+        if owners.setdefault(name, folder) != folder and folder.is_dir():
+            raise CliError(
+                f"{owners[name]} and {folder} are both named {name!r}: with --per-category each "
+                "DATA_DIR is one category named after its folder, so the names must differ"
+            )
+    names = []
+    for path in paths:
+        folder = next((d for d in data_dirs if d.is_dir() and path.is_relative_to(d)), path.parent)
+        names.append(folder.resolve().name)
+    return paths, names
+
+
+def _path_categories(paths: list[Path], groups: list[Any]) -> list[Any]:
+    """Each image's category: the nearest folder on its path named like one of the model's
+    ``groups`` (then that group's label), else the name of the folder holding it."""
+    known = {str(g): g for g in groups}
+    found = []
+    for path in paths:
+        parts = path.parent.resolve().parts
+        match = next((p for p in reversed(parts) if p in known), None)
+        found.append(known[match] if match is not None else (parts[-1] if parts else ""))
+    return found
+
+
+def _check_output_file(path: Path) -> None:
+    """Fail before training, not after, when the model cannot be written."""
+    if path.is_dir():
+        raise CliError(f"--output is a folder; give a file name such as model{MODEL_SUFFIX}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+
+def _check_weights(params: dict[str, Any]) -> None:
+    """An offline machine without the backbone's weights fails now, before torch loads."""
+    from skuniad.weights import check_weights_available
+
+    check_weights_available(params["backbone"], params["backbone_weights"])
+
+
+def _fit_detector(
+    det: Any, images: list[Path], groups: list[str] | None = None
+) -> tuple[Any, bool, float]:
+    """Fit; return (det, interrupted, seconds).
+
+    Ctrl-C during training keeps the last finished epoch: the library fits
+    the detector with it and raises TrainingInterrupted, which the commands
+    catch here on purpose to write that model. Interrupted before any epoch
+    finished, the Ctrl-C goes on (exit 130, nothing written).
+    """
+    from skuniad.training import TrainingInterrupted
+
+    start = time.perf_counter()
+    interrupted = False
+    try:
+        det.fit(images, groups=groups)
+    except TrainingInterrupted as exc:
+        typer.echo(str(exc), err=True)
+        if not exc.loss_curve:
+            raise
+        interrupted = True
+    return det, interrupted, time.perf_counter() - start
+
+
+def _tune_runtime(threads: int | None = None) -> None:
+    """The process-wide CPU settings skuniad.runtime recommends (denormals, malloc)."""
+    from skuniad.runtime import tune_cpu_runtime
+
+    tune_cpu_runtime()
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _load_detector(path: Path, device: str) -> Any:
+    from skuniad import UniADDetector
+
+    if not path.is_file():
+        raise CliError(f"model file not found: {path}")
+    return UniADDetector.load(path, device=device)
+
+
+def _format_seconds(seconds: float) -> str:
+    if seconds < 59.95:  # would print as 60.0 s
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)  # round first: never "5 min 60 s"
+    return f"{minutes} min {rest} s"
+
+
+_SHORT_NAMES = {
+    "image_auroc": "I-AUROC",
+    "pixel_auroc": "P-AUROC",
+    "aupro": "AUPRO",
+    "image_ap": "I-AP",
+    "pixel_ap": "P-AP",
+    "image_f1_max": "I-F1max",
+    "pixel_f1_max": "P-F1max",
+    "image_auroc_max": "I-AUROC max",
+    "image_auroc_mean": "I-AUROC mean",
+    "image_auroc_std": "I-AUROC std",
+    "paper_image_auroc": "paper I",
+    "paper_pixel_auroc": "paper P",
+    "delta_image": "Δ I",
+    "delta_pixel": "Δ P",
+    "image_precision": "I-prec",
+    "image_recall": "I-recall",
+    "image_f1": "I-F1",
+    "image_false_alarm_rate": "I-false alarms",
+    "pixel_precision": "P-prec",
+    "pixel_recall": "P-recall",
+    "pixel_f1": "P-F1",
+    "pixel_false_alarm_rate": "P-false alarms",
+}
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from skuniad.evaluation import results_table
+
+    columns, rows = results_table(results)
+    seeds = results.get("seeds") or []
+    caption = "I = image level, P = pixel level; mean over categories"
+    if len(seeds) > 1:
+        caption += f"; mean ± std over {len(seeds)} seeds"
+    table = Table(
+        title=f"Results (%) at {results['image_size']} px", caption=caption, box=box.SIMPLE_HEAD
+    )
+    table.add_column("Category", no_wrap=True)
+    for key in columns:
+        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+    for name, *cells in rows[:-1]:
+        table.add_row(name, *cells)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console(width=max(120, 11 * len(columns) + 16)).print(table)
+    _print_operating_point(results)
+
+
+def _print_operating_point(results: dict[str, Any]) -> None:
+    """What the model's own thresholds do, per category: a second table."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from skuniad.evaluation import operating_point_table
+
+    columns, rows = operating_point_table(results)
+    if not columns:
+        return
+    table = Table(
+        title="At the model's own thresholds (%)",
+        caption="false alarms: good images (normal pixels) flagged; per-category thresholds "
+        "where the model has them",
+        box=box.SIMPLE_HEAD,
+    )
+    table.add_column("Category", no_wrap=True)
+    for key in columns:
+        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+    for name, *cells in rows[:-1]:
+        table.add_row(name, *cells)
+    table.add_section()
+    table.add_row(*rows[-1], style="bold")
+    Console(width=max(120, 13 * len(columns) + 16)).print(table)
+
+
+def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
+    from skuniad import __version__
+
+    info = {
+        "backbone": det.backbone,
+        "image_size": det.image_size,
+        "transformer": (
+            f"hidden {det.hidden_dim}, heads {det.num_heads}, layers "
+            f"{det.num_encoder_layers}+{det.num_decoder_layers}, feedforward {det.dim_feedforward}"
+        ),
+        "epochs": getattr(det, "n_epochs_", None),
+        "device": str(getattr(det, "device_", det.device)),
+        "skuniad": __version__,
+    }
+    info.update(extra)
+    return info
+
+
+def _json_params(det: Any) -> dict[str, Any]:
+    """The detector's full parameters, JSON-safe, for results.json."""
+    from skuniad.persistence import json_safe_params
+
+    return json_safe_params(det.get_params())
+
+
+TrainMeta = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE",
+        help="With --dataset uniad-json: the training list (one JSON object per line).",
+    ),
+]
+TestMeta = Annotated[
+    Path | None,
+    typer.Option(
+        metavar="FILE", help="With --dataset uniad-json: the test list (one JSON object per line)."
+    ),
+]
+
+
+def _describe_dataset(
+    dataset: DatasetFormat, root: Path, train_meta: Path | None, test_meta: Path | None
+) -> str:
+    """The data set as the report's run details name it."""
+    text = f"{root} ({dataset.value})"
+    if dataset is DatasetFormat.uniad_json:
+        text += f", train list {train_meta}, test list {test_meta}"
+    return text
+
+
+def _require_root(root: Path | None, dataset: DatasetFormat) -> Path:
+    """Without --root: what the data set is, where to get it and its layout (usage error)."""
+    if root is not None:
+        return root
+    from skuniad.datasets import describe_format
+
+    typer.echo(f"Missing --root for --dataset {dataset.value}.\n", err=True)
+    typer.echo(describe_format(dataset.value), err=True)
+    raise typer.Exit(2)
+
+
+def _check_meta_options(dataset: DatasetFormat, train_meta: Path | None, test_meta: Path | None):
+    given = [n for n, v in (("--train-meta", train_meta), ("--test-meta", test_meta)) if v]
+    if dataset is not DatasetFormat.uniad_json and given:
+        raise typer.BadParameter(
+            f"{', '.join(given)} only with --dataset uniad-json", param_hint=given[0]
+        )
+
+
+def _read_split(
+    dataset: DatasetFormat,
+    root: Path,
+    split: str,
+    categories: list[str] | None,
+    meta: Path | None,
+) -> Any:
+    from skuniad.datasets import load_dataset
+
+    if dataset is DatasetFormat.uniad_json and meta is None:
+        raise typer.BadParameter(
+            f"--dataset uniad-json needs --{split}-meta", param_hint=f"--{split}-meta"
+        )
+    return load_dataset(dataset.value, root, split, categories or None, meta)

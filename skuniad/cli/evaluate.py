@@ -1,0 +1,351 @@
+"""skuniad evaluate: the paper's experiments on a data set, or one saved model's metrics."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from skuniad.cli import _common
+from skuniad.cli._common import (
+    _DETECTOR_PARAMS,
+    _NETWORK_OPTIONS,
+    _TRAIN,
+    MODEL_SUFFIX,
+    Backbone,
+    BackboneWeights,
+    BatchSize,
+    Contamination,
+    DatasetFormat,
+    DecoderLayers,
+    Device,
+    EncoderLayers,
+    Epochs,
+    FeedforwardDim,
+    HiddenDim,
+    ImageScore,
+    ImageScoreOption,
+    ImageSize,
+    JitterScale,
+    LayerQueries,
+    LayerQueriesOption,
+    LearningRate,
+    NeighborSize,
+    NumHeads,
+    Precision,
+    PrecisionOption,
+    Quiet,
+    Setting,
+    TestMeta,
+    Threads,
+    TrainMeta,
+    ValidationFraction,
+    _check_meta_options,
+    _check_options,
+    _check_weights,
+    _describe_dataset,
+    _detector_params,
+    _domain_errors,
+    _format_seconds,
+    _given_options,
+    _json_params,
+    _load_detector,
+    _print_results,
+    _read_split,
+    _require_root,
+    _run_info,
+    app,
+)
+
+
+@app.command(name="evaluate")
+def evaluate_command(
+    ctx: typer.Context,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="DIR",
+            help="Data set root (for uniad-json: the image folder); without it, the format "
+            "is explained.",
+        ),
+    ] = None,
+    dataset: Annotated[
+        DatasetFormat,
+        typer.Option(
+            help="mvtec: MVTec AD folders (and MVTec-like sets); visa: VisA's split file "
+            "ROOT/split_csv/1cls.csv; uniad-json: the UniAD authors' JSON lists."
+        ),
+    ] = DatasetFormat.mvtec,
+    train_meta: TrainMeta = None,
+    test_meta: TestMeta = None,
+    ignore_pixel_metrics: Annotated[
+        bool,
+        typer.Option(
+            help="Image-level metrics only, also for categories with masks (needed when only "
+            "some anomalous images have one). Categories without any mask are evaluated at "
+            "image level anyway."
+        ),
+    ] = False,
+    category: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--category", "-c", metavar="NAME", help="Categories to use (repeat); default: all."
+        ),
+    ] = None,
+    model: Annotated[
+        Path | None,
+        typer.Option(metavar="FILE", help="Evaluate this saved model instead of training one."),
+    ] = None,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Continue training this saved model for --epochs more epochs, then evaluate "
+            "it (unified setting, one seed). Its network options cannot be given.",
+        ),
+    ] = None,
+    output: Annotated[
+        Path | None,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="DIR",
+            help="Folder for results.json, results.md, scores.csv, overlays, curves and the "
+            "trained models.",
+        ),
+    ] = None,
+    overlays: Annotated[
+        bool,
+        typer.Option(
+            "--overlays/--no-overlays",
+            help="Write heat-map overlays (image | map) as PNG, as 'skuniad predict' draws "
+            "them, with the ground truth outlined in white (needs --output).",
+        ),
+    ] = False,
+    overlays_per_category: Annotated[
+        int, typer.Option(min=1, metavar="N", help="With --overlays: overlays per category.")
+    ] = 4,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="With --output: each fit checkpoints every N epochs next to its model file "
+            "(0: never); rerunning the same command resumes it.",
+        ),
+    ] = 5,
+    setting: Annotated[
+        Setting,
+        typer.Option(
+            help="unified: one model for all categories (UniAD); separate: one per category."
+        ),
+    ] = Setting.unified,
+    seed: Annotated[
+        list[int] | None,
+        typer.Option(
+            "--seed",
+            metavar="SEED",
+            help="Random seed; repeat it to run the experiment once per seed (mean ± std).",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = None,
+    eval_every: Annotated[
+        int | None,
+        typer.Option(
+            metavar="N",
+            help="Score the test split every N epochs of the fit: curve.json and curve.png "
+            "in --output. The reported model is still the last epoch's.",
+        ),
+    ] = None,
+    curve_categories: Annotated[
+        bool, typer.Option(help="One line per category in curve.png.")
+    ] = False,
+    epochs: Epochs = 1000,
+    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
+    backbone_weights: BackboneWeights = "imagenet",
+    image_size: ImageSize = 224,
+    batch_size: BatchSize = 8,
+    lr: LearningRate = 1e-4,
+    hidden_dim: HiddenDim = 256,
+    num_heads: NumHeads = 8,
+    encoder_layers: EncoderLayers = 4,
+    decoder_layers: DecoderLayers = 4,
+    feedforward_dim: FeedforwardDim = 1024,
+    neighbor_size: NeighborSize = 7,
+    jitter_scale: JitterScale = 20.0,
+    layer_queries: LayerQueriesOption = LayerQueries.every,
+    image_score: ImageScoreOption = ImageScore.max,
+    contamination: Contamination = "auto",
+    validation_fraction: ValidationFraction = None,
+    per_category: Annotated[
+        bool,
+        typer.Option(
+            "--per-category",
+            help="Also set thresholds per category when training, and apply them.",
+            rich_help_panel=_TRAIN,
+        ),
+    ] = False,
+    device: Device = "auto",
+    precision: PrecisionOption = Precision.auto,
+    quiet: Quiet = False,
+    threads: Threads = None,
+) -> None:
+    """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
+
+    Beside these threshold-free metrics, what the model's own thresholds do:
+    image-level precision, recall, F1 and false-alarm rate on good images at
+    the image threshold, and the same over pixels at the pixel threshold.
+
+    Without --model, models are trained as the paper's experiments: one on
+    the normal training images of all chosen categories together (UniAD's
+    unified setting) or one per category (--setting separate), once per
+    --seed; each category's test split is then scored at model resolution.
+    MVTec AD categories are shown next to the paper's AUROCs.
+
+    A category whose anomalous images have no masks is evaluated at image
+    level (its pixel metrics read n/a). The data set is checked completely
+    before any training: bad input fails in one line, with nothing written.
+    """
+    options = dict(locals())
+    params = _detector_params(options)
+    root = _require_root(root, dataset)
+    _check_meta_options(dataset, train_meta, test_meta)
+    if init_model is not None:
+        refused = _given_options(ctx, _NETWORK_OPTIONS) + (["--model"] if model else [])
+        if refused:
+            raise typer.BadParameter(
+                f"{', '.join(refused)} cannot be combined with --init-model",
+                param_hint="--init-model",
+            )
+        if len(seed or []) > 1 or setting is not Setting.unified:
+            raise typer.BadParameter(
+                "continues one model: the unified setting and one --seed",
+                param_hint="--init-model",
+            )
+    if model is None:
+        _check_options({k: v for k, v in params.items() if k != "random_state"})
+    else:
+        given = [
+            name
+            for name in (*_DETECTOR_PARAMS, "setting", "eval_every", "per_category")
+            if name not in ("device", "batch_size")
+            and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
+        ]
+        if len(seed or []) > 1 or given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given or ["seed"])
+            raise typer.BadParameter(
+                f"{flags} cannot be combined with --model (it evaluates one trained model)",
+                param_hint="--model",
+            )
+    if eval_every is not None and not 1 <= eval_every <= epochs:
+        raise typer.BadParameter(
+            f"must be between 1 and --epochs ({epochs}), got {eval_every}",
+            param_hint="--eval-every",
+        )
+    if eval_every is not None and output is None:
+        raise typer.BadParameter("--eval-every needs --output", param_hint="--eval-every")
+    if overlays and output is None:
+        raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
+    with _domain_errors():
+        from skuniad.evaluation import (
+            check_test_set,
+            evaluate_detector,
+            run_experiment,
+            write_results,
+        )
+
+        # Everything that can be wrong with the data fails here, before any training.
+        test = _read_split(dataset, root, "test", category, test_meta)
+        check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
+        if model is None:
+            train = _read_split(dataset, root, "train", category, train_meta)
+            if init_model is None:  # a saved model carries its backbone's weights
+                _check_weights(params)
+        described = _describe_dataset(dataset, root, train_meta, test_meta)
+        _common._tune_runtime(threads)
+        if model is None:
+            params.pop("random_state", None)  # one run per --seed
+            if init_model is not None:  # the network is the model's
+                network = {_DETECTOR_PARAMS[name] for name in _NETWORK_OPTIONS}
+                params = {k: v for k, v in params.items() if k not in network}
+            seed_list = list(dict.fromkeys(seed)) if seed else [None]
+            models = 1 if setting is Setting.unified else len(train.category_names)
+            typer.echo(
+                f"Training {models * len(seed_list)} model(s) ({setting.value} setting, "
+                f"seeds {seed_list}) on {len(train)} normal images of "
+                f"{len(train.category_names)} categories."
+            )
+            start = time.perf_counter()
+            results = run_experiment(
+                train,
+                test,
+                params,
+                setting=setting.value,
+                seeds=seed_list,
+                eval_every=eval_every,
+                output_dir=output,
+                n_overlays=overlays_per_category if overlays else 0,
+                curve_categories=curve_categories,
+                per_category=per_category,
+                ignore_pixel_metrics=ignore_pixel_metrics,
+                checkpoint_every=checkpoint_every or None,
+                init_model=init_model,
+                verbose=0 if quiet else 1,
+            )
+            fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
+            evaluate_seconds = sum(run["seconds"] for run in results["runs"])
+            typer.echo(f"Wall time: {_format_seconds(time.perf_counter() - start)}, ", nl=False)
+            typer.echo(
+                f"of which fitting {_format_seconds(fit_seconds)}, "
+                f"evaluation {_format_seconds(evaluate_seconds)}"
+            )
+            from skuniad import UniADDetector
+
+            if init_model is None:
+                det = UniADDetector(**params)
+            else:
+                det = _load_detector(init_model, "cpu").set_params(**params)
+            results["run"] = _run_info(
+                det,
+                dataset=described,
+                model="trained by this command",
+                epochs=results["runs"][0]["n_epochs"],
+                fit_seconds=round(fit_seconds, 1),
+                evaluate_seconds=round(evaluate_seconds, 1),
+                seeds=seed_list,
+            )
+            results["params"] = _json_params(det)  # random_state: one run per seed
+            if len(results["runs"]) == 1:  # the run block has the times already
+                del results["runs"][0]["fit_seconds"], results["runs"][0]["seconds"]
+        else:
+            det = _load_detector(model, device)
+            det.set_params(verbose=0 if quiet else 1)
+            if _given_options(ctx, ["batch_size"]):
+                det.set_params(batch_size=batch_size)
+            typer.echo(
+                f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
+            )
+            results = evaluate_detector(
+                det,
+                test,
+                overlay_dir=None if output is None or not overlays else output / "overlays",
+                n_overlays=overlays_per_category,
+                ignore_pixel_metrics=ignore_pixel_metrics,
+                verbose=0 if quiet else 1,
+            )
+            seconds = results.pop("seconds")  # kept once, in the run block
+            results["run"] = _run_info(
+                det, dataset=described, model=str(model), evaluate_seconds=round(seconds, 1)
+            )
+            results["params"] = _json_params(det)
+            typer.echo(f"Wall time: evaluation {_format_seconds(seconds)}")
+        _print_results(results)
+        if output is not None:
+            json_path, md_path = write_results(results, output)
+            typer.echo(f"Results: {json_path}, {md_path}")
+            if eval_every is not None:
+                typer.echo(f"Learning curves: {output / 'curve.json'}, {output / 'curve.png'}")
+            if model is None:
+                typer.echo(f"Models: {output}/model*{MODEL_SUFFIX}")

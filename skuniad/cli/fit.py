@@ -1,0 +1,267 @@
+"""skuniad fit and skuniad calibrate: train a model, or set its thresholds on new normal images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from skuniad.cli import _common
+from skuniad.cli._common import (
+    _DETECTOR_PARAMS,
+    _NETWORK_OPTIONS,
+    EXIT_INTERRUPTED,
+    MODEL_SUFFIX,
+    Backbone,
+    BackboneWeights,
+    BatchSize,
+    Contamination,
+    DataKind,
+    DecoderLayers,
+    Device,
+    EncoderLayers,
+    Epochs,
+    FeedforwardDim,
+    HiddenDim,
+    ImageScore,
+    ImageScoreOption,
+    ImageSize,
+    JitterScale,
+    LayerQueries,
+    LayerQueriesOption,
+    LearningRate,
+    NeighborSize,
+    NumHeads,
+    PerCategory,
+    Precision,
+    PrecisionOption,
+    Quiet,
+    Seed,
+    Threads,
+    TrainMeta,
+    ValidationFraction,
+    _check_options,
+    _check_output_file,
+    _check_weights,
+    _detector_params,
+    _domain_errors,
+    _fit_detector,
+    _format_seconds,
+    _given_options,
+    _images_and_categories,
+    _load_detector,
+    _training_images,
+    app,
+)
+
+
+@app.command()
+def fit(
+    ctx: typer.Context,
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATA_DIR",
+            help="Folders of normal images (searched recursively) or image files; "
+            "with --dataset mvtec, MVTec-style roots (CATEGORY/train/good is used); with "
+            "visa, VisA roots; with uniad-json, the image folder of --train-meta.",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output", "-o", metavar="FILE", help=f"Model file to write ({MODEL_SUFFIX})."
+        ),
+    ],
+    dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
+    category: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--category", "-c", metavar="NAME", help="With a --dataset format: categories to use."
+        ),
+    ] = None,
+    train_meta: TrainMeta = None,
+    init_model: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Continue training this saved model (a warm start) for --epochs more epochs. "
+            "Its network (backbone, sizes, layers) is kept: those options cannot be given.",
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Training checkpoint (default: the --output file name plus .ckpt). Rerunning "
+            "the same command resumes from it (on CPU, to the same weights); it is removed "
+            "when training completes.",
+        ),
+    ] = None,
+    checkpoint_every: Annotated[
+        int,
+        typer.Option(min=0, metavar="N", help="Epochs between checkpoints; 0: no checkpoint."),
+    ] = 5,
+    epochs: Epochs = 1000,
+    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
+    backbone_weights: BackboneWeights = "imagenet",
+    image_size: ImageSize = 224,
+    batch_size: BatchSize = 8,
+    lr: LearningRate = 1e-4,
+    hidden_dim: HiddenDim = 256,
+    num_heads: NumHeads = 8,
+    encoder_layers: EncoderLayers = 4,
+    decoder_layers: DecoderLayers = 4,
+    feedforward_dim: FeedforwardDim = 1024,
+    neighbor_size: NeighborSize = 7,
+    jitter_scale: JitterScale = 20.0,
+    layer_queries: LayerQueriesOption = LayerQueries.every,
+    image_score: ImageScoreOption = ImageScore.max,
+    contamination: Contamination = "auto",
+    validation_fraction: ValidationFraction = None,
+    per_category: PerCategory = False,
+    device: Device = "auto",
+    precision: PrecisionOption = Precision.auto,
+    seed: Seed = None,
+    quiet: Quiet = False,
+    threads: Threads = None,
+) -> None:
+    """Train one model on the normal images of all categories together.
+
+    The +1/-1 and pixel thresholds are set on the training images, or with
+    --validation-fraction on a held-out share of them; with --per-category,
+    also per category ('skuniad predict' applies them to images found in a
+    folder of that name).
+
+    Ctrl-C stops training after the current epoch's weights: the model of the
+    last finished epoch is still written, and the exit code is 130. A run
+    that was killed instead resumes from its checkpoint when rerun.
+    """
+    params = _detector_params(locals())
+    if init_model is not None:
+        given = _given_options(ctx, _NETWORK_OPTIONS)
+        if given:
+            raise typer.BadParameter(
+                f"{', '.join(given)} cannot be combined with --init-model: the network is the "
+                "model's",
+                param_hint="--init-model",
+            )
+    _check_options(params)
+    if checkpoint is None:
+        checkpoint = output.with_name(output.name + ".ckpt")
+    with _domain_errors():
+        if per_category:
+            images, groups = _images_and_categories(data_dirs, dataset, category, train_meta)
+        else:
+            images, groups = _training_images(data_dirs, dataset, category, train_meta), None
+        if init_model is None:  # a saved model carries its backbone's weights
+            _check_weights(params)
+        _check_output_file(output)
+        _common._tune_runtime(threads)
+        from skuniad import UniADDetector, distributed
+
+        training = dict(
+            verbose=0 if quiet else 1,
+            # torchrun trainings cannot checkpoint (see skuniad.training)
+            checkpoint_path=checkpoint
+            if checkpoint_every > 0 and distributed.distributed_context() is None
+            else None,
+            checkpoint_every=max(checkpoint_every, 1),
+        )
+        if init_model is not None:
+            det = _load_detector(init_model, device)
+            network = {_DETECTOR_PARAMS[name] for name in _NETWORK_OPTIONS}
+            det.set_params(
+                **{k: v for k, v in params.items() if k not in network},
+                **training,
+                warm_start=True,
+            )
+            typer.echo(f"Continuing {init_model} ({det.n_epochs_} epochs) on {len(images)} images.")
+        else:
+            det = UniADDetector(**params, **training)
+            typer.echo(f"Training on {len(images)} images.")
+        if training["checkpoint_path"] is not None and checkpoint.exists():
+            typer.echo(f"Resuming from the checkpoint {checkpoint}.")
+        det, interrupted, seconds = _fit_detector(det, images, groups)
+        if distributed.is_main_process():  # under torchrun every rank has the same weights
+            det.save(output)
+            typer.echo(
+                f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "
+                f"{output}"
+            )
+            _echo_thresholds(det)
+        distributed.finish()
+        if interrupted:
+            raise typer.Exit(EXIT_INTERRUPTED)
+
+
+def _echo_thresholds(det: Any) -> None:
+    """The model's image and pixel thresholds, pooled and per category, one line each."""
+    if not hasattr(det, "offset_"):
+        typer.echo("Thresholds: none (not calibrated; see 'skuniad calibrate').")
+        return
+    typer.echo(
+        f"Thresholds: image {det.image_threshold_:.6g} (anomaly score), pixel "
+        f"{det.pixel_threshold_:.6g} (anomaly map)"
+    )
+    for group, image in getattr(det, "group_image_thresholds_", {}).items():
+        pixel = det.group_pixel_thresholds_[group]
+        typer.echo(f"  {group}: image {image:.6g}, pixel {pixel:.6g}")
+
+
+# ---------------------------------------------------------------- calibrate
+@app.command()
+def calibrate(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help=f"A model written by 'skuniad fit' ({MODEL_SUFFIX})."),
+    ],
+    data_dirs: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="DATA_DIR",
+            help="Normal images (folders searched recursively, or files); with --dataset "
+            "mvtec, MVTec-style roots (CATEGORY/train/good is used).",
+        ),
+    ],
+    output: Annotated[
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            metavar="FILE",
+            help=f"Model file to write ({MODEL_SUFFIX}); may be MODEL.",
+        ),
+    ],
+    dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
+    category: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--category", "-c", metavar="NAME", help="With --dataset mvtec: categories to use."
+        ),
+    ] = None,
+    per_category: PerCategory = False,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    threads: Threads = None,
+) -> None:
+    """Set a model's thresholds from normal images it has not trained on.
+
+    The rule is fit's (the model's contamination), applied to these images:
+    every threshold is replaced, per category too with --per-category (else
+    no per-category thresholds remain). The weights are unchanged.
+    """
+    with _domain_errors():
+        if per_category:
+            images, groups = _images_and_categories(data_dirs, dataset, category)
+        else:
+            images, groups = _training_images(data_dirs, dataset, category), None
+        _check_output_file(output)
+        _common._tune_runtime(threads)
+        det = _load_detector(model, device)
+        det.set_params(verbose=0 if quiet else 1)
+        det.calibrate(images, groups=groups)
+        det.save(output)
+        typer.echo(f"Calibrated on {len(images)} normal images; model written to {output}")
+        _echo_thresholds(det)

@@ -1,0 +1,329 @@
+"""skuniad predict: score images into scores.csv, with overlays and masks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from skuniad.cli import _common
+from skuniad.cli._common import (
+    MODEL_SUFFIX,
+    ChunkSize,
+    CliError,
+    Device,
+    Quiet,
+    ScoringBatchSize,
+    Threads,
+    _collect_images,
+    _domain_errors,
+    _load_detector,
+    _path_categories,
+    app,
+)
+
+
+def _overlay_names(images: list[Path], inputs: list[Path]) -> list[Path]:
+    """Overlay file names mirroring each image's place under its input folder."""
+    names, seen = [], set()
+    for image in images:
+        relative = Path(image.name)
+        for root in inputs:
+            if root.is_dir() and image.is_relative_to(root):
+                relative = image.relative_to(root)
+                break
+        candidate, n = relative.with_suffix(".png"), 1
+        while candidate in seen:
+            candidate = relative.with_name(f"{relative.stem}_{n}.png")
+            n += 1
+        seen.add(candidate)
+        names.append(candidate)
+    return names
+
+
+def _display_image(path: Path, max_side: int = 768):
+    """The image at its own size, shrunk (aspect kept) when larger than ``max_side``."""
+    from skuniad.datasets import load_image
+
+    image = load_image(path)
+    height, width = image.shape[:2]
+    scale = max_side / max(height, width)
+    if scale < 1:
+        image = load_image(path, size=(max(1, round(height * scale)), max(1, round(width * scale))))
+    return image
+
+
+@app.command()
+def predict(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help=f"A model written by 'skuniad fit' ({MODEL_SUFFIX})."),
+    ],
+    images: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="IMAGES",
+            help="Image files or folders (searched recursively; files under a ground_truth "
+            "folder, a data set's masks, are skipped).",
+        ),
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", metavar="DIR", help="Folder for the results.")
+    ],
+    overlays: Annotated[
+        bool,
+        typer.Option(
+            "--overlays/--no-overlays", help="Write heat-map overlays (image | map) as PNG."
+        ),
+    ] = True,
+    masks: Annotated[
+        bool,
+        typer.Option(
+            "--masks",
+            help="Write defect masks (white = above the pixel threshold) as PNG at each "
+            "image's size to OUTPUT/masks/.",
+        ),
+    ] = False,
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Image threshold on anomaly_score for every image, instead of the model's.",
+        ),
+    ] = None,
+    pixel_threshold: Annotated[
+        float | None,
+        typer.Option(help="Anomaly-map threshold for masks and overlays, instead of the model's."),
+    ] = None,
+    pooled: Annotated[
+        bool,
+        typer.Option("--pooled", help="Ignore the model's per-category thresholds."),
+    ] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(
+            "--strict",
+            help="Stop at the first unreadable image (exit 1). Default: skip it, with the "
+            "reason in the error column and the closing summary.",
+        ),
+    ] = False,
+    device: Device = "auto",
+    batch_size: ScoringBatchSize = None,
+    chunk_size: ChunkSize = 128,
+    quiet: Quiet = False,
+    threads: Threads = None,
+) -> None:
+    """Score images: OUTPUT/scores.csv and heat-map overlays in OUTPUT/overlays/.
+
+    scores.csv has one row per image, written as it is scored: path;
+    category; anomaly_score, the UniAD image score (HIGHER = MORE ANOMALOUS,
+    i.e. minus scikit-learn's score_samples); threshold, the image threshold
+    applied; label, scikit-learn's outlier convention: +1 normal, -1
+    anomalous (anomaly_score above threshold); the overlay and mask files;
+    and error, why an image could not be read (its other cells are then
+    empty). The thresholds are the model's (set on its training or
+    calibration images, see 'skuniad info MODEL') unless --threshold /
+    --pixel-threshold are given. A model with per-category thresholds
+    applies them to the images in a folder named like the category (nearest
+    such folder on the path); the category column shows it, or else the
+    image's folder. Overlays share one colour scale (matplotlib's inferno),
+    0 to twice the model's pixel threshold, with the pixels above the
+    image's pixel threshold outlined in green.
+    """
+    with _domain_errors():
+        if not model.is_file():
+            raise CliError(f"model file not found: {model}")
+        paths = _collect_images(images, skip_masks=True)
+        _common._tune_runtime(threads)
+        det = _load_detector(model, device)
+        det.set_params(verbose=0)  # one progress bar, this command's
+        if batch_size is not None:
+            det.set_params(batch_size=batch_size)
+        import numpy as np
+
+        from skuniad._progress import progress_bar
+        from skuniad.visualize import save_overlay
+
+        categories = _path_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
+        image_t, pixel_t = _predict_thresholds(
+            det, None if pooled else categories, len(paths), threshold, pixel_threshold, masks
+        )
+        scale = {}
+        if pixel_t is not None:  # one colour scale for all overlays
+            reference = pixel_threshold if pixel_threshold is not None else det.pixel_threshold_
+            scale = dict(vmin=0.0, vmax=2.0 * reference)
+        output.mkdir(parents=True, exist_ok=True)
+        names = _overlay_names(paths, images)
+        csv_path = output / "scores.csv"
+        rows: list[tuple[str, ...]] = []
+        failed: list[str] = []
+        with open(csv_path, "w", newline="") as f, progress_bar(not quiet) as progress:
+            writer = csv.writer(f)
+            writer.writerow(
+                [
+                    "path",
+                    "category",
+                    "anomaly_score",
+                    "threshold",
+                    "label",
+                    "overlay",
+                    "mask",
+                    "error",
+                ]
+            )
+            task = progress.add_task("scoring", total=len(paths))
+            chunks = det.predict_chunks(
+                paths, chunk_size=chunk_size, size="model", errors="raise" if strict else "skip"
+            )
+            for chunk in chunks:
+                for i, index in enumerate(chunk.indices):
+                    path, error = paths[index], chunk.errors[i]
+                    if error is not None:
+                        failed.append(f"image {index}: {error}")
+                        writer.writerow([str(path), str(categories[index])] + [""] * 5 + [error])
+                        continue
+                    score = -chunk.score_samples[i]
+                    label = ""
+                    if image_t is not None:
+                        label = str(_labels(np.array([score]), image_t[index : index + 1])[0])
+                    overlay = mask = ""
+                    if overlays:
+                        target = output / "overlays" / names[index]
+                        outline = {} if pixel_t is None else {"threshold": float(pixel_t[index])}
+                        save_overlay(
+                            target,
+                            _display_image(path),
+                            chunk.anomaly_maps[i],
+                            **scale,
+                            **outline,
+                        )
+                        overlay = str(target)
+                    if masks:
+                        target = output / "masks" / names[index]
+                        _save_mask(target, path, chunk.anomaly_maps[i], pixel_t[index])
+                        mask = str(target)
+                    row = (
+                        str(path),
+                        str(categories[index]),
+                        f"{score:.8g}",
+                        "" if image_t is None else f"{image_t[index]:.8g}",
+                        label,
+                        overlay,
+                        mask,
+                    )
+                    rows.append(row)
+                    writer.writerow([*row, ""])
+                f.flush()  # a long run's results so far survive an interruption
+                progress.advance(task, len(chunk.indices))
+        if image_t is not None:
+            _echo_flagged(rows, det, threshold, pixel_threshold, pooled)
+        else:
+            typer.echo(
+                f"Scored {len(rows)} images. The model has no decision threshold "
+                "(an uncalibrated import): labels are left empty; pass --threshold to set one."
+            )
+        if failed:
+            typer.echo(
+                f"Skipped {len(failed)} unreadable images (error column of scores.csv):", err=True
+            )
+            for line in failed[:10]:
+                typer.echo(f"  {line}", err=True)
+            if len(failed) > 10:
+                typer.echo(f"  ... and {len(failed) - 10} more", err=True)
+        typer.echo(f"Scores: {csv_path}")
+        if overlays:
+            typer.echo(f"Overlays: {output / 'overlays'}")
+        if masks:
+            typer.echo(f"Masks: {output / 'masks'}")
+
+
+def _labels(scores: Any, thresholds: Any) -> Any:
+    from skuniad.detector import _labels as labels
+
+    return labels(scores, thresholds)
+
+
+def _predict_thresholds(
+    det: Any,
+    categories: list[Any] | None,
+    n: int,
+    threshold: float | None,
+    pixel_threshold: float | None,
+    masks: bool,
+) -> tuple[Any, Any]:
+    """Per-image image and pixel thresholds (None where the model has none and none is given).
+
+    The detector's own helpers map categories to thresholds, so the CLI labels
+    images exactly as ``predict(X, groups=...)`` / ``predict_masks`` would.
+    """
+    import numpy as np
+
+    calibrated = hasattr(det, "offset_")
+    grouped = categories is not None and bool(getattr(det, "group_image_thresholds_", {}))
+
+    def per_image(explicit: float | None, method: str) -> Any:
+        if explicit is not None:
+            return np.full(n, float(explicit))
+        if not calibrated:
+            return None
+        return getattr(det, method)(categories if grouped else None, n)
+
+    if masks and pixel_threshold is None and not calibrated:
+        raise CliError(
+            "--masks needs a pixel threshold: the model has none (an uncalibrated import); "
+            "pass --pixel-threshold or run 'skuniad calibrate' first"
+        )
+    image = per_image(threshold, "_image_thresholds")
+    return image, per_image(pixel_threshold, "_pixel_thresholds")
+
+
+def _save_mask(target: Path, image_path: Path, anomaly_map: Any, threshold: float) -> None:
+    """``anomaly_map > threshold`` at the image's own size, as a black/white PNG."""
+    import numpy as np
+    from PIL import Image
+
+    from skuniad.detector import _masks, _resize_maps
+
+    with Image.open(image_path) as image:
+        width, height = image.size
+    resized = _resize_maps(anomaly_map[None], [(height, width)], stack=True)
+    mask = _masks(resized, np.array([threshold]))[0]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+
+
+def _echo_flagged(
+    rows: list[tuple[str, ...]],
+    det: Any,
+    threshold: float | None,
+    pixel_threshold: float | None,
+    pooled: bool,
+) -> None:
+    """How many images were flagged, overall and per category, and by which thresholds."""
+    n_anomalous = sum(1 for row in rows if row[4] == "-1")
+    typer.echo(
+        f"Scored {len(rows)} images: {n_anomalous} anomalous (label -1), "
+        f"{len(rows) - n_anomalous} normal (+1)."
+    )
+    by_category: dict[str, list[int]] = {}
+    for row in rows:
+        counts = by_category.setdefault(row[1], [0, 0])
+        counts[0] += row[4] == "-1"
+        counts[1] += 1
+    if len(by_category) > 1:
+        for name, (flagged, total) in sorted(by_category.items()):
+            typer.echo(f"  {name}: {flagged} of {total} flagged")
+    if threshold is not None:
+        typer.echo(f"Image threshold: {threshold:.6g} (--threshold)")
+    elif getattr(det, "group_image_thresholds_", {}) and not pooled:
+        typer.echo(
+            f"Image thresholds: per category (see the threshold column), "
+            f"{det.image_threshold_:.6g} for other images"
+        )
+    else:
+        typer.echo(f"Image threshold: {det.image_threshold_:.6g} (anomaly_score above it: -1)")
+    if pixel_threshold is not None:
+        typer.echo(f"Pixel threshold: {pixel_threshold:.6g} (--pixel-threshold)")
+    elif hasattr(det, "pixel_threshold_"):
+        typer.echo(f"Pixel threshold: {det.pixel_threshold_:.6g}")
