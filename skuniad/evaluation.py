@@ -506,6 +506,10 @@ class CurveRecorder:
         from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
 
         subset = self.dataset.subset(category)
+        if subset.labels.min() == subset.labels.max():  # one class: undefined, as in the report
+            return {
+                key: float("nan") for key in ("image_auroc", "pixel_auroc", *IMAGE_SCORE_METRICS)
+            }
         network = det._fitted_network()  # what the model being trained scores with
         size = (network["image_size"], network["image_size"])
         batch = inference_batch_size(det.batch_size)

@@ -125,6 +125,20 @@ def test_category_without_anomalies_is_reported_as_undefined(test_split):
     assert "| nan |" in results_markdown(results)
 
 
+def test_curves_of_a_category_without_anomalies_are_undefined(root, test_split):
+    keep = (test_split.labels == 0) | (np.array(test_split.categories) == "stripes")
+    with pytest.warns(UserWarning, match="category 'parts' has no anomalous test image"):
+        results = run_experiment(
+            load_mvtec(root, "train"), test_split.select(keep), {**TINY, "max_epochs": 1},
+            eval_every=1,
+        )  # fmt: skip
+    curve = results["runs"][0]["curve"]
+    assert np.isnan(curve["categories"]["parts"]["image_auroc"]).all()
+    stripes = curve["categories"]["stripes"]
+    for key in ("image_auroc", "pixel_auroc"):  # the mean is over the category that has them
+        assert curve["mean"][key] == stripes[key] and 0 <= stripes[key][0] <= 1
+
+
 def test_markdown_and_json_reports(test_split, tmp_path):
     results = evaluate_detector(OracleDetector(test_split, offset=0.0), test_split)
     results["run"] = {"backbone": "oracle"}
