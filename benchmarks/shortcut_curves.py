@@ -1,7 +1,8 @@
 """Draw UniAD's learning curve beside an ablation's, as the poster's Fig. 3a.
 
 Reads the ``curve.json`` of two (or more) ``skuniad evaluate --eval-every``
-runs and draws them in one PNG, with a small table of the points::
+runs, finished or still training (the file follows the fit point by point),
+and draws them in one PNG, with a small table of the points::
 
     skuniad evaluate --dataset mvtec --root DATA --backbone tf_efficientnet_lite0 \\
         --epochs 60 --eval-every 5 --seed 0 --output runs/uniad
@@ -29,7 +30,8 @@ def main() -> None:
     for item in args.runs:
         folder, _, label = item.partition(":")
         document = json.loads((Path(folder) / "curve.json").read_text())
-        for run in document["runs"]:
+        # a finished experiment lists its runs; a fit still running (or stopped) is one curve
+        for run in document.get("runs", [document]):
             curves.append({**run, "label": label or folder})
     plot_learning_curves(curves, args.output)
     print("| run | epoch | loss | image AUROC | pixel AUROC |")

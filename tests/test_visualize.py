@@ -144,10 +144,15 @@ def test_shortcut_script_draws_runs_side_by_side(tmp_path, capsys, monkeypatch):
     import runpy
     import sys
 
-    for name, image in (("uniad", [0.6, 0.8]), ("plain", [0.7, 0.5])):
-        (tmp_path / name).mkdir()
-        document = {"setting": "unified", "image_score": "max", "runs": [_curve(0, image, image)]}
-        (tmp_path / name / "curve.json").write_text(json.dumps(document))
+    finished = {
+        "setting": "unified",
+        "image_score": "max",
+        "runs": [_curve(0, [0.6, 0.8], [0.6, 0.8])],
+    }
+    (tmp_path / "uniad").mkdir()
+    (tmp_path / "uniad" / "curve.json").write_text(json.dumps(finished))
+    (tmp_path / "plain").mkdir()  # a fit still running: its curve.json is the bare curve
+    (tmp_path / "plain" / "curve.json").write_text(json.dumps(_curve(0, [0.7, 0.5], [0.7, 0.5])))
     args = [
         f"{tmp_path / 'uniad'}:UniAD",
         f"{tmp_path / 'plain'}:plain",
