@@ -308,9 +308,10 @@ def evaluate_detector(
     det : UniADDetector
         Fitted detector.
     dataset : AnomalyDataset
-        Test split, e.g. ``load_mvtec(root, "test")``; every category needs
-        normal and anomalous images. A category whose anomalous images have
-        no masks is evaluated at image level (see :func:`check_test_set`).
+        Test split, e.g. ``load_mvtec(root, "test")``. A category whose
+        anomalous images have no masks is evaluated at image level (see
+        :func:`check_test_set`); one without normal or without anomalous
+        images gets NaN metrics.
     overlay_dir : str or path-like, optional
         Write heat-map overlays (image | map with the ground truth outlined)
         to ``overlay_dir/<category>/<defect>_<stem>.png``.
