@@ -7,20 +7,13 @@ from pathlib import Path
 
 import pytest
 from test_cli import TINY_ARGS as CLI_TINY_ARGS
+from test_cli import _keep_process_settings  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
-from skuniad.cli import _common, app
+from skuniad.cli import app
 from skuniad.datasets import load_mvtec, load_uniad_json, write_synthetic
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_process_settings():
-    """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
-        yield
 
 
 @pytest.fixture(scope="module")

@@ -6,22 +6,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import TINY_ARGS
+from test_cli import TINY_ARGS, _keep_process_settings  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from skuniad import UniADDetector
-from skuniad.cli import _common, app
+from skuniad.cli import app
 from skuniad.datasets import write_synthetic
 
 runner = CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_process_settings():
-    """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
-        yield
 
 
 @pytest.fixture(scope="module")
