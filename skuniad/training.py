@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import math
 import os
 import time
 import traceback
@@ -47,6 +48,8 @@ CHECKPOINT_VERSION = 1
 
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
+LR_SCHEDULES = ("step", "cosine")
+WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule
 
 
 class DeviceOutOfMemoryError(MemoryError):
@@ -306,6 +309,31 @@ def lr_decay_epoch(max_epochs: int) -> int:
     return max(1, int(0.8 * max_epochs)) + 1
 
 
+def lr_factor(schedule: str, max_epochs: int, steps_per_epoch: int) -> Callable[[int], float]:
+    """The multiplier of the base learning rate, as a function of the scheduler's count.
+
+    ``"step"`` (the paper's): counts epochs; 1, then 0.1 from
+    :func:`lr_decay_epoch` on. ``"cosine"``: counts optimizer steps; a linear
+    warm-up over the first :data:`WARMUP_FRACTION` of all steps, then a
+    half-cosine from 1 down to 0 at the last step.
+    """
+    if schedule not in LR_SCHEDULES:
+        raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+    if schedule == "step":
+        decay_at = lr_decay_epoch(max_epochs)
+        return lambda epoch: 0.1 if epoch >= decay_at else 1.0
+    total = max_epochs * steps_per_epoch
+    warmup = max(1, round(WARMUP_FRACTION * total))
+
+    def cosine(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return cosine
+
+
 @flushing_denormals()
 def train_reconstruction(
     model: torch.nn.Module,
@@ -318,6 +346,7 @@ def train_reconstruction(
     grad_clip: float,
     device: torch.device,
     amp_dtype: torch.dtype | None,
+    lr_schedule: str = "step",
     verbose: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
@@ -327,11 +356,12 @@ def train_reconstruction(
 ) -> list[float]:
     """Train ``model`` to rebuild ``features``; return the mean loss of each epoch.
 
-    AdamW, gradient-norm clipping, lr x 0.1 from :func:`lr_decay_epoch` on,
-    MSE against the clean features. Uses the global torch RNG (shuffling,
-    jitter, dropout), which the caller seeds. A KeyboardInterrupt stops the
-    loop: ``model`` is left with the last finished epoch's weights and
-    :class:`TrainingInterrupted` is raised with the curve so far.
+    AdamW, gradient-norm clipping, the learning rate scaled by
+    :func:`lr_factor` (``lr_schedule``), MSE against the clean features. Uses
+    the global torch RNG (shuffling, jitter, dropout), which the caller seeds.
+    A KeyboardInterrupt stops the loop: ``model`` is left with the last
+    finished epoch's weights and :class:`TrainingInterrupted` is raised with
+    the curve so far.
 
     With ``checkpoint_path``, the training state is written there (atomically)
     after every ``checkpoint_every``-th epoch and after the last one. When the
@@ -354,14 +384,7 @@ def train_reconstruction(
         # one kernel per tensor: clipping + update 12-13 -> 7-8 ms per CPU step (7.7M weights)
         fused=device.type in ("cpu", "cuda"),
     )
-    decay_at = lr_decay_epoch(max_epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda epoch: 0.1 if epoch >= decay_at else 1.0
-    )
     fingerprint = {**(fingerprint or {}), "n_images": len(features)}
-    curve: list[float] = []
-    if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     if distributed and checkpoint_path is not None:
         raise ValueError("checkpoint_path is not supported in distributed training")
     with explain_out_of_memory("training", batch_size):
@@ -380,6 +403,13 @@ def train_reconstruction(
         )
         network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
         steps_over = max_over_ranks(len(data), device)
+    per_step = lr_schedule == "cosine"
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(steps_over / batch_size))
+    )
+    curve: list[float] = []
+    if checkpoint_path is not None and os.path.exists(checkpoint_path):
+        curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     finished = copy.deepcopy(model.state_dict())
     first_epoch = len(curve)
     with (
@@ -393,10 +423,18 @@ def train_reconstruction(
                     start = time.perf_counter()
                     curve.append(
                         _train_epoch(
-                            network, data, optimizer, batch_size, grad_clip, amp_dtype, steps_over
+                            network,
+                            data,
+                            optimizer,
+                            batch_size,
+                            grad_clip,
+                            amp_dtype,
+                            steps_over,
+                            scheduler if per_step else None,
                         )
                     )
-                    scheduler.step()
+                    if not per_step:
+                        scheduler.step()
                     finished = copy.deepcopy(model.state_dict())
                     if checkpoint_path is not None and (
                         len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
@@ -467,11 +505,13 @@ def _train_epoch(
     grad_clip: float,
     amp_dtype: torch.dtype | None,
     length: int | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
     """One pass over ``data`` in a random order; the mean loss per image.
 
     ``length`` > ``len(data)`` pads the epoch with randomly repeated images
     (distributed training: every rank must run the same number of steps).
+    ``scheduler``, when given, is stepped after every optimizer step.
     """
     device, n = next(model.parameters()).device, len(data)
     order = torch.randperm(n)
@@ -489,6 +529,8 @@ def _train_epoch(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
         total += loss.detach() * len(batch)
     summed = all_reduce_sum(torch.stack([total, torch.tensor(float(len(order)), device=device)]))
     return float(summed[0]) / float(summed[1])

@@ -190,14 +190,15 @@ def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tm
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
-def test_evaluate_ablation_options_reach_the_model(data_root, tmp_path):
+def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_path):
     args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1"]
     args += ["--layer-queries", "none", "--jitter-scale", "0", "--image-score", "std"]
+    args += ["--lr-schedule", "cosine"]
     result = runner.invoke(app, args + TINY_ARGS + ["--neighbor-size", "0"])
     assert result.exit_code == 0, result.output
     det = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
     assert (det.layer_queries, det.jitter_scale, det.neighbor_size) == ("none", 0.0, None)
-    assert det.image_score == "std"
+    assert (det.image_score, det.lr_schedule) == ("std", "cosine")
     assert all(layer.layer_queries is None for layer in det.model_.decoder)
     assert "I-AUROC std" in result.output
 

@@ -36,8 +36,9 @@ def _fit_interrupted(params, images, monkeypatch, step):
     return det
 
 
-def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path):
-    params = {**tiny_params, "max_epochs": 4}
+@pytest.mark.parametrize("lr_schedule", ["step", "cosine"])
+def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path, lr_schedule):
+    params = {**tiny_params, "max_epochs": 4, "lr_schedule": lr_schedule}
     uninterrupted = UniADDetector(**params).fit(images)
 
     checkpoint = tmp_path / "train.ckpt"
@@ -201,6 +202,36 @@ def test_learning_rate_drops_as_the_reference_steplr(max_epochs):
     np.testing.assert_allclose(ours, reference)
     if max_epochs == 1000:
         assert decay_at == 801
+
+
+@pytest.mark.parametrize("lr_schedule", ["step", "cosine"])
+def test_every_step_trains_at_the_schedules_rate(tiny_params, images, monkeypatch, lr_schedule):
+    rates = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            rates.append(self.param_groups[0]["lr"])
+            return super().step(closure)
+
+    monkeypatch.setattr(training.torch.optim, "AdamW", RecordingAdamW)
+    params = {**tiny_params, "max_epochs": 10, "batch_size": 4, "lr_schedule": lr_schedule}
+    det = UniADDetector(**params).fit(images)  # 6 images: 2 steps per epoch
+    factor = training.lr_factor(lr_schedule, 10, 2)
+    counted = range(20) if lr_schedule == "cosine" else [step // 2 for step in range(20)]
+    expected = [det.learning_rate * factor(count) for count in counted]
+    np.testing.assert_allclose(rates, expected, rtol=1e-12)
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero():
+    factor = training.lr_factor("cosine", max_epochs=20, steps_per_epoch=50)  # 1000 steps
+    values = np.array([factor(step) for step in range(1000)])
+    warmup = round(training.WARMUP_FRACTION * 1000)
+    np.testing.assert_allclose(values[:warmup], np.arange(1, warmup + 1) / warmup)
+    assert values[warmup] == 1.0
+    assert np.all(np.diff(values[warmup:]) < 0)
+    assert values[-1] < 1e-4 and values[(1000 + warmup) // 2] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        training.lr_factor("linear", 20, 50)
 
 
 def test_scoring_after_every_epoch_leaves_the_fit_unchanged(tiny_params, images):

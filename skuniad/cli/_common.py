@@ -64,6 +64,11 @@ class LayerQueries(str, Enum):
     none = "none"
 
 
+class LrSchedule(str, Enum):
+    step = "step"
+    cosine = "cosine"
+
+
 class ImageScore(str, Enum):
     max = "max"
     mean = "mean"
@@ -115,6 +120,14 @@ BatchSize = Annotated[
     ),
 ]
 LearningRate = Annotated[float, typer.Option("--lr", metavar="RATE", rich_help_panel=_TRAIN)]
+LrScheduleOption = Annotated[
+    LrSchedule,
+    typer.Option(
+        help="step: the paper's (x 0.1 after 80 % of the epochs); cosine: warm-up, then cosine "
+        "decay to 0, for short fits (docs/results.md).",
+        rich_help_panel=_TRAIN,
+    ),
+]
 HiddenDim = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
 NumHeads = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=_TRAIN)]
 EncoderLayers = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=_TRAIN)]
@@ -221,6 +234,7 @@ _DETECTOR_PARAMS = {
     "image_size": "image_size",
     "batch_size": "batch_size",
     "lr": "learning_rate",
+    "lr_schedule": "lr_schedule",
     "hidden_dim": "hidden_dim",
     "num_heads": "num_heads",
     "encoder_layers": "num_encoder_layers",

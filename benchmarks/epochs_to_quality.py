@@ -1,0 +1,180 @@
+"""Epochs to quality: UniAD's test AUROCs against fit minutes, beside a nearest-neighbour baseline.
+
+Two sub-commands. ``nn`` scores a data set with a training-free
+PatchCore-style detector on the same aligned backbone features UniAD
+reconstructs (one memory bank for all categories, a random share of the
+training patches; a test patch scores its distance to the nearest bank
+patch; maps, image scores and AUROCs as in ``skuniad evaluate
+--eval-every``) and writes its figures and time as JSON. ``plot`` draws the
+``curve.json`` of ``skuniad evaluate --eval-every`` runs against their fit
+minutes (``fit_seconds``: training only, scoring excluded), with the
+baseline as a horizontal line, and prints the points::
+
+    python benchmarks/epochs_to_quality.py nn --root ../shared/data/real-ad \\
+        --image-size 128 -o runs/nn-realad.json
+    skuniad evaluate --dataset mvtec --root ../shared/data/real-ad --backbone \\
+        tf_efficientnet_lite0 --image-size 128 --epochs 18 --eval-every 3 --seed 0 \\
+        --threads 1 -o runs/step                      # the paper's schedule
+    skuniad evaluate ... --lr-schedule cosine --lr 3e-4 -o runs/cosine
+    python benchmarks/epochs_to_quality.py plot runs/step:paper runs/cosine:cosine \\
+        --baseline runs/nn-realad.json -o curves.png
+
+The runs compared must share the machine and thread count (their minutes
+are compared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, peak_rss_gb  # noqa: E402
+
+BACKBONE = "tf_efficientnet_lite0"
+
+
+def nearest_neighbour(args: argparse.Namespace) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from skuniad import UniADDetector
+    from skuniad.datasets import load_mvtec
+    from skuniad.evaluation import _load_masks, image_score_aurocs
+    from skuniad.metrics import pixel_auroc
+    from skuniad.training import extract_features
+
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    det = UniADDetector(backbone=BACKBONE, image_size=args.image_size)
+    backbone = det._build_backbone(det.backbone_weights, det._requested_network())
+    device = torch.device("cpu")
+
+    def features(paths) -> torch.Tensor:
+        return extract_features(
+            backbone,
+            paths,
+            image_size=args.image_size,
+            batch_size=32,
+            device=device,
+            amp_dtype=None,
+            resize=det.resize,
+        )
+
+    train = load_mvtec(args.root, "train")
+    test = load_mvtec(args.root, "test")
+    bank = features(train.paths)  # (n, C, h, w)
+    bank = bank.permute(0, 2, 3, 1).reshape(-1, bank.shape[1])
+    generator = torch.Generator().manual_seed(args.seed)
+    keep = torch.randperm(len(bank), generator=generator)[: max(1, int(args.fraction * len(bank)))]
+    bank = bank[keep]
+    size = (args.image_size, args.image_size)
+    rows = {}
+    for category in test.category_names:
+        subset = test.subset(category)
+        test_features = features(subset.paths)
+        n, channels, h, w = test_features.shape
+        patches = test_features.permute(0, 2, 3, 1).reshape(-1, channels)
+        distances = torch.cat(
+            [torch.cdist(chunk, bank).min(dim=1).values for chunk in patches.split(4096)]
+        )
+        maps = F.interpolate(
+            distances.reshape(n, 1, h, w), size=size, mode="bilinear", align_corners=True
+        )[:, 0].numpy()
+        row = image_score_aurocs(subset.labels, maps)
+        masks = _load_masks(subset, size)
+        row["image_auroc"] = row["image_auroc_max"]
+        row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None
+        rows[category] = row
+        pixel = "n/a" if row["pixel_auroc"] is None else f"{100 * row['pixel_auroc']:.1f}"
+        print(f"{category}: image {100 * row['image_auroc']:.1f}  pixel {pixel}", flush=True)
+    mean = {
+        key: float(np.mean([r[key] for r in rows.values() if r[key] is not None]))
+        for key in ("image_auroc", "pixel_auroc")
+    }
+    result = {
+        "machine": machine(),
+        "root": str(args.root),
+        "image_size": args.image_size,
+        "fraction": args.fraction,
+        "bank_patches": len(bank),
+        "seconds": time.perf_counter() - started,
+        "peak_rss_gb": peak_rss_gb(),
+        "categories": rows,
+        "mean": mean,
+    }
+    print(
+        f"mean: image {100 * mean['image_auroc']:.1f}  pixel {100 * mean['pixel_auroc']:.1f}  "
+        f"in {result['seconds']:.0f} s ({result['machine']})"
+    )
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def plot(args: argparse.Namespace) -> None:
+    from matplotlib.figure import Figure
+
+    baseline = json.loads(args.baseline.read_text()) if args.baseline else None
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    axes = dict(zip(("image_auroc", "pixel_auroc"), figure.subplots(1, 2), strict=True))
+    print("| run | epoch | fit min | loss | image AUROC | pixel AUROC |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for item in args.runs:
+        folder, _, label = item.partition(":")
+        curve = json.loads((Path(folder) / "curve.json").read_text())
+        minutes = np.asarray(curve["fit_seconds"]) / 60
+        for key, ax in axes.items():
+            ax.plot(
+                minutes,
+                100 * np.asarray(curve["mean"][key], dtype=float),
+                marker="o",
+                label=label or folder,
+            )
+        for i, epoch in enumerate(curve["epoch"]):
+            print(
+                f"| {label or folder} | {epoch} | {minutes[i]:.1f} | {curve['loss'][i]:.3f} | "
+                f"{100 * curve['mean']['image_auroc'][i]:.1f} | "
+                f"{100 * curve['mean']['pixel_auroc'][i]:.1f} |"
+            )
+    for key, ax in axes.items():
+        if baseline is not None:
+            ax.axhline(
+                100 * baseline["mean"][key],
+                color="black",
+                linestyle="--",
+                label=f"nearest neighbour ({baseline['seconds'] / 60:.1f} min)",
+            )
+        name = key.replace("_auroc", "")
+        ax.set(xlabel="fit minutes (training only)", ylabel=f"mean {name} AUROC (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(args.output, dpi=110)
+    print(f"wrote {args.output}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    nn = commands.add_parser("nn", help="the nearest-neighbour baseline of a data set")
+    nn.add_argument("--root", type=Path, required=True, help="MVTec-layout data set")
+    nn.add_argument("--image-size", type=int, default=224)
+    nn.add_argument("--fraction", type=float, default=0.1, help="share of patches kept")
+    nn.add_argument("--seed", type=int, default=0)
+    nn.add_argument("--threads", type=int, default=1)
+    nn.add_argument("-o", "--output", type=Path, required=True, help="JSON to write")
+    drawing = commands.add_parser("plot", help="curves against fit minutes")
+    drawing.add_argument("runs", nargs="+", help="FOLDER:LABEL, a folder holding curve.json")
+    drawing.add_argument("--baseline", type=Path, help="JSON written by the nn sub-command")
+    drawing.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
+    args = parser.parse_args()
+    (nearest_neighbour if args.command == "nn" else plot)(args)
+
+
+if __name__ == "__main__":
+    main()
