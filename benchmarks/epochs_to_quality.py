@@ -8,7 +8,9 @@ patch; maps, image scores and AUROCs as in ``skuniad evaluate
 --eval-every``) and writes its figures and time as JSON. ``plot`` draws the
 ``curve.json`` of ``skuniad evaluate --eval-every`` runs against their fit
 minutes (``fit_seconds``: training only, scoring excluded), with the
-baseline as a horizontal line, and prints the points::
+baseline as a horizontal line, and prints the points. ``batch`` measures the
+training step's images/s for several batch sizes (random features: the step
+alone)::
 
     python benchmarks/epochs_to_quality.py nn --root ../shared/data/real-ad \\
         --image-size 128 -o runs/nn-realad.json
@@ -16,6 +18,7 @@ baseline as a horizontal line, and prints the points::
         tf_efficientnet_lite0 --image-size 128 --epochs 18 --eval-every 3 --seed 0 \\
         --threads 1 -o runs/step                      # the paper's schedule
     skuniad evaluate ... --lr-schedule cosine --lr 3e-4 -o runs/cosine
+    python benchmarks/epochs_to_quality.py batch --batch-sizes 8 16 32
     python benchmarks/epochs_to_quality.py plot runs/step:paper runs/cosine:cosine \\
         --baseline runs/nn-realad.json -o curves.png
 
@@ -116,6 +119,33 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
     args.output.write_text(json.dumps(result, indent=2) + "\n")
 
 
+def batch_speed(args: argparse.Namespace) -> None:
+    """Training images/s of the step alone (random features) for each batch size."""
+    import torch
+
+    from skuniad import UniADDetector
+    from skuniad.training import FeatureFeed, _train_epoch
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokens = args.image_size // 16  # lite0's aligned features: stride 16
+    cpu = torch.device("cpu")
+    data = FeatureFeed(torch.randn(args.images, 272, tokens, tokens), cpu)
+    print(f"{machine()}; {args.images} images of {tokens} x {tokens} tokens, fp32")
+    for batch_size in args.batch_sizes:
+        det = UniADDetector(backbone=BACKBONE)
+        model = det._build_model(272, tokens, tokens, network=det._requested_network()).train()
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        _train_epoch(model, data, optimizer, batch_size, 0.1, None)  # warm-up
+        seconds = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            _train_epoch(model, data, optimizer, batch_size, 0.1, None)
+            seconds.append(time.perf_counter() - start)
+        rate = args.images / float(np.median(seconds))
+        print(f"batch {batch_size}: {rate:.1f} training images/s (median of {args.repeats})")
+
+
 def plot(args: argparse.Namespace) -> None:
     from matplotlib.figure import Figure
 
@@ -168,12 +198,18 @@ def main() -> None:
     nn.add_argument("--seed", type=int, default=0)
     nn.add_argument("--threads", type=int, default=1)
     nn.add_argument("-o", "--output", type=Path, required=True, help="JSON to write")
+    speed = commands.add_parser("batch", help="training step speed per batch size")
+    speed.add_argument("--batch-sizes", type=int, nargs="+", default=[8, 16, 32])
+    speed.add_argument("--image-size", type=int, default=128)
+    speed.add_argument("--images", type=int, default=256)
+    speed.add_argument("--repeats", type=int, default=3)
+    speed.add_argument("--threads", type=int, default=1)
     drawing = commands.add_parser("plot", help="curves against fit minutes")
     drawing.add_argument("runs", nargs="+", help="FOLDER:LABEL, a folder holding curve.json")
     drawing.add_argument("--baseline", type=Path, help="JSON written by the nn sub-command")
     drawing.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
-    (nearest_neighbour if args.command == "nn" else plot)(args)
+    {"nn": nearest_neighbour, "batch": batch_speed, "plot": plot}[args.command](args)
 
 
 if __name__ == "__main__":

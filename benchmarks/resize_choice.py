@@ -10,7 +10,8 @@ training images: how far apart the two modes put the backbone's features
 (relative L2), and the decode + resize throughput of each mode (one process,
 no workers). Usage::
 
-    python benchmarks/resize_choice.py [--epochs 10] [--seeds 0] [--precision auto]
+    python benchmarks/resize_choice.py [--epochs 10] [--image-size 224] [--seeds 0]
+        [--precision auto]
         [--data ../shared/data/mvtec-ad/bottle ../shared/data/real-ad/tire]
 
 Prints the machine, one line per data set, mode and seed, a summary per
@@ -84,6 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, nargs="+", default=DEFAULT_DATA)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--image-size", type=int, default=224, help="of the fits")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"])
     parser.add_argument("--output", type=Path, default=Path("resize_choice.json"))
@@ -95,8 +97,17 @@ def main() -> None:
 
     tune_cpu_runtime()
     print(machine(), flush=True)
-    print(f"{BACKBONE}, {args.epochs} epochs, seeds {args.seeds}, precision {args.precision}")
-    results = {"machine": machine(), "epochs": args.epochs, "seeds": args.seeds, "data": {}}
+    print(
+        f"{BACKBONE}, {args.image_size} px, {args.epochs} epochs, seeds {args.seeds}, "
+        f"precision {args.precision}"
+    )
+    results = {
+        "machine": machine(),
+        "image_size": args.image_size,
+        "epochs": args.epochs,
+        "seeds": args.seeds,
+        "data": {},
+    }
     for root in args.data:
         train = [str(p) for p in load_mvtec(root, "train").paths]
         test = load_mvtec(root, "test")
@@ -120,6 +131,7 @@ def main() -> None:
                 det = UniADDetector(
                     backbone=BACKBONE,
                     resize=mode,
+                    image_size=args.image_size,
                     max_epochs=args.epochs,
                     precision=args.precision,
                     random_state=seed,
