@@ -156,7 +156,9 @@ def plot(args: argparse.Namespace) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for item in args.runs:
         folder, _, label = item.partition(":")
-        curve = json.loads((Path(folder) / "curve.json").read_text())
+        document = json.loads((Path(folder) / "curve.json").read_text())
+        # a finished experiment lists its runs (one per seed); a fit still running is one curve
+        curve = document.get("runs", [document])[0]
         minutes = np.asarray(curve["fit_seconds"]) / 60
         for key, ax in axes.items():
             ax.plot(
