@@ -172,6 +172,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ``score_samples`` and everything built on it; the maps do not change.
     max_epochs : int, default=1000
     batch_size : int, default=8
+        Training images per step. Feature extraction and scoring run
+        ``min(4 * batch_size, 32)`` images at a time; when the GPU runs out
+        of memory, a :class:`~skuniad.training.DeviceOutOfMemoryError` (a
+        ``MemoryError``) says which ``batch_size`` to try.
     learning_rate : float, default=1e-4
     weight_decay : float, default=1e-4
     grad_clip : float, default=0.1
@@ -181,10 +185,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ``max_epochs``, then x 0.1. ``"cosine"``: a linear warm-up over the
         first 5 % of the optimizer steps, then a half-cosine decay to 0 at
         the last step of ``max_epochs``; for short fits (docs/results.md,
-        "Epochs to quality"). Feature extraction and scoring run
-        ``min(4 * batch_size, 32)`` images at a time; when the GPU runs out
-        of memory, a :class:`~skuniad.training.DeviceOutOfMemoryError` (a
-        ``MemoryError``) says which ``batch_size`` to try.
+        "Epochs to quality").
     warm_start : bool, default=False
         When True and the detector is fitted, ``fit`` continues from the
         current ``model_`` weights (reusing ``backbone_``) for ``max_epochs``
