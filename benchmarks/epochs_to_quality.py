@@ -44,12 +44,10 @@ BACKBONE = "tf_efficientnet_lite0"
 
 def nearest_neighbour(args: argparse.Namespace) -> None:
     import torch
-    import torch.nn.functional as F
 
     from skuniad import UniADDetector
     from skuniad.datasets import load_mvtec
-    from skuniad.evaluation import _load_masks, image_score_aurocs
-    from skuniad.metrics import pixel_auroc
+    from skuniad.evaluation import _load_masks, _mean_defined, token_map_aurocs
     from skuniad.training import extract_features
 
     torch.set_num_threads(args.threads)
@@ -86,18 +84,13 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
         distances = torch.cat(
             [torch.cdist(chunk, bank).min(dim=1).values for chunk in patches.split(4096)]
         )
-        maps = F.interpolate(
-            distances.reshape(n, 1, h, w), size=size, mode="bilinear", align_corners=True
-        )[:, 0].numpy()
-        row = image_score_aurocs(subset.labels, maps)
         masks = _load_masks(subset, size)
-        row["image_auroc"] = row["image_auroc_max"]
-        row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None
+        row = token_map_aurocs(subset.labels, distances.reshape(n, h, w), masks, "max")
         rows[category] = row
         pixel = "n/a" if row["pixel_auroc"] is None else f"{100 * row['pixel_auroc']:.1f}"
         print(f"{category}: image {100 * row['image_auroc']:.1f}  pixel {pixel}", flush=True)
     mean = {
-        key: float(np.mean([r[key] for r in rows.values() if r[key] is not None]))
+        key: _mean_defined([r[key] for r in rows.values()])
         for key in ("image_auroc", "pixel_auroc")
     }
     result = {

@@ -500,10 +500,6 @@ class CurveRecorder:
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
-        import torch
-        import torch.nn.functional as F
-
-        from skuniad.metrics import pixel_auroc
         from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
 
         subset = self.dataset.subset(category)
@@ -533,15 +529,34 @@ class CurveRecorder:
             device=det.device_,
             amp_dtype=det._amp_dtype(),
         )
-        # as anomaly_map: bilinear, aligned corners, to model resolution
-        maps = F.interpolate(
-            torch.from_numpy(token_maps)[:, None], size=size, mode="bilinear", align_corners=True
-        )[:, 0].numpy()
-        row = image_score_aurocs(subset.labels, maps)
-        row["image_auroc"] = row[f"image_auroc_{det.image_score}"]
-        masks = self._masks[category]
-        row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None
-        return row
+        return token_map_aurocs(subset.labels, token_maps, self._masks[category], det.image_score)
+
+
+def token_map_aurocs(
+    labels: np.ndarray, token_maps: Any, masks: np.ndarray, image_score: str
+) -> dict[str, float | None]:
+    """The threshold-free metrics of ``(n, h, w)`` token-grid maps, as a learning-curve point.
+
+    The maps are brought to the masks' (model) resolution as ``anomaly_map``
+    does (bilinear, aligned corners); the row holds every image score's
+    AUROC, ``image_auroc`` (``image_score``'s) and ``pixel_auroc`` (None when
+    no mask marks a defect).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from skuniad.metrics import pixel_auroc
+
+    maps = F.interpolate(
+        torch.as_tensor(np.asarray(token_maps))[:, None],
+        size=masks.shape[1:],
+        mode="bilinear",
+        align_corners=True,
+    )[:, 0].numpy()
+    row: dict[str, float | None] = dict(image_score_aurocs(labels, maps))
+    row["image_auroc"] = row[f"image_auroc_{image_score}"]
+    row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None
+    return row
 
 
 def _load_masks(subset: AnomalyDataset, size: tuple[int, int]) -> np.ndarray:
