@@ -7,6 +7,7 @@ one-process gloo group or under torchrun with two CPU processes.
 """
 
 import gc
+import inspect
 import os
 import signal
 import weakref
@@ -400,6 +401,9 @@ def test_ddp_does_not_rebroadcast_the_constant_mask(gloo_group, monkeypatch):
         def __init__(self, *args, **kwargs):
             built.append(kwargs)
             super().__init__(*args, **kwargs)
+
+    # keeps the real signature, which the training loop reads to name the option
+    Recording.__signature__ = inspect.signature(DistributedDataParallel)
 
     monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", Recording)
     _train(_tiny_model(), torch.randn(6, 8, 3, 3), distributed=True)
