@@ -538,21 +538,15 @@ def token_map_aurocs(
     """The threshold-free metrics of ``(n, h, w)`` token-grid maps, as a learning-curve point.
 
     The maps are brought to the masks' (model) resolution as ``anomaly_map``
-    does (bilinear, aligned corners); the row holds every image score's
-    AUROC, ``image_auroc`` (``image_score``'s) and ``pixel_auroc`` (None when
-    no mask marks a defect).
+    does; the row holds every image score's AUROC, ``image_auroc``
+    (``image_score``'s) and ``pixel_auroc`` (None when no mask marks a defect).
     """
     import torch
-    import torch.nn.functional as F
 
     from skuniad.metrics import pixel_auroc
+    from skuniad.nn.transformer import upsample_map
 
-    maps = F.interpolate(
-        torch.as_tensor(np.asarray(token_maps))[:, None],
-        size=masks.shape[1:],
-        mode="bilinear",
-        align_corners=True,
-    )[:, 0].numpy()
+    maps = upsample_map(torch.as_tensor(np.asarray(token_maps)), masks.shape[1:]).numpy()
     row: dict[str, float | None] = dict(image_score_aurocs(labels, maps))
     row["image_auroc"] = row[f"image_auroc_{image_score}"]
     row["pixel_auroc"] = pixel_auroc(masks, maps) if masks.any() else None

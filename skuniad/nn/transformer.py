@@ -260,10 +260,13 @@ def anomaly_map(
     upsampled bilinearly (``align_corners=True``) to ``size`` when given.
     Returns (B, H, W).
     """
-    error = (reconstruction.float() - features.float()).pow(2).sum(dim=1, keepdim=True).sqrt()
-    if size is not None:
-        error = F.interpolate(error, size=size, mode="bilinear", align_corners=True)
-    return error[:, 0]
+    error = (reconstruction.float() - features.float()).pow(2).sum(dim=1).sqrt()
+    return error if size is None else upsample_map(error, size)
+
+
+def upsample_map(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """(B, h, w) token-grid maps to (B, *size), bilinear with aligned corners as the reference."""
+    return F.interpolate(maps[:, None], size=size, mode="bilinear", align_corners=True)[:, 0]
 
 
 def image_score(maps: torch.Tensor, window: int = 16, method: str = "max") -> torch.Tensor:
