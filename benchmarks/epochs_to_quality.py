@@ -142,6 +142,8 @@ def batch_speed(args: argparse.Namespace) -> None:
 def plot(args: argparse.Namespace) -> None:
     from matplotlib.figure import Figure
 
+    from skuniad.evaluation import read_curves
+
     baseline = json.loads(args.baseline.read_text()) if args.baseline else None
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     axes = dict(zip(("image_auroc", "pixel_auroc"), figure.subplots(1, 2), strict=True))
@@ -149,9 +151,7 @@ def plot(args: argparse.Namespace) -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for item in args.runs:
         folder, _, label = item.partition(":")
-        document = json.loads((Path(folder) / "curve.json").read_text())
-        # a finished experiment lists its runs (one per seed); a fit still running is one curve
-        curve = document.get("runs", [document])[0]
+        curve = read_curves(folder)[0]  # the first seed's
         minutes = np.asarray(curve["fit_seconds"]) / 60
         for key, ax in axes.items():
             ax.plot(

@@ -15,9 +15,9 @@ and draws them in one PNG, with a small table of the points::
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
+from skuniad.evaluation import read_curves
 from skuniad.visualize import plot_learning_curves
 
 
@@ -29,10 +29,7 @@ def main() -> None:
     curves = []
     for item in args.runs:
         folder, _, label = item.partition(":")
-        document = json.loads((Path(folder) / "curve.json").read_text())
-        # a finished experiment lists its runs; a fit still running (or stopped) is one curve
-        for run in document.get("runs", [document]):
-            curves.append({**run, "label": label or folder})
+        curves += [{**run, "label": label or folder} for run in read_curves(folder)]
     plot_learning_curves(curves, args.output)
     print("| run | epoch | loss | image AUROC | pixel AUROC |")
     print("|---|---:|---:|---:|---:|")

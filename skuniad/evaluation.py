@@ -852,6 +852,17 @@ def write_curves(
     return json_path, png_path
 
 
+def read_curves(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """The learning curves in ``folder/curve.json``, one per seed.
+
+    Reads both forms the file takes: a finished experiment's (``write_curves``,
+    every seed's curve under ``"runs"``) and a fit's still running or stopped
+    (``CurveRecorder``, the one curve so far).
+    """
+    document = json.loads((Path(folder) / "curve.json").read_text())
+    return document.get("runs", [document])
+
+
 def _score_columns(results: dict[str, Any]) -> list[str]:
     """The image-score AUROCs the results have, the detector's own first."""
     present = [k for k in IMAGE_SCORE_METRICS if k in results["mean"]]

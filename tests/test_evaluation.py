@@ -182,6 +182,19 @@ def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_s
     assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == [2, 3]
 
 
+def test_read_curves_reads_a_finished_experiment_and_a_running_fit(tmp_path):
+    from skuniad.evaluation import read_curves
+
+    curve = {"epoch": [2, 4], "loss": [0.5, 0.25]}
+    (tmp_path / "running").mkdir()
+    (tmp_path / "running" / "curve.json").write_text(json.dumps(curve))
+    (tmp_path / "done").mkdir()
+    finished = {"setting": "unified", "runs": [{"seed": 0, **curve}, {"seed": 1, **curve}]}
+    (tmp_path / "done" / "curve.json").write_text(json.dumps(finished))
+    assert read_curves(tmp_path / "running") == [curve]
+    assert [run["seed"] for run in read_curves(tmp_path / "done")] == [0, 1]
+
+
 def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_split):
     from skuniad.evaluation import run_experiment
 
