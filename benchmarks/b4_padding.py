@@ -46,13 +46,14 @@ def _backbones(name: str, weights):
     import torch
 
     from skuniad import UniADDetector
+    from skuniad._spec import NetworkSpec
 
     built = {}
     for label, size in PADDINGS.items():
         with torch.random.fork_rng():
             torch.manual_seed(0)  # the same random weights both ways
-            det = UniADDetector(backbone=name, static_padding_size=size)
-            built[label] = det._build_backbone(weights)
+            params = UniADDetector(backbone=name, static_padding_size=size).get_params()
+            built[label] = NetworkSpec.from_params(params).build_backbone(weights)
     return built
 
 
@@ -61,7 +62,7 @@ def _padding_changes(name: str) -> list[str]:
     import timm
     import torch
 
-    from skuniad import interop
+    from skuniad.nn import padding
 
     with torch.device("meta"):
         body = timm.create_model(name, features_only=True, out_indices=(0, 1, 2, 3))
@@ -75,13 +76,13 @@ def _padding_changes(name: str) -> list[str]:
     body(torch.empty(1, 3, 224, 224, device="meta"))
     for hook in hooks:
         hook.remove()
-    static = interop.use_static_same_padding(body, 380)
+    static = padding.use_static_same_padding(body, 380)
     changed = []
-    for layer, padding in static.items():
+    for layer, fixed in static.items():
         conv = body.get_submodule(layer)
-        dynamic = interop.same_padding(sizes[layer], conv.kernel_size, conv.stride)
-        if dynamic != padding:
-            changed.append(f"{layer} {dynamic} -> {padding}")
+        dynamic = padding.same_padding(sizes[layer], conv.kernel_size, conv.stride)
+        if dynamic != fixed:
+            changed.append(f"{layer} {dynamic} -> {fixed}")
     return changed
 
 

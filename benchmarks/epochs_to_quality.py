@@ -46,6 +46,7 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
     import torch
 
     from skuniad import UniADDetector
+    from skuniad._spec import NetworkSpec
     from skuniad.datasets import load_mvtec
     from skuniad.evaluation import _load_masks, _mean_defined, token_map_aurocs
     from skuniad.training import extract_features
@@ -53,7 +54,7 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     det = UniADDetector(backbone=BACKBONE, image_size=args.image_size)
-    backbone = det._build_backbone(det.backbone_weights, det._requested_network())
+    backbone = NetworkSpec.from_params(det.get_params()).build_backbone(det.backbone_weights)
     device = torch.device("cpu")
 
     def features(paths) -> torch.Tensor:
@@ -117,6 +118,7 @@ def batch_speed(args: argparse.Namespace) -> None:
     import torch
 
     from skuniad import UniADDetector
+    from skuniad._spec import NetworkSpec
     from skuniad.training import FeatureFeed, _train_epoch
 
     torch.set_num_threads(args.threads)
@@ -126,8 +128,9 @@ def batch_speed(args: argparse.Namespace) -> None:
     data = FeatureFeed(torch.randn(args.images, 272, tokens, tokens), cpu)
     print(f"{machine()}; {args.images} images of {tokens} x {tokens} tokens, fp32")
     for batch_size in args.batch_sizes:
-        det = UniADDetector(backbone=BACKBONE)
-        model = det._build_model(272, tokens, tokens, network=det._requested_network()).train()
+        spec = NetworkSpec.from_params(UniADDetector(backbone=BACKBONE).get_params())
+        training = dict(dropout=0.1, jitter_scale=20.0, jitter_prob=1.0)  # the defaults
+        model = spec.build_model((272, tokens, tokens), **training).train()
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         _train_epoch(model, data, optimizer, batch_size, 0.1, None)  # warm-up
         seconds = []

@@ -6,7 +6,7 @@ import functools
 import os
 import warnings
 from collections.abc import Iterator
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -15,25 +15,25 @@ import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch, check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
 from skuniad._progress import progress_bar
+from skuniad._spec import (
+    PARAMETER_CONSTRAINTS,
+    NetworkSpec,
+    check_param_consistency,
+    training_fingerprint,
+)
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import RESIZE_MODES, ImageLoadError, check_images, iter_loaded
+from skuniad.io import ImageLoadError, check_images, iter_loaded
 from skuniad.nn.attention import neighbor_mask
-from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import (
-    IMAGE_SCORES,
-    LAYER_QUERIES,
-    UniADReconstruction,
     anomaly_map,
     image_score,
 )
 from skuniad.runtime import flushing_denormals
 from skuniad.training import (
-    LR_SCHEDULES,
     DeviceOutOfMemoryError,
     TrainingInterrupted,
     autocast,
@@ -51,39 +51,6 @@ _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # a threshold set from fewer images than this (and a training set this small) is noise
 _MIN_IMAGES = 5
-# parameters that do not change what training computes: left out of the checkpoint fingerprint
-_NOT_TRAINING = {
-    "cache_max_gb",
-    "contamination",
-    "image_score",
-    "unknown_group",
-    "device",
-    "precision",
-    "verbose",
-    "warm_start",
-    "checkpoint_path",
-    "checkpoint_every",
-}
-# What the fitted networks were built for and score with: fit snapshots these
-# (``_network_params_``); scoring, calibration, save and pickle read the
-# snapshot, so a later set_params cannot make a fitted model silently score
-# otherwise, and a warm start that would change one of them is refused.
-_NETWORK_PARAMS = (
-    "backbone",
-    "backbone_weights",
-    "out_indices",
-    "image_size",
-    "resize",
-    "static_padding_size",
-    "hidden_dim",
-    "num_heads",
-    "num_encoder_layers",
-    "num_decoder_layers",
-    "dim_feedforward",
-    "neighbor_size",
-    "layer_queries",
-    "image_score",
-)
 
 
 def _releasing_device_memory(method):
@@ -320,47 +287,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     (4,)
     """
 
-    _parameter_constraints: dict = {
-        "backbone": [str],
-        "backbone_weights": [str, os.PathLike, None],
-        "out_indices": [tuple, list],
-        "image_size": [Interval(Integral, 32, None, closed="left")],
-        "resize": [StrOptions(set(RESIZE_MODES))],
-        "static_padding_size": [
-            StrOptions({"auto"}),
-            Interval(Integral, 1, None, closed="left"),
-            None,
-        ],
-        "hidden_dim": [Interval(Integral, 1, None, closed="left")],
-        "num_heads": [Interval(Integral, 1, None, closed="left")],
-        "num_encoder_layers": [Interval(Integral, 0, None, closed="left")],
-        "num_decoder_layers": [Interval(Integral, 1, None, closed="left")],
-        "dim_feedforward": [Interval(Integral, 1, None, closed="left")],
-        "dropout": [Interval(Real, 0, 1, closed="left")],
-        "neighbor_size": [Interval(Integral, 1, None, closed="left"), None],
-        "jitter_scale": [Interval(Real, 0, None, closed="left")],
-        "jitter_prob": [Interval(Real, 0, 1, closed="both")],
-        "layer_queries": [StrOptions(set(LAYER_QUERIES))],
-        "image_score": [StrOptions(set(IMAGE_SCORES))],
-        "max_epochs": [Interval(Integral, 1, None, closed="left")],
-        "batch_size": [Interval(Integral, 1, None, closed="left")],
-        "learning_rate": [Interval(Real, 0, None, closed="neither")],
-        "weight_decay": [Interval(Real, 0, None, closed="left")],
-        "grad_clip": [Interval(Real, 0, None, closed="neither")],
-        "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
-        "cache_dtype": [StrOptions({"float32", "float16", "bfloat16"})],
-        "cache_max_gb": [Interval(Real, 0, None, closed="left"), None],
-        "warm_start": ["boolean"],
-        "checkpoint_path": [str, os.PathLike, None],
-        "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
-        "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
-        "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
-        "unknown_group": [StrOptions({"pooled", "error"})],
-        "device": [str],
-        "precision": [StrOptions({"auto", "bf16", "fp32"})],
-        "random_state": ["random_state"],
-        "verbose": ["verbose"],
-    }
+    _parameter_constraints: dict = PARAMETER_CONSTRAINTS
 
     def __init__(
         self,
@@ -484,7 +411,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         groups = _check_groups(groups, len(X))
         _warn_on_anomalous_labels(y, len(X))
-        self._check_architecture()
+        check_param_consistency(self.get_params())
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         train, held_out = _validation_split(len(X), groups, self.validation_fraction, seed)
@@ -501,16 +428,14 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 X_held_out = [X_held_out[i] for i in context.shard(len(X_held_out))]
         amp_dtype = resolve_precision(self.precision, device)
         warm = self.warm_start and hasattr(self, "model_")
-        network = self._requested_network()
+        network = NetworkSpec.from_params(self.get_params())
         if warm:
-            self._check_warm_start(network)
+            _check_warm_start(self.network_spec_, network)
         previous_curve = list(self.loss_curve_) if warm else []
         devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
-            backbone = (
-                self.backbone_ if warm else self._build_backbone(self.backbone_weights, network)
-            )
+            backbone = self.backbone_ if warm else network.build_backbone(self.backbone_weights)
             backbone.to(device).to(memory_format=torch.channels_last)
             if self.neighbor_size is not None:  # a window too large fails now, not after extraction
                 neighbor_mask(*backbone.grid_size(self.image_size), self.neighbor_size)
@@ -527,7 +452,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     cache_max_gb=self.cache_max_gb,
                     resize=self.resize,
                 )
-            model = self._build_model(*features.shape[1:], network=network)
+            model = network.build_model(
+                features.shape[1:],
+                dropout=self.dropout,
+                jitter_scale=self.jitter_scale,
+                jitter_prob=self.jitter_prob,
+            )
             if warm:  # same parameters (checked above), so the same shapes
                 model.load_state_dict(self.model_.state_dict())
             if context is not None:  # same initial weights, different jitter and dropout
@@ -548,8 +478,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                     verbose=self.verbose,
                     checkpoint_path=self.checkpoint_path,
                     checkpoint_every=self.checkpoint_every,
-                    fingerprint=self._training_fingerprint(
-                        warm_start_from_epoch=len(previous_curve)
+                    fingerprint=training_fingerprint(
+                        self.get_params(), warm_start_from_epoch=len(previous_curve)
                     ),
                     distributed=context is not None,
                     on_epoch_end=self._epoch_hook(
@@ -568,7 +498,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
-        self._network_params_ = network
+        self.network_spec_ = network
         if X_held_out is not None:  # thresholds from normal images the model has not trained on
             del features
             features = self._extract(X_held_out)
@@ -593,109 +523,26 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         def hook(epoch: int, loss: float) -> None:
             self.backbone_, self.model_, self.device_ = backbone, model, device
             self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
-            self._network_params_ = network
+            self.network_spec_ = network
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # whatever it draws, training goes on
                 on_epoch_end(self, epoch + 1, loss)
 
         return hook
 
-    def _training_fingerprint(self, warm_start_from_epoch: int) -> dict:
-        """What a checkpoint must have been written for to be resumed by this fit."""
-        params = persistence.json_safe_params(self.get_params())
-        fingerprint = {k: v for k, v in params.items() if k not in _NOT_TRAINING}
-        return {**fingerprint, "warm_start_from_epoch": warm_start_from_epoch}
-
-    def _requested_network(self) -> dict:
-        """The network parameters as set now (JSON-safe), for the next fit."""
-        current = {name: getattr(self, name) for name in _NETWORK_PARAMS}
-        return persistence.json_safe_params(current)
-
-    def _fitted_network(self) -> dict:
-        """The network parameters of the fit; before any fit, the requested ones."""
-        # a detector pickled before skuniad kept the snapshot: its parameters are the fit's
-        snapshot = getattr(self, "_network_params_", None)
-        return snapshot if snapshot is not None else self._requested_network()
-
-    def _check_warm_start(self, network: dict) -> None:
-        fitted = self._fitted_network()
-        changed = [name for name in _NETWORK_PARAMS if network[name] != fitted[name]]
-        if changed:
-            details = "; ".join(
-                f"{name}={fitted[name]!r} when fitted, {network[name]!r} now" for name in changed
-            )
-            raise ValueError(
-                f"warm_start=True continues the fitted networks, which need the parameters "
-                f"they were fitted with ({details}): set them back, or set warm_start=False "
-                "to train new networks"
-            )
-
-    def _build_backbone(self, backbone_weights, network: dict | None = None) -> FrozenBackbone:
-        network = self._fitted_network() if network is None else network
-        backbone = FrozenBackbone(
-            network["backbone"], tuple(network["out_indices"]), backbone_weights
-        )
-        padding_size = interop.static_padding_for(
-            network["backbone"], network["static_padding_size"]
-        )
-        if padding_size is not None:
-            interop.use_static_same_padding(backbone.body, padding_size)
-        return backbone
-
-    def _build_model(
-        self, channels: int, height: int, width: int, network: dict | None = None
-    ) -> UniADReconstruction:
-        network = self._fitted_network() if network is None else network
-        return UniADReconstruction(
-            int(channels),
-            (int(height), int(width)),
-            hidden_dim=network["hidden_dim"],
-            num_heads=network["num_heads"],
-            num_encoder_layers=network["num_encoder_layers"],
-            num_decoder_layers=network["num_decoder_layers"],
-            dim_feedforward=network["dim_feedforward"],
-            dropout=self.dropout,
-            neighbor_size=network["neighbor_size"],
-            jitter_scale=self.jitter_scale,
-            jitter_prob=self.jitter_prob,
-            layer_queries=network["layer_queries"],
-        )
-
-    def _check_architecture(self) -> None:
-        if self.hidden_dim % self.num_heads:
-            raise ValueError(
-                f"hidden_dim={self.hidden_dim} must be divisible by num_heads={self.num_heads}"
-            )
-        if self.neighbor_size is not None and self.neighbor_size % 2 == 0:
-            raise ValueError(f"neighbor_size must be odd, got {self.neighbor_size}")
-        if len(self.out_indices) == 0:
-            raise ValueError("out_indices must name at least one backbone stage")
-        stages = list(self.out_indices)
-        if not all(isinstance(i, Integral) and not isinstance(i, bool) for i in stages) or any(
-            i < 0 for i in stages
-        ):
-            raise ValueError(
-                "out_indices must be backbone stage numbers (0 = the first), got "
-                f"{self.out_indices}"
-            )
-        if stages != sorted(set(stages)):
-            raise ValueError(
-                f"out_indices must be increasing without repeats, got {self.out_indices}"
-            )
-
     def _extract(self, X) -> torch.Tensor:
         """Backbone features of ``X`` for calibration (fitted backbone, inference batches)."""
-        network = self._fitted_network()
+        network = self.network_spec_
         with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
             return extract_features(
                 self.backbone_,
                 X,
-                image_size=network["image_size"],
+                image_size=network.image_size,
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
                 verbose=self.verbose,
-                resize=network["resize"],
+                resize=network.resize,
             )
 
     def _calibrate_features(
@@ -709,11 +556,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             scores, maps = reconstruction_maps(
                 self.model_,
                 features,
-                image_size=self._fitted_network()["image_size"],
+                image_size=self.network_spec_.image_size,
                 batch_size=inference_batch_size(self.batch_size),
                 device=self.device_,
                 amp_dtype=self._amp_dtype(),
-                score_method=self._fitted_network()["image_score"],
+                score_method=self.network_spec_.image_score,
             )
         # bilinear upsampling with align_corners=True keeps the token maxima
         map_maxima = maps.reshape(len(maps), -1).max(1)
@@ -754,8 +601,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         gets a NaN score and map, size None and its ``ImageLoadError``;
         otherwise the first one is raised (its index is ``X``'s).
         """
-        network = self._fitted_network()
-        image_size = network["image_size"]
+        network = self.network_spec_
+        image_size = network.image_size
         device, amp_dtype = self.device_, self._amp_dtype()
         self.model_.eval()
         batches = iter_loaded(
@@ -765,7 +612,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             self.backbone_.std,
             inference_batch_size(self.batch_size),
             device,
-            network["resize"],
+            network.resize,
         )
         with progress_bar(self.verbose > 0) as progress:
             task = progress.add_task("scoring", total=len(X))
@@ -795,7 +642,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                         features = self.backbone_(images)
                         reconstruction = self.model_(features)
                     batch_maps = anomaly_map(features, reconstruction, image_size)
-                    scores = image_score(batch_maps, method=network["image_score"])
+                    scores = image_score(batch_maps, method=network.image_score)
                     scores = scores.cpu().numpy().astype(np.float64)
                     maps = batch_maps.cpu().numpy() if keep_maps else None
                 scores[failed] = np.nan
@@ -1236,6 +1083,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     def __setstate__(self, state):
         # pickled before a parameter existed: the behaviour it was fitted with
         state = {**persistence.LEGACY_DEFAULTS, **state}
+        snapshot = state.pop("_network_params_", None)  # pickled before NetworkSpec existed
+        if snapshot is not None:
+            state["network_spec_"] = NetworkSpec.from_params(snapshot)
+        elif "_module_tensors" in state:
+            state.setdefault("network_spec_", NetworkSpec.from_params(state))
         tensors = state.pop("_module_tensors", None)
         norm = state.pop("_backbone_norm", None)
         super().__setstate__(state)
@@ -1251,6 +1103,20 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.positive_only = True  # pixel values: negative ones are rejected
         tags.non_deterministic = self.random_state is None
         return tags
+
+
+def _check_warm_start(fitted: NetworkSpec, requested: NetworkSpec) -> None:
+    changed = fitted.changes_from(requested)
+    if changed:
+        before, now = fitted.as_params(), requested.as_params()
+        details = "; ".join(
+            f"{name}={before[name]!r} when fitted, {now[name]!r} now" for name in changed
+        )
+        raise ValueError(
+            f"warm_start=True continues the fitted networks, which need the parameters "
+            f"they were fitted with ({details}): set them back, or set warm_start=False "
+            "to train new networks"
+        )
 
 
 def _check_groups(groups, n: int) -> np.ndarray | None:

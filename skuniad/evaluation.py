@@ -500,34 +500,40 @@ class CurveRecorder:
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
-        from skuniad.training import extract_features, inference_batch_size, reconstruction_maps
+        from skuniad.training import (
+            extract_features,
+            inference_batch_size,
+            reconstruction_maps,
+            resolve_precision,
+        )
 
         subset = self.dataset.subset(category)
         if subset.labels.min() == subset.labels.max():  # one class: undefined, as in the report
             return {
                 key: float("nan") for key in ("image_auroc", "pixel_auroc", *IMAGE_SCORE_METRICS)
             }
-        network = det._fitted_network()  # what the model being trained scores with
-        size = (network["image_size"], network["image_size"])
+        network = det.network_spec_  # what the model being trained scores with
+        amp_dtype = resolve_precision(det.precision, det.device_)
+        size = (network.image_size, network.image_size)
         batch = inference_batch_size(det.batch_size)
         if category not in self._features:
             self._features[category] = extract_features(
                 det.backbone_,
                 subset.paths,
-                image_size=network["image_size"],
+                image_size=network.image_size,
                 batch_size=batch,
                 device=det.device_,
-                amp_dtype=det._amp_dtype(),
-                resize=network["resize"],
+                amp_dtype=amp_dtype,
+                resize=network.resize,
             )
             self._masks[category] = _load_masks(subset, size)
         _, token_maps = reconstruction_maps(
             det.model_,
             self._features[category],
-            image_size=network["image_size"],
+            image_size=network.image_size,
             batch_size=batch,
             device=det.device_,
-            amp_dtype=det._amp_dtype(),
+            amp_dtype=amp_dtype,
         )
         return token_map_aurocs(subset.labels, token_maps, self._masks[category], det.image_score)
 

@@ -45,9 +45,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from skuniad._spec import NetworkSpec, check_params
+from skuniad.nn.padding import NATIVE_RESOLUTION, reference_variant
 from skuniad.nn.transformer import anomaly_map, image_score
 from skuniad.persistence import atomic_write
 from skuniad.training import resolve_device
@@ -62,18 +63,6 @@ from skuniad.weights import (
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# lukemelas EfficientNet's native resolution: the input size its static padding is built for
-NATIVE_RESOLUTION = {
-    "b0": 224,
-    "b1": 240,
-    "b2": 260,
-    "b3": 300,
-    "b4": 380,
-    "b5": 456,
-    "b6": 528,
-    "b7": 600,
-    "b8": 672,
-}
 DEFAULT_OPSET = 17
 
 # reference name -> skuniad name, most specific first; {i}: layer index, {j}: 1 or 2
@@ -260,8 +249,8 @@ def reference_arch(detector) -> list[dict]:
     It is what the reference's ``update_config`` and ``ModelHelper`` leave in
     the config they save.
     """
-    network = detector._fitted_network()
-    variant = reference_variant(network["backbone"])
+    network = detector.network_spec_
+    variant = reference_variant(network.backbone)
     body = detector.backbone_.body
     channels = [int(c) for c in body.feature_info.channels()]
     strides = [int(s) for s in body.feature_info.reduction()]
@@ -269,17 +258,17 @@ def reference_arch(detector) -> list[dict]:
     stage_ends = list(_cumulative(len(stage) for stage in body.blocks))
     outblocks = [stage_ends[int(n.split(".")[1])] - 1 for n in body.feature_info.module_name()]
     channels_total, height, width = detector.feature_shape_
-    if height * max(strides) != network["image_size"]:
+    if height * max(strides) != network.image_size:
         raise ValueError(
             f"the reference needs an input size divisible by the feature stride "
-            f"{max(strides)}; this detector has image_size={network['image_size']}"
+            f"{max(strides)}; this detector has image_size={network.image_size}"
         )
-    if network["layer_queries"] != "every":
+    if network.layer_queries != "every":
         raise ValueError(
             "the reference has learned queries in every decoder layer; this detector has "
-            f"layer_queries={network['layer_queries']!r}, which its checkpoint cannot describe"
+            f"layer_queries={network.layer_queries!r}, which its checkpoint cannot describe"
         )
-    k = network["neighbor_size"]
+    k = network.neighbor_size
     return [
         {
             "name": "backbone",
@@ -304,11 +293,11 @@ def reference_arch(detector) -> list[dict]:
             "type": "models.reconstructions.UniAD",
             "kwargs": {
                 "pos_embed_type": "learned",
-                "hidden_dim": int(network["hidden_dim"]),
-                "nhead": int(network["num_heads"]),
-                "num_encoder_layers": int(network["num_encoder_layers"]),
-                "num_decoder_layers": int(network["num_decoder_layers"]),
-                "dim_feedforward": int(network["dim_feedforward"]),
+                "hidden_dim": int(network.hidden_dim),
+                "nhead": int(network.num_heads),
+                "num_encoder_layers": int(network.num_encoder_layers),
+                "num_decoder_layers": int(network.num_decoder_layers),
+                "dim_feedforward": int(network.dim_feedforward),
                 "dropout": float(detector.dropout),
                 "activation": "relu",
                 "normalize_before": False,
@@ -327,17 +316,6 @@ def reference_arch(detector) -> list[dict]:
             },
         },
     ]
-
-
-def reference_variant(backbone: str) -> str:
-    """``"b4"`` for ``tf_efficientnet_b4[.tag]``; other backbones have no reference layout."""
-    match = re.fullmatch(r"tf_efficientnet_(b\d)(?:\..+)?", backbone)
-    if match is None or match.group(1) not in NATIVE_RESOLUTION:
-        raise ValueError(
-            f"backbone {backbone!r} has no reference checkpoint layout: the reference "
-            "implementation builds EfficientNet-B0...B8 (timm tf_efficientnet_b0...b8) only"
-        )
-    return match.group(1)
 
 
 def _config(nets: dict, *keys: str):
@@ -504,18 +482,22 @@ def detector_from_reference(
         precision="fp32",
         device=device,
     )
-    detector._validate_params()
-    detector._check_architecture()
-    detector._network_params_ = detector._requested_network()
+    check_params(detector.get_params())
+    spec = detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
     resolved = resolve_device(device)
     with torch.random.fork_rng(devices=[]):
-        backbone = detector._build_backbone(backbone_weights=None)
+        backbone = spec.build_backbone(weights=None)
     state = backbone_from_reference(checkpoint.backbone, timm_block_names(backbone.body))
     _load_exactly(backbone.body, state, "backbone")
     backbone.mean, backbone.std = IMAGENET_MEAN, IMAGENET_STD
     height = width = params["image_size"] // backbone.stride
     with torch.random.fork_rng(devices=[]):
-        model = detector._build_model(backbone.out_channels, height, width)
+        model = spec.build_model(
+            (backbone.out_channels, height, width),
+            dropout=detector.dropout,
+            jitter_scale=detector.jitter_scale,
+            jitter_prob=detector.jitter_prob,
+        )
     _load_exactly(model, reconstruction_from_reference(checkpoint.reconstruction), "reconstruction")
     detector.backbone_ = backbone.to(resolved).to(memory_format=torch.channels_last)
     detector.model_ = model.to(resolved).eval()
@@ -546,110 +528,6 @@ def write_reference_checkpoint(detector, path: str | os.PathLike) -> None:
     }
     with atomic_write(path) as temporary:
         torch.save(checkpoint, temporary)
-
-
-# ---------------------------------------------------------- static padding
-class StaticSamePadConv2d(nn.Conv2d):
-    """A convolution whose TF "same" padding is fixed in advance.
-
-    The counterpart of lukemelas' ``Conv2dStaticSamePadding``: ``static_padding``
-    (a :class:`~torch.nn.ZeroPad2d`) then an unpadded convolution. It shares the
-    weights of the convolution it replaces, so state-dict names do not change.
-    """
-
-    def __init__(self, conv: nn.Conv2d, padding: tuple[int, int, int, int]) -> None:
-        super().__init__(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=0,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            device="meta",
-        )
-        self.weight = conv.weight
-        self.bias = conv.bias
-        self.static_padding = nn.ZeroPad2d(padding)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.static_padding(x)
-        return F.conv2d(x, self.weight, self.bias, self.stride, 0, self.dilation, self.groups)
-
-
-def same_padding(
-    size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], dilation=(1, 1)
-) -> tuple[int, int, int, int]:
-    """TF "same" padding (left, right, top, bottom) of a convolution on a ``size`` input."""
-    pads = []
-    for length, k, s, d in zip(size, kernel, stride, dilation, strict=True):
-        total = max((math.ceil(length / s) - 1) * s + (k - 1) * d + 1 - length, 0)
-        pads.append((total // 2, total - total // 2))
-    (top, bottom), (left, right) = pads
-    return left, right, top, bottom
-
-
-def static_padding_for(backbone: str, static_padding_size) -> int | None:
-    """The input size whose padding ``backbone`` fixes, or None for timm's per-input padding.
-
-    ``static_padding_size`` is the detector parameter: ``"auto"`` means the
-    native resolution for ``tf_efficientnet_b0`` ... ``b8`` (the networks the
-    reference builds) and None for any other backbone; an int or None is kept.
-    """
-    if static_padding_size != "auto":
-        return static_padding_size
-    try:
-        return NATIVE_RESOLUTION[reference_variant(backbone)]
-    except ValueError:  # not a network the reference builds
-        return None
-
-
-def use_static_same_padding(
-    model: nn.Module, reference_size: int
-) -> dict[str, tuple[int, int, int, int]]:
-    """Fix the padding of every dynamic "same" convolution as for a ``reference_size`` input.
-
-    timm's ``tf_*`` models pad strided convolutions from each input's size;
-    the reference's lukemelas EfficientNet computes that padding once, for its
-    native resolution. Each such convolution of ``model`` (a timm network) is
-    replaced in place by a :class:`StaticSamePadConv2d` padding as the reference
-    does; parameters and their names are unchanged. Returns the padding fixed
-    for each replaced convolution, by module name.
-    """
-    from timm.layers import Conv2dSame
-
-    dynamic = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dSame)}
-    sizes: dict[str, tuple[int, int]] = {}
-
-    def record_size(name: str):
-        def hook(module: nn.Module, args: tuple) -> None:
-            sizes[name] = tuple(args[0].shape[-2:])
-
-        return hook
-
-    hooks = [module.register_forward_pre_hook(record_size(n)) for n, module in dynamic.items()]
-    # shapes only: run the network on meta tensors, no arithmetic
-    meta = {
-        name: torch.empty_like(t, device="meta")
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-    }
-    try:
-        with torch.no_grad():
-            torch.func.functional_call(
-                model, meta, (torch.empty(1, 3, reference_size, reference_size, device="meta"),)
-            )
-    finally:
-        for hook in hooks:
-            hook.remove()
-    fixed = {}
-    for name, conv in dynamic.items():
-        if name not in sizes:  # a stage the network never runs
-            continue
-        fixed[name] = same_padding(sizes[name], conv.kernel_size, conv.stride, conv.dilation)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, StaticSamePadConv2d(conv, fixed[name]))
-    return fixed
 
 
 # ------------------------------------------------------------------- ONNX
@@ -686,10 +564,10 @@ def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -
     graph = AnomalyGraph(
         copy.deepcopy(detector.backbone_).to("cpu", torch.float32),
         copy.deepcopy(detector.model_).to("cpu", torch.float32),
-        int(detector._fitted_network()["image_size"]),
-        detector._fitted_network()["image_score"],
+        detector.network_spec_.image_size,
+        detector.network_spec_.image_score,
     ).eval()
-    size = int(detector._fitted_network()["image_size"])
+    size = detector.network_spec_.image_size
     example = torch.zeros(2, 3, size, size)
     batch = {0: "batch"}
     with atomic_write(path) as temporary, warnings.catch_warnings():

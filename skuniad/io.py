@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
+from skuniad._choices import RESIZE_MODES
+
 MIN_IMAGE_SIDE = 8
-RESIZE_MODES = ("pil-uint8", "float")
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 

@@ -37,10 +37,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
+
+from skuniad._spec import NetworkSpec, json_safe_params
 
 FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
@@ -70,26 +71,6 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def json_safe_params(params: dict) -> dict:
-    """``get_params()`` as JSON values: tuples -> lists, paths -> str, numpy scalars -> Python.
-
-    A ``RandomState`` instance becomes None: it only seeds ``fit``.
-    """
-
-    def convert(value):
-        if isinstance(value, (tuple, list)):
-            return [convert(v) for v in value]
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        if isinstance(value, np.generic):
-            return value.item()
-        if isinstance(value, np.random.RandomState):
-            return None
-        return value
-
-    return {name: convert(value) for name, value in params.items()}
-
-
 def available_device(device: torch.device) -> torch.device:
     """``device`` if this machine has it, else the CPU (a GPU-fitted model on a CPU-only host)."""
     if device.type == "cuda":
@@ -116,9 +97,10 @@ def restore_modules(
     mean: tuple[float, ...],
     std: tuple[float, ...],
 ) -> None:
-    """Rebuild ``backbone_`` and ``model_`` from the parameters and load ``tensors`` strictly.
+    """Rebuild ``backbone_`` and ``model_`` from ``network_spec_`` and load ``tensors`` strictly.
 
-    Needs ``feature_shape_``; sets ``backbone_``, ``model_`` and ``device_``.
+    Needs ``network_spec_`` and ``feature_shape_``; sets ``backbone_``, ``model_`` and
+    ``device_``.
     The global torch RNG is left untouched by the throwaway initialisation.
     """
     parts: dict[str, dict[str, torch.Tensor]] = {"backbone": {}, "model": {}}
@@ -128,8 +110,13 @@ def restore_modules(
             raise ValueError(f"unexpected tensor {key!r}: names start with 'backbone.' or 'model.'")
         parts[prefix][name] = value
     with torch.random.fork_rng(devices=[]):
-        backbone = detector._build_backbone(backbone_weights=None)
-        model = detector._build_model(*detector.feature_shape_)
+        backbone = detector.network_spec_.build_backbone(weights=None)
+        model = detector.network_spec_.build_model(
+            detector.feature_shape_,
+            dropout=detector.dropout,
+            jitter_scale=detector.jitter_scale,
+            jitter_prob=detector.jitter_prob,
+        )
     for prefix, module in (("backbone", backbone), ("model", model)):
         try:
             module.load_state_dict(parts[prefix], strict=True)
@@ -153,7 +140,7 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         # the networks' parameters as fitted, whatever set_params changed since
-        "params": {**json_safe_params(detector.get_params()), **detector._fitted_network()},
+        "params": {**json_safe_params(detector.get_params()), **detector.network_spec_.as_params()},
         "fitted": {
             # None: not calibrated yet (a model imported from a reference checkpoint)
             "offset_": _float_or_none(getattr(detector, "offset_", None)),
@@ -195,7 +182,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     if "out_indices" in params:
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
-    detector._network_params_ = detector._requested_network()
+    detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
     fitted = metadata["fitted"]
     for name in ("offset_", "pixel_threshold_"):
         if fitted[name] is not None:

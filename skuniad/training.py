@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
 from skuniad.cache import FeatureCache
 from skuniad.distributed import (
@@ -48,7 +49,6 @@ CHECKPOINT_VERSION = 1
 
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
-LR_SCHEDULES = ("step", "cosine")
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule
 
 

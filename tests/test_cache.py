@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from skuniad import UniADDetector
+from skuniad._spec import NetworkSpec
 from skuniad.cache import FeatureCache
 from skuniad.io import check_images, iter_batches
 from skuniad.training import extract_features, lr_decay_epoch, train_reconstruction
@@ -45,9 +46,11 @@ def test_half_precision_cache_stays_close_to_float32(tiny_params, images):
 def test_cached_training_equals_recomputing_the_backbone_every_step(tiny_params, images):
     """The cache changes nothing in the maths: same weights as the reference's loop."""
     det = UniADDetector(**tiny_params)
-    backbone = det._build_backbone(None)
-    model = det._build_model(192, 4, 4)
-    fresh = det._build_model(192, 4, 4)
+    spec = NetworkSpec.from_params(det.get_params())
+    backbone = spec.build_backbone(weights=None)
+    training = dict(dropout=det.dropout, jitter_scale=det.jitter_scale, jitter_prob=det.jitter_prob)
+    model = spec.build_model((192, 4, 4), **training)
+    fresh = spec.build_model((192, 4, 4), **training)
     fresh.load_state_dict(model.state_dict())
     X = check_images(images)
     cpu = torch.device("cpu")

@@ -1,5 +1,6 @@
 """Safe model files (save / load) and pickling of fitted detectors."""
 
+import dataclasses
 import json
 import os
 import pickle
@@ -16,6 +17,7 @@ from sklearn.exceptions import NotFittedError
 
 import skuniad.persistence as persistence
 from skuniad import UniADDetector
+from skuniad._spec import training_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +191,7 @@ def test_files_and_pickles_from_before_resize_keep_their_preprocessing(saved, tm
     assert (loaded.resize, loaded.static_padding_size) == ("float", None)
     assert UniADDetector().resize == "pil-uint8"
     as_fitted = pickle.loads(pickle.dumps(det)).set_params(resize="float")
-    as_fitted._network_params_ = {**as_fitted._network_params_, "resize": "float"}
+    as_fitted.network_spec_ = dataclasses.replace(as_fitted.network_spec_, resize="float")
     np.testing.assert_array_equal(loaded.score_samples(X), as_fitted.score_samples(X))
     state = det.__getstate__()
     del state["resize"], state["static_padding_size"]
@@ -201,8 +203,9 @@ def test_files_and_pickles_from_before_resize_keep_their_preprocessing(saved, tm
 def test_resize_is_saved_and_part_of_the_training_fingerprint(saved, tmp_path):
     det, X, path = saved
     assert UniADDetector.load(path).resize == det.resize == "pil-uint8"
-    assert det._training_fingerprint(0)["resize"] == "pil-uint8"
-    assert clone(det).set_params(resize="float")._training_fingerprint(0)["resize"] == "float"
+    assert training_fingerprint(det.get_params(), 0)["resize"] == "pil-uint8"
+    changed = clone(det).set_params(resize="float").get_params()
+    assert training_fingerprint(changed, 0)["resize"] == "float"
 
 
 def test_unknown_parameters_are_named(saved, tmp_path):

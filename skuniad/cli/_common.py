@@ -354,12 +354,12 @@ def _check_options(params: dict[str, Any]) -> None:
     from sklearn.utils._param_validation import InvalidParameterError
 
     from skuniad import UniADDetector
+    from skuniad._spec import check_params
     from skuniad.training import resolve_device
 
     det = UniADDetector(**params)
     try:
-        det._validate_params()
-        det._check_architecture()
+        check_params(det.get_params())
         resolve_device(det.device)
     except (InvalidParameterError, ValueError) as exc:
         message = re.sub(r"^The '(\w+)' parameter of \w+ ", r"\1 ", _one_line(exc))
@@ -650,7 +650,7 @@ def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
 
 def _json_params(det: Any) -> dict[str, Any]:
     """The detector's full parameters, JSON-safe, for results.json."""
-    from skuniad.persistence import json_safe_params
+    from skuniad._spec import json_safe_params
 
     return json_safe_params(det.get_params())
 

@@ -6,16 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from skuniad._choices import IMAGE_SCORES, LAYER_QUERIES
 from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neighbor_mask
 from skuniad.nn.dropout import dropout_add, keep_mask
 from skuniad.nn.jitter import feature_jitter
-
-LAYER_QUERIES = ("every", "first", "none")
-"""Values of ``layer_queries``: the paper's layer-wise queries, then its two ablations."""
-
-
-IMAGE_SCORES = ("max", "mean", "std")
-"""Methods of :func:`image_score`, the paper's MVTec choice first."""
 
 
 class PositionEmbedding2d(nn.Module):

@@ -101,7 +101,11 @@ def _cli_predict(det, inputs: dict, workdir: Path) -> dict[str, np.ndarray]:
     model = workdir / "model.skuniad"
     det.save(model)
     for i, (image, group) in enumerate(
-        zip(list(inputs["X_test"]) + inputs["X_sizes"], ["a", "b", "a", "c", "b", "a", "b", "c"])
+        zip(
+            list(inputs["X_test"]) + inputs["X_sizes"],
+            ["a", "b", "a", "c", "b", "a", "b", "c"],
+            strict=True,
+        )
     ):
         folder = workdir / "images" / group
         folder.mkdir(parents=True, exist_ok=True)
