@@ -46,10 +46,10 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
     import torch
 
     from skuniad import UniADDetector
+    from skuniad._inference import extract_features
     from skuniad._spec import NetworkSpec
     from skuniad.datasets import load_mvtec
     from skuniad.evaluation import _load_masks, _mean_defined, token_map_aurocs
-    from skuniad.training import extract_features
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()

@@ -97,8 +97,9 @@ def peak_gib(device: torch.device) -> str:
 
 
 def extraction(settings: dict, X: list, device: torch.device, amp_dtype):
+    from skuniad._inference import extract_features
     from skuniad.nn.backbone import FrozenBackbone
-    from skuniad.training import extract_features, inference_batch_size
+    from skuniad.training import inference_batch_size
 
     backbone = FrozenBackbone(settings["backbone"], (0, 1, 2, 3), None)
     backbone.to(device).to(memory_format=torch.channels_last)
@@ -152,7 +153,7 @@ def training_speed(settings: dict, features: torch.Tensor, device: torch.device,
 
 
 def map_agreement(model, features: torch.Tensor, settings: dict, device: torch.device):
-    from skuniad.training import reconstruction_maps
+    from skuniad._inference import reconstruction_maps
 
     options = dict(image_size=settings["image_size"], batch_size=32, device=device)
     _, fp32 = reconstruction_maps(model, features, amp_dtype=None, **options)

@@ -81,17 +81,20 @@ def _scores_and_maxima(det, paths) -> tuple[np.ndarray, np.ndarray]:
 
 def _thresholds(det, scores, maxima, groups, members) -> dict:
     """The contamination rule on ``members``: pooled and per group, image and pixel."""
-    from skuniad.detector import _anomalous_side
+    from skuniad._thresholds import contamination_threshold
 
     rule = det.contamination
     per_group = {}
     for group in sorted(set(groups[members])):
         chosen = members & (groups == group)
         per_group[group] = (
-            _anomalous_side(scores[chosen], rule),
-            _anomalous_side(maxima[chosen], rule),
+            contamination_threshold(scores[chosen], rule),
+            contamination_threshold(maxima[chosen], rule),
         )
-    pooled = (_anomalous_side(scores[members], rule), _anomalous_side(maxima[members], rule))
+    pooled = (
+        contamination_threshold(scores[members], rule),
+        contamination_threshold(maxima[members], rule),
+    )
     return {"pooled": pooled, "per_category": per_group}
 
 
@@ -215,7 +218,7 @@ def main() -> None:
     from sklearn.utils import check_random_state
 
     from skuniad import UniADDetector
-    from skuniad.detector import _validation_split
+    from skuniad._thresholds import validation_split
     from skuniad.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
@@ -255,7 +258,7 @@ def main() -> None:
         det_a.save(out / "fit_a.skuniad")
         print(f"fit A: {results['fit_a_seconds']} s", flush=True)
     seed = int(check_random_state(args.seed).randint(np.iinfo(np.int32).max))
-    train_idx, held_idx = _validation_split(len(paths), groups, args.fraction, seed)
+    train_idx, held_idx = validation_split(len(paths), groups, args.fraction, seed)
     scores_a, maxima_a = _scores_and_maxima(det_a, paths)
     raw.update(train_scores_a=scores_a, train_maxima_a=maxima_a, held_out_a=held_idx)
     is_held = np.isin(np.arange(len(paths)), held_idx)

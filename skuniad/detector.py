@@ -11,46 +11,47 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from sklearn.base import BaseEstimator, OutlierMixin, _fit_context
 from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
-from skuniad._progress import progress_bar
+from skuniad._inference import (
+    Scorer,
+    check_map_size,
+    extract_features,
+    iter_chunks,
+    returns_array,
+    to_image_size,
+)
 from skuniad._spec import (
     PARAMETER_CONSTRAINTS,
     NetworkSpec,
     check_param_consistency,
     training_fingerprint,
 )
-from skuniad.distributed import DistributedContext, distributed_context, gather_shards
-from skuniad.io import ImageLoadError, check_images, iter_loaded
-from skuniad.nn.attention import neighbor_mask
-from skuniad.nn.transformer import (
-    anomaly_map,
-    image_score,
+from skuniad._thresholds import (
+    ThresholdTable,
+    check_group_sizes,
+    check_groups,
+    labels_above,
+    masks_above,
+    validation_split,
 )
-from skuniad.runtime import flushing_denormals
+from skuniad.distributed import DistributedContext, distributed_context, gather_shards
+from skuniad.io import check_images
+from skuniad.nn.attention import neighbor_mask
 from skuniad.training import (
     DeviceOutOfMemoryError,
     TrainingInterrupted,
-    autocast,
     explain_out_of_memory,
-    extract_features,
     inference_batch_size,
-    reconstruction_maps,
     release_device_memory,
     resolve_device,
     resolve_precision,
     train_reconstruction,
 )
-
-_MAD_TO_SIGMA = 1.4826
-_AUTO_SIGMAS = 3.0
-# a threshold set from fewer images than this (and a training set this small) is noise
-_MIN_IMAGES = 5
 
 
 def _releasing_device_memory(method):
@@ -220,9 +221,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     Attributes
     ----------
+    thresholds_ : skuniad._thresholds.ThresholdTable
+        The decision thresholds, pooled and per group; the five attributes
+        below are read-only views of it. Absent from a model imported by
+        :meth:`from_reference_checkpoint` until :meth:`calibrate`.
     offset_ : float
-        ``decision_function = score_samples - offset_``. Absent from a model
-        imported by :meth:`from_reference_checkpoint` until :meth:`calibrate`.
+        ``decision_function = score_samples - offset_``.
     image_threshold_ : float
         ``-offset_``: the image anomaly score (``-score_samples``, the
         ``anomaly_score`` of ``skuniad predict``) above which ``predict``
@@ -409,15 +413,15 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             otherwise it is left as it was.
         """
         X = check_images(X)
-        groups = _check_groups(groups, len(X))
+        groups = check_groups(groups, len(X))
         _warn_on_anomalous_labels(y, len(X))
         check_param_consistency(self.get_params())
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        train, held_out = _validation_split(len(X), groups, self.validation_fraction, seed)
+        train, held_out = validation_split(len(X), groups, self.validation_fraction, seed)
         X_held_out = [X[i] for i in held_out] if held_out is not None else None
         calibration_groups = groups if held_out is None or groups is None else groups[held_out]
-        _check_group_sizes(calibration_groups)  # before training, not after
+        check_group_sizes(calibration_groups)  # before training, not after
         if train is not None:
             X = [X[i] for i in train]
         context = distributed_context(device)  # under torchrun: this rank's shard of X
@@ -501,7 +505,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.network_spec_ = network
         if X_held_out is not None:  # thresholds from normal images the model has not trained on
             del features
-            features = self._extract(X_held_out)
+            features = self._scorer().extract(X_held_out)
         self._calibrate_features(features, context, calibration_groups)
         if interrupted is not None:
             # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
@@ -530,21 +534,6 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
         return hook
 
-    def _extract(self, X) -> torch.Tensor:
-        """Backbone features of ``X`` for calibration (fitted backbone, inference batches)."""
-        network = self.network_spec_
-        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
-            return extract_features(
-                self.backbone_,
-                X,
-                image_size=network.image_size,
-                batch_size=inference_batch_size(self.batch_size),
-                device=self.device_,
-                amp_dtype=self._amp_dtype(),
-                verbose=self.verbose,
-                resize=network.resize,
-            )
-
     def _calibrate_features(
         self,
         features: torch.Tensor,
@@ -552,118 +541,28 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         groups: np.ndarray | None = None,
     ) -> None:
         """Set the thresholds from calibration features (all ranks'), pooled and per group."""
-        with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
-            scores, maps = reconstruction_maps(
-                self.model_,
-                features,
-                image_size=self.network_spec_.image_size,
-                batch_size=inference_batch_size(self.batch_size),
-                device=self.device_,
-                amp_dtype=self._amp_dtype(),
-                score_method=self.network_spec_.image_score,
-            )
-        # bilinear upsampling with align_corners=True keeps the token maxima
-        map_maxima = maps.reshape(len(maps), -1).max(1)
+        scores, map_maxima = self._scorer().calibration_values(features)
         scores = gather_shards(scores, context)
         map_maxima = gather_shards(map_maxima, context)
-        self._set_thresholds(scores, map_maxima, groups)
+        self.thresholds_ = ThresholdTable.fit(scores, map_maxima, groups, self.contamination)
 
-    def _set_thresholds(
-        self, scores: np.ndarray, map_maxima: np.ndarray, groups: np.ndarray | None
-    ) -> None:
-        """The ``contamination`` rule on anomaly scores and per-image map maxima.
-
-        Pooled over all calibration images (``offset_``, ``pixel_threshold_``)
-        and, with ``groups``, per group; without groups the group tables are
-        emptied, since thresholds of an earlier calibration would not match.
-        """
-        self.offset_ = -_anomalous_side(scores, self.contamination)
-        self.pixel_threshold_ = _anomalous_side(map_maxima, self.contamination)
-        image_table, pixel_table = {}, {}
-        _check_group_sizes(groups)
-        if groups is not None:
-            for group in _unique(groups):
-                members = np.array([g == group for g in groups])
-                image_table[group] = _anomalous_side(scores[members], self.contamination)
-                pixel_table[group] = _anomalous_side(map_maxima[members], self.contamination)
-        self.group_image_thresholds_ = image_table
-        self.group_pixel_thresholds_ = pixel_table
-
-    def _amp_dtype(self):
-        return resolve_precision(self.precision, self.device_)
-
-    # ------------------------------------------------------------ inference
-    def _iter_scored(self, X, *, keep_maps: bool, skip_errors: bool = False) -> Iterator[tuple]:
-        """One network pass over checked ``X``, batch by batch.
-
-        Yields ``(scores (b,) float64, model-size maps (b, S, S) or None,
-        original sizes, errors)``. With ``skip_errors``, an unreadable image
-        gets a NaN score and map, size None and its ``ImageLoadError``;
-        otherwise the first one is raised (its index is ``X``'s).
-        """
-        network = self.network_spec_
-        image_size = network.image_size
-        device, amp_dtype = self.device_, self._amp_dtype()
-        self.model_.eval()
-        batches = iter_loaded(
-            X,
-            image_size,
-            self.backbone_.mean,
-            self.backbone_.std,
-            inference_batch_size(self.batch_size),
-            device,
-            network.resize,
+    def _scorer(self) -> Scorer:
+        """The fitted networks, ready to score."""
+        return Scorer(
+            self.backbone_,
+            self.model_,
+            self.network_spec_,
+            self.device_,
+            resolve_precision(self.precision, self.device_),
+            self.batch_size,
+            self.verbose,
         )
-        with progress_bar(self.verbose > 0) as progress:
-            task = progress.add_task("scoring", total=len(X))
-            for images, sizes, errors in batches:
-                failed = [i for i, error in enumerate(errors) if error is not None]
-                stop = None
-                if failed and not skip_errors:
-                    # the images before the unreadable one are still scored and yielded
-                    stop, first = errors[failed[0]], failed[0]
-                    if first == 0:
-                        raise stop
-                    images, sizes, errors, failed = (
-                        images[:first],
-                        sizes[:first],
-                        errors[:first],
-                        [],
-                    )
-                # entered per batch: the caller's code between batches keeps its own mode
-                with (
-                    explain_out_of_memory("scoring", self.batch_size, inference=True),
-                    flushing_denormals(),
-                ):
-                    with torch.inference_mode(), autocast(device, amp_dtype):
-                        images = images.to(
-                            device, memory_format=torch.channels_last, non_blocking=True
-                        )
-                        features = self.backbone_(images)
-                        reconstruction = self.model_(features)
-                    batch_maps = anomaly_map(features, reconstruction, image_size)
-                    scores = image_score(batch_maps, method=network.image_score)
-                    scores = scores.cpu().numpy().astype(np.float64)
-                    maps = batch_maps.cpu().numpy() if keep_maps else None
-                scores[failed] = np.nan
-                if maps is not None:
-                    maps[failed] = np.nan
-                progress.advance(task, len(images))
-                yield scores, maps, sizes, errors
-                if stop is not None:
-                    raise stop
 
     @_releasing_device_memory
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
         check_is_fitted(self, "model_")
-        X = check_images(X)
-        scores, maps, sizes = [], [], []
-        for batch_scores, batch_maps, batch_sizes, _ in self._iter_scored(X, keep_maps=keep_maps):
-            scores.append(batch_scores)
-            maps.append(batch_maps)
-            sizes.extend(batch_sizes)
-        return np.concatenate(scores), np.concatenate(maps) if keep_maps else None, sizes
+        return self._scorer().score(check_images(X), keep_maps=keep_maps)
 
     def score_samples(self, X) -> np.ndarray:
         """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
@@ -688,7 +587,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         """
         self._check_calibrated()
         X = check_images(X)
-        thresholds = self._image_thresholds(groups, len(X))
+        thresholds = self.thresholds_.image_for(groups, len(X), self.unknown_group)
         return self.score_samples(X) + thresholds
 
     def predict(self, X, groups=None) -> np.ndarray:
@@ -699,8 +598,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         """
         self._check_calibrated()
         X = check_images(X)
-        thresholds = self._image_thresholds(groups, len(X))
-        return _labels(-self.score_samples(X), thresholds)
+        thresholds = self.thresholds_.image_for(groups, len(X), self.unknown_group)
+        return labels_above(-self.score_samples(X), thresholds)
 
     def fit_predict(self, X, y=None, groups=None) -> np.ndarray:
         """``fit(X, groups=groups).predict(X, groups=groups)``."""
@@ -714,35 +613,31 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         ``pixel_threshold_`` for the maps.
         """
         self._check_calibrated()
-        return -self.offset_
+        return self.thresholds_.image
 
-    def _image_thresholds(self, groups, n: int) -> np.ndarray:
-        """Each image's threshold on the anomaly score: its group's, else the pooled one."""
-        table = getattr(self, "group_image_thresholds_", {})
-        return self._per_image(groups, n, table, -self.offset_)
+    @property
+    def offset_(self) -> float:
+        return -self._calibrated_table("offset_").image
 
-    def _pixel_thresholds(self, groups, n: int) -> np.ndarray:
-        """Each image's threshold on its anomaly map: its group's, else ``pixel_threshold_``."""
-        table = getattr(self, "group_pixel_thresholds_", {})
-        return self._per_image(groups, n, table, self.pixel_threshold_)
+    @property
+    def pixel_threshold_(self) -> float:
+        return self._calibrated_table("pixel_threshold_").pixel
 
-    def _per_image(self, groups, n: int, table: dict, pooled: float) -> np.ndarray:
-        thresholds = np.full(n, float(pooled))
-        groups = _check_groups(groups, n)
-        if groups is None:
-            return thresholds
-        unknown = _unique([g for g in groups if g not in table])
-        if unknown and self.unknown_group == "error":
-            known = ", ".join(repr(g) for g in _unique(table)) or "none"
-            raise ValueError(
-                f"no threshold for group(s) {', '.join(repr(g) for g in unknown)} "
-                f"(this model's groups: {known}) and unknown_group='error' forbids the "
-                "pooled fallback"
-            )
-        for i, group in enumerate(groups):
-            if group in table:
-                thresholds[i] = table[group]
-        return thresholds
+    @property
+    def group_image_thresholds_(self) -> dict:
+        groups = self._calibrated_table("group_image_thresholds_").groups
+        return {group: image for group, (image, _) in groups.items()}
+
+    @property
+    def group_pixel_thresholds_(self) -> dict:
+        groups = self._calibrated_table("group_pixel_thresholds_").groups
+        return {group: pixel for group, (_, pixel) in groups.items()}
+
+    def _calibrated_table(self, name: str) -> ThresholdTable:
+        # an AttributeError, as for any fitted attribute not set yet: hasattr() works
+        if "thresholds_" not in self.__dict__:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return self.thresholds_
 
     def anomaly_maps(self, X, size="input"):
         """Per-pixel anomaly maps, HIGHER = MORE ANOMALOUS.
@@ -762,11 +657,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             paths, PIL images or arrays) a list, even when all sizes agree.
             ``size="model"`` always gives an array ``(n, image_size, image_size)``.
         """
-        _check_size(size)
+        check_map_size(size)
         _, maps, sizes = self._infer(X, keep_maps=True)
         if size == "model":
             return maps
-        return _resize_maps(maps, sizes, _stacks(X))
+        return to_image_size(maps, sizes, returns_array(X))
 
     def predict_masks(self, X, threshold=None, groups=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
@@ -780,15 +675,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if threshold is None:
             self._check_calibrated()
         X = check_images(X)
-        n = len(X)
-        if threshold is None:
-            thresholds = self._pixel_thresholds(groups, n)
-        else:
-            _check_groups(groups, n)
-            thresholds = np.full(n, float(threshold))
-        return _masks(self.anomaly_maps(X, size="input"), thresholds)
+        _, thresholds = self._decision_thresholds(groups, len(X), pixel_threshold=threshold)
+        return masks_above(self.anomaly_maps(X, size="input"), thresholds)
 
-    def predict_all(self, X, *, size="input", groups=None) -> Bunch:
+    def predict_all(
+        self, X, *, size="input", groups=None, threshold=None, pixel_threshold=None
+    ) -> Bunch:
         """Scores, labels, maps and masks from ONE pass of the networks.
 
         Each method's own call runs the backbone and the transformer again;
@@ -803,27 +695,42 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         groups : array-like of shape (n,) of str or int, default=None
             Each image's category, to apply its own thresholds (as in
             :meth:`predict` and :meth:`predict_masks`).
+        threshold : float, default=None
+            Image threshold on the anomaly score (``-score_samples``) for
+            every image, instead of the model's.
+        pixel_threshold : float, default=None
+            Anomaly-map threshold for every image's mask, instead of the
+            model's (as ``predict_masks(X, threshold=...)``).
 
         Returns
         -------
         result : sklearn.utils.Bunch
             Keys named after the methods they equal: ``score_samples``,
             ``decision_function``, ``predict``, ``anomaly_maps`` and
-            ``predict_masks`` (default threshold). The last three that need
-            thresholds are None for a model without them (imported from a
-            reference checkpoint, not calibrated).
+            ``predict_masks``. The last three, which need thresholds, are None
+            when the model has none (imported from a reference checkpoint,
+            not calibrated) and none is given.
         """
         check_is_fitted(self, "model_")
-        _check_size(size)
-        stack = _stacks(X)
+        check_map_size(size)
+        stack = returns_array(X)
         X = check_images(X)
-        groups = _check_groups(groups, len(X))
-        (result,) = self._iter_results(X, len(X), size, stack, groups, skip_errors=False)
-        del result["indices"], result["errors"]
+        groups = check_groups(groups, len(X))
+        explicit = (threshold, pixel_threshold)
+        (result,) = self._iter_results(X, len(X), size, stack, groups, explicit, skip_errors=False)
+        del result["indices"], result["errors"], result["image_sizes"]
         return result
 
     def predict_chunks(
-        self, X, *, chunk_size=64, size="input", errors="raise", groups=None
+        self,
+        X,
+        *,
+        chunk_size=64,
+        size="input",
+        errors="raise",
+        groups=None,
+        threshold=None,
+        pixel_threshold=None,
     ) -> Iterator[Bunch]:
         """:meth:`predict_all`, chunk by chunk: bounded memory for any number of images.
 
@@ -840,47 +747,42 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             (``"model"``) map and mask, and its reason in ``errors``.
         groups : array-like of shape (n,) of str or int, default=None
             Each image's category, to apply its own thresholds.
+        threshold, pixel_threshold : float, default=None
+            Thresholds for every image instead of the model's, as in
+            :meth:`predict_all`.
 
         Yields
         ------
         chunk : sklearn.utils.Bunch
             :meth:`predict_all`'s keys for the chunk's images, plus
-            ``indices`` (their positions in ``X``) and ``errors`` (None, or
-            why the image could not be read).
+            ``indices`` (their positions in ``X``), ``errors`` (None, or
+            why the image could not be read) and ``image_sizes`` (each
+            image's own ``(height, width)``, None if unreadable).
         """
         check_is_fitted(self, "model_")
-        _check_size(size)
+        check_map_size(size)
         if not isinstance(chunk_size, Integral) or chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
         if errors not in ("raise", "skip"):
             raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        stack = _stacks(X)
+        stack = returns_array(X)
         X = check_images(X)
-        groups = _check_groups(groups, len(X))
-        if groups is not None and hasattr(self, "offset_"):
-            self._image_thresholds(groups, len(X))  # an unknown group fails now, not mid-way
-        return self._iter_results(X, chunk_size, size, stack, groups, skip_errors=errors == "skip")
+        groups = check_groups(groups, len(X))
+        explicit = (threshold, pixel_threshold)
+        self._decision_thresholds(groups, len(X), *explicit)  # an unknown group fails now
+        return self._iter_results(
+            X, chunk_size, size, stack, groups, explicit, skip_errors=errors == "skip"
+        )
 
-    def _iter_results(self, X, chunk_size, size, stack, groups, skip_errors) -> Iterator[Bunch]:
-        pending: list[tuple] = []  # (score, model-size map, size, error) of each image
-        begin = 0
-        try:
-            for scores, maps, sizes, errors in self._iter_scored(
-                X, keep_maps=True, skip_errors=skip_errors
-            ):
-                pending += zip(scores, maps, sizes, errors, strict=True)
-                while len(pending) >= chunk_size:
-                    yield self._chunk_result(pending[:chunk_size], begin, size, stack, groups)
-                    pending, begin = pending[chunk_size:], begin + chunk_size
-        except ImageLoadError:
-            if pending:  # every image before the unreadable one comes out first
-                yield self._chunk_result(pending, begin, size, stack, groups)
-            raise
-        if pending:
-            yield self._chunk_result(pending, begin, size, stack, groups)
+    def _iter_results(
+        self, X, chunk_size, size, stack, groups, explicit, skip_errors
+    ) -> Iterator[Bunch]:
+        scored = self._scorer().iter_scored(X, keep_maps=True, skip_errors=skip_errors)
+        for begin, items in iter_chunks(scored, chunk_size):
+            yield self._chunk_result(items, begin, size, stack, groups, explicit)
 
     def _chunk_result(
-        self, items: list[tuple], begin: int, size: str, stack: bool, groups
+        self, items: list[tuple], begin: int, size: str, stack: bool, groups, explicit: tuple
     ) -> Bunch:
         scores, maps, sizes, errors = zip(*items, strict=True)
         if groups is not None:
@@ -888,7 +790,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         score_samples = -np.asarray(scores, dtype=np.float64)
         maps = np.stack(maps)
         if size == "input":
-            maps = _resize_maps(maps, list(sizes), stack)
+            maps = to_image_size(maps, list(sizes), stack)
         failed = [i for i, error in enumerate(errors) if error is not None]
         result = Bunch(
             indices=np.arange(begin, begin + len(items)),
@@ -898,14 +800,31 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             anomaly_maps=maps,
             predict_masks=None,
             errors=[None if error is None else error.reason for error in errors],
+            image_sizes=list(sizes),
         )
-        if hasattr(self, "offset_"):
-            thresholds = self._image_thresholds(groups, len(items))
-            result.decision_function = score_samples + thresholds
-            result.predict = _labels(-score_samples, thresholds)
+        image_t, pixel_t = self._decision_thresholds(groups, len(items), *explicit)
+        if image_t is not None:
+            result.decision_function = score_samples + image_t
+            result.predict = labels_above(-score_samples, image_t)
             result.predict[failed] = 0
-            result.predict_masks = _masks(maps, self._pixel_thresholds(groups, len(items)))
+        if pixel_t is not None:
+            result.predict_masks = masks_above(maps, pixel_t)
         return result
+
+    def _decision_thresholds(self, groups, n: int, threshold=None, pixel_threshold=None):
+        """Per-image (image, pixel) thresholds: a number given, else the model's, else None."""
+        groups = check_groups(groups, n)
+        calibrated = hasattr(self, "thresholds_")
+        image_t = pixel_t = None
+        if threshold is not None:
+            image_t = np.full(n, float(threshold))
+        elif calibrated:
+            image_t = self.thresholds_.image_for(groups, n, self.unknown_group)
+        if pixel_threshold is not None:
+            pixel_t = np.full(n, float(pixel_threshold))
+        elif calibrated:
+            pixel_t = self.thresholds_.pixel_for(groups, n, self.unknown_group)
+        return image_t, pixel_t
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -945,13 +864,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         """
         check_is_fitted(self, "model_")
         X = check_images(X_normal)
-        groups = _check_groups(groups, len(X))
-        self._calibrate_features(self._extract(X), groups=groups)
+        groups = check_groups(groups, len(X))
+        self._calibrate_features(self._scorer().extract(X), groups=groups)
         return self
 
     def _check_calibrated(self) -> None:
         check_is_fitted(self, "model_")
-        if not hasattr(self, "offset_"):
+        if not hasattr(self, "thresholds_"):
             raise NotFittedError(
                 "this UniADDetector has no decision thresholds (offset_, pixel_threshold_): "
                 "it was imported from a reference checkpoint without calibration images. "
@@ -1083,6 +1002,17 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     def __setstate__(self, state):
         # pickled before a parameter existed: the behaviour it was fitted with
         state = {**persistence.LEGACY_DEFAULTS, **state}
+        if "offset_" in state:  # pickled before ThresholdTable existed
+            groups = zip(
+                state.pop("group_image_thresholds_", {}).items(),
+                state.pop("group_pixel_thresholds_", {}).values(),
+                strict=True,
+            )
+            state["thresholds_"] = ThresholdTable(
+                -state.pop("offset_"),
+                state.pop("pixel_threshold_"),
+                {group: (image, pixel) for (group, image), pixel in groups},
+            )
         snapshot = state.pop("_network_params_", None)  # pickled before NetworkSpec existed
         if snapshot is not None:
             state["network_spec_"] = NetworkSpec.from_params(snapshot)
@@ -1119,90 +1049,6 @@ def _check_warm_start(fitted: NetworkSpec, requested: NetworkSpec) -> None:
         )
 
 
-def _check_groups(groups, n: int) -> np.ndarray | None:
-    """``groups`` as an object array of Python str / int labels, one per image."""
-    if groups is None:
-        return None
-    array = np.asarray(groups)
-    if array.ndim != 1:
-        raise ValueError(f"groups must be one label per image (1-D), got shape {array.shape}")
-    if len(array) != n:
-        raise ValueError(f"groups has {len(array)} labels but there are {n} images")
-    labels = [g.item() if isinstance(g, np.generic) else g for g in array]
-    bad = [g for g in labels if isinstance(g, bool) or not isinstance(g, (str, int))]
-    if bad:
-        raise ValueError(f"groups must be strings or integers, got {bad[0]!r}")
-    out = np.empty(n, dtype=object)
-    out[:] = labels
-    return out
-
-
-def _check_group_sizes(groups: np.ndarray | None) -> None:
-    """Every group needs :data:`_MIN_IMAGES` calibration images for thresholds of its own."""
-    if groups is None:
-        return
-    for group in _unique(groups):
-        count = sum(g == group for g in groups)
-        if count < _MIN_IMAGES:
-            raise ValueError(
-                f"group {group!r} has {count} calibration images; its own thresholds need at "
-                f"least {_MIN_IMAGES} (give more normal images of it, or leave groups out for "
-                "one pooled threshold)"
-            )
-
-
-def _unique(labels) -> list:
-    """Distinct labels in first-seen order (str and int labels may mix: no sorting)."""
-    return list(dict.fromkeys(labels))
-
-
-def _validation_split(
-    n: int, groups: np.ndarray | None, fraction: float | None, seed: int
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Sorted (train, held-out) indices: a seeded ``fraction`` of each group, or (None, None).
-
-    The held-out count of each part is ``ceil(fraction * size)``. Both sides
-    of each part need :data:`_MIN_IMAGES` images, else a one-line ValueError.
-    """
-    if fraction is None:
-        return None, None
-    rng = np.random.RandomState(seed)
-    parts = {None: np.arange(n)} if groups is None else {}
-    if groups is not None:
-        for group in _unique(groups):
-            parts[group] = np.flatnonzero([g == group for g in groups])
-    held_out = []
-    for group, members in parts.items():
-        n_held_out = int(np.ceil(fraction * len(members)))
-        n_train = len(members) - n_held_out
-        if min(n_held_out, n_train) < _MIN_IMAGES:
-            where = "" if group is None else f" of group {group!r}"
-            raise ValueError(
-                f"validation_fraction={fraction:g} splits the {len(members)} images{where} "
-                f"into {n_train} for training and {n_held_out} for the thresholds; each part "
-                f"needs at least {_MIN_IMAGES}"
-            )
-        held_out.append(rng.permutation(members)[:n_held_out])
-    held_out = np.sort(np.concatenate(held_out))
-    return np.setdiff1d(np.arange(n), held_out), held_out
-
-
-def _labels(anomaly_scores: np.ndarray, thresholds) -> np.ndarray:
-    """+1 / -1 from anomaly scores (higher = more anomalous) and per-image thresholds.
-
-    An image is -1 when its score exceeds its threshold (``decision_function < 0``).
-    """
-    anomaly_scores = np.asarray(anomaly_scores, dtype=np.float64)
-    return np.where(anomaly_scores > thresholds, -1, 1).astype(int)
-
-
-def _masks(maps, thresholds: np.ndarray):
-    """``maps > threshold`` per image; ``maps`` an (n, H, W) array or a list of (H, W) ones."""
-    if isinstance(maps, list):
-        return [None if m is None else m > float(t) for m, t in zip(maps, thresholds, strict=True)]
-    return maps > np.asarray(thresholds, dtype=maps.dtype).reshape(-1, 1, 1)
-
-
 def _warn_on_anomalous_labels(y, n_images: int) -> None:
     """Warn when fit's (ignored) ``y`` marks images anomalous: they are trained on as normal."""
     if y is None:
@@ -1224,46 +1070,3 @@ def _warn_on_anomalous_labels(y, n_images: int) -> None:
             UserWarning,
             stacklevel=4,
         )
-
-
-def _anomalous_side(values: np.ndarray, contamination) -> float:
-    """Threshold on anomaly-oriented ``values`` (higher = more anomalous)."""
-    values = np.asarray(values, dtype=np.float64)
-    if contamination == "auto":
-        median = np.median(values)
-        spread = _MAD_TO_SIGMA * np.median(np.abs(values - median))
-        return float(median + _AUTO_SIGMAS * spread)
-    return float(np.quantile(values, 1.0 - contamination))
-
-
-def _check_size(size) -> None:
-    if size not in ("input", "model"):
-        raise ValueError(f"size must be 'input' or 'model', got {size!r}")
-
-
-def _stacks(X) -> bool:
-    """Whether ``X`` is one array of images, so that maps come back as one array too."""
-    return isinstance(X, torch.Tensor) or (isinstance(X, np.ndarray) and X.dtype.kind in "uifb")
-
-
-def _resize_maps(maps: np.ndarray, sizes: list[tuple[int, int] | None], stack: bool):
-    """Model-size maps at each image's own size: one array if ``stack``, else a list.
-
-    An image of size None (unreadable, skipped) gets None in the list.
-    """
-    tensor = torch.from_numpy(maps).unsqueeze(1)
-    if stack:
-        size = sizes[0]
-        if tuple(maps.shape[1:]) == size:
-            return maps
-        return F.interpolate(tensor, size=size, mode="bilinear", align_corners=False)[:, 0].numpy()
-    return [
-        None
-        if s is None
-        else maps[i]
-        if tuple(maps.shape[1:]) == s
-        else F.interpolate(tensor[i : i + 1], size=s, mode="bilinear", align_corners=False)[
-            0, 0
-        ].numpy()
-        for i, s in enumerate(sizes)
-    ]

@@ -156,14 +156,14 @@ def operating_point_metrics(
     """
     if not hasattr(det, "offset_"):
         return {}
-    has_own = category in getattr(det, "group_image_thresholds_", {})
-    groups = [category] * len(labels) if has_own else None
-    image_t = det._image_thresholds(groups, len(labels))
-    pixel_t = det._pixel_thresholds(groups, len(labels))
-    from skuniad.detector import _labels, _masks
+    from skuniad._thresholds import labels_above, masks_above
 
-    image = operating_point(labels, _labels(scores, image_t) == -1)
-    pixel = operating_point(masks, _masks(maps, pixel_t))
+    table = det.thresholds_
+    groups = [category] * len(labels) if category in table.groups else None
+    image_t = table.image_for(groups, len(labels), det.unknown_group)
+    pixel_t = table.pixel_for(groups, len(labels), det.unknown_group)
+    image = operating_point(labels, labels_above(scores, image_t) == -1)
+    pixel = operating_point(masks, masks_above(maps, pixel_t))
     keys = ("precision", "recall", "f1", "false_alarm_rate")
     return {
         **{f"image_{k}": float(image[k]) for k in keys},
@@ -420,8 +420,11 @@ def _model_facts(det: Any) -> dict[str, Any]:
             for name in ("offset_", "pixel_threshold_")
         }
     }
-    if hasattr(det, "_amp_dtype"):
-        facts["precision"] = "fp32" if det._amp_dtype() is None else "bf16"
+    if hasattr(det, "precision") and hasattr(det, "device_"):  # a UniADDetector
+        from skuniad.training import resolve_precision
+
+        amp_dtype = resolve_precision(det.precision, det.device_)
+        facts["precision"] = "fp32" if amp_dtype is None else "bf16"
     return facts
 
 
@@ -500,12 +503,8 @@ class CurveRecorder:
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
-        from skuniad.training import (
-            extract_features,
-            inference_batch_size,
-            reconstruction_maps,
-            resolve_precision,
-        )
+        from skuniad._inference import extract_features, reconstruction_maps
+        from skuniad.training import inference_batch_size, resolve_precision
 
         subset = self.dataset.subset(category)
         if subset.labels.min() == subset.labels.max():  # one class: undefined, as in the report

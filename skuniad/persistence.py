@@ -42,6 +42,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from skuniad._spec import NetworkSpec, json_safe_params
+from skuniad._thresholds import ThresholdTable
 
 FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
@@ -136,6 +137,7 @@ def save_detector(detector, path: str | os.PathLike) -> None:
 
     import skuniad
 
+    thresholds = getattr(detector, "thresholds_", None)
     metadata = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -143,15 +145,11 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         "params": {**json_safe_params(detector.get_params()), **detector.network_spec_.as_params()},
         "fitted": {
             # None: not calibrated yet (a model imported from a reference checkpoint)
-            "offset_": _float_or_none(getattr(detector, "offset_", None)),
-            "pixel_threshold_": _float_or_none(getattr(detector, "pixel_threshold_", None)),
+            **_UNCALIBRATED,
+            **(thresholds.to_metadata() if thresholds is not None else {}),
             "n_epochs_": int(detector.n_epochs_),
             "loss_curve_": [float(v) for v in detector.loss_curve_],
             "feature_shape_": [int(v) for v in detector.feature_shape_],
-            "group_thresholds": [
-                [group, float(threshold), float(detector.group_pixel_thresholds_[group])]
-                for group, threshold in getattr(detector, "group_image_thresholds_", {}).items()
-            ],
         },
         "backbone": {"mean": list(detector.backbone_.mean), "std": list(detector.backbone_.std)},
         "versions": {
@@ -184,13 +182,9 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     detector = cls(**params)
     detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
     fitted = metadata["fitted"]
-    for name in ("offset_", "pixel_threshold_"):
-        if fitted[name] is not None:
-            setattr(detector, name, float(fitted[name]))
-    if fitted["offset_"] is not None:
-        table = fitted.get("group_thresholds", [])
-        detector.group_image_thresholds_ = {group: float(image) for group, image, _ in table}
-        detector.group_pixel_thresholds_ = {group: float(pixel) for group, _, pixel in table}
+    thresholds = ThresholdTable.from_metadata(fitted)
+    if thresholds is not None:
+        detector.thresholds_ = thresholds
     detector.n_epochs_ = int(fitted["n_epochs_"])
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
@@ -207,8 +201,7 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(path)[0]
 
 
-def _float_or_none(value) -> float | None:
-    return None if value is None else float(value)
+_UNCALIBRATED = {"offset_": None, "pixel_threshold_": None, "group_thresholds": []}
 
 
 _EXPECTED = "a skuniad model file (safetensors with skuniad metadata, written by det.save)"

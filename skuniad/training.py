@@ -2,9 +2,9 @@
 
 The backbone is frozen and inputs are not augmented, so its features are a
 fixed function of each training image: they are computed once per fit
-(:func:`extract_features`) and every epoch trains the reconstruction network
-on that cache (:func:`train_reconstruction`). Jitter is applied to the cached
-features, so the maths is the reference's.
+(:func:`skuniad._inference.extract_features`) and every epoch trains the
+reconstruction network on that cache (:func:`train_reconstruction`). Jitter is
+applied to the cached features, so the maths is the reference's.
 
 Long trainings can write a checkpoint (weights, optimizer, schedule, RNG
 states, loss curve) every few epochs and resume from it; because the feature
@@ -20,16 +20,14 @@ import math
 import os
 import time
 import traceback
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
-from skuniad.cache import FeatureCache
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -38,8 +36,6 @@ from skuniad.distributed import (
     interrupts_deferred,
     max_over_ranks,
 )
-from skuniad.io import iter_batches
-from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
 from skuniad.runtime import flushing_denormals
 
@@ -143,42 +139,6 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def extract_features(
-    backbone: FrozenBackbone,
-    X: Sequence,
-    *,
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    verbose: int = 0,
-    description: str = "features",
-    cache_dtype: str = "float32",
-    cache_max_gb: float | None = None,
-    resize: str = "pil-uint8",
-) -> torch.Tensor:
-    """Run the frozen backbone once over ``X``; return (N, C, h, w) features on the CPU.
-
-    The result is the :class:`~skuniad.cache.FeatureCache` storage: float32 in
-    memory by default, or ``cache_dtype``, memory-mapped beyond ``cache_max_gb``.
-    ``resize``: how images reach ``image_size`` (:func:`skuniad.io.load_resized`).
-    """
-    cache = None
-    with progress_bar(verbose > 0) as progress:
-        task = progress.add_task(description, total=len(X))
-        for images, _ in iter_batches(
-            X, image_size, backbone.mean, backbone.std, batch_size, device, resize
-        ):
-            with torch.inference_mode(), autocast(device, amp_dtype):
-                images = images.to(device, memory_format=torch.channels_last, non_blocking=True)
-                features = backbone(images)
-            if cache is None:
-                cache = FeatureCache(len(X), features.shape[1:], cache_dtype, cache_max_gb)
-            cache.append(features)
-            progress.advance(task, len(images))
-    return cache.data
 
 
 def inference_batch_size(batch_size: int) -> int:
@@ -588,30 +548,3 @@ def _resume(path, fingerprint, model, optimizer, scheduler, device) -> list[floa
     if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
         torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
     return list(checkpoint["loss_curve"])
-
-
-@torch.inference_mode()
-@flushing_denormals()
-def reconstruction_maps(
-    model: torch.nn.Module,
-    features: torch.Tensor,
-    *,
-    image_size: int,
-    batch_size: int,
-    device: torch.device,
-    amp_dtype: torch.dtype | None,
-    score_method: str = "max",
-) -> tuple[np.ndarray, np.ndarray]:
-    """Image scores (N,) by ``score_method`` and token-level maps (N, h, w) for cached features."""
-    from skuniad.nn.transformer import anomaly_map, image_score
-
-    model.eval()
-    scores, maps = [], []
-    for begin in range(0, len(features), batch_size):
-        batch = features[begin : begin + batch_size].to(device, non_blocking=True).float()
-        with autocast(device, amp_dtype):
-            reconstruction = model(batch)
-        full_maps = anomaly_map(batch, reconstruction, image_size)
-        scores.append(image_score(full_maps, method=score_method).cpu())
-        maps.append(anomaly_map(batch, reconstruction, None).cpu())
-    return torch.cat(scores).numpy(), torch.cat(maps).numpy()

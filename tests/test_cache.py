@@ -4,10 +4,11 @@ import torch
 import torch.nn.functional as F
 
 from skuniad import UniADDetector
+from skuniad._inference import extract_features
 from skuniad._spec import NetworkSpec
 from skuniad.cache import FeatureCache
 from skuniad.io import check_images, iter_batches
-from skuniad.training import extract_features, lr_decay_epoch, train_reconstruction
+from skuniad.training import lr_decay_epoch, train_reconstruction
 
 
 def test_disk_backed_cache_trains_exactly_like_the_in_memory_one(

@@ -17,6 +17,7 @@ from skuniad import UniADDetector
 from skuniad import cli as cli_module
 from skuniad.cli import _common, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
+from skuniad.training import resolve_precision
 
 runner = CliRunner()
 
@@ -106,7 +107,7 @@ def test_predict_leaves_labels_empty_without_thresholds(
     model_file, data_root, tmp_path, monkeypatch
 ):
     det = UniADDetector.load(model_file, device="cpu")
-    del det.offset_, det.pixel_threshold_  # as after importing an uncalibrated checkpoint
+    del det.thresholds_  # as after importing an uncalibrated checkpoint
     monkeypatch.setattr(predict, "_load_detector", lambda path, device: det)
     image = data_root / "parts" / "test" / "good" / "000.png"
     result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
@@ -138,7 +139,8 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert results["schema_version"] == 1 and "seconds" not in results
     assert results["params"] == {**_common._json_params(det), "batch_size": 1}
     assert results["thresholds"]["offset_"] == det.offset_
-    assert results["precision"] == ("fp32" if det._amp_dtype() is None else "bf16")
+    amp_dtype = resolve_precision(det.precision, det.device_)
+    assert results["precision"] == ("fp32" if amp_dtype is None else "bf16")
     with open(tmp_path / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == results["n_images"] and set(rows[0]) == {

@@ -1,5 +1,6 @@
 """Decision thresholds: held-out calibration, per-group thresholds, their persistence."""
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -11,8 +12,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.utils import check_random_state
 
 from skuniad import UniADDetector
+from skuniad._thresholds import contamination_threshold, validation_split
 from skuniad.datasets import make_synthetic
-from skuniad.detector import _anomalous_side, _validation_split
 from skuniad.preprocessing import ImageLoader
 
 FAST = {**TINY, "image_size": 32, "max_epochs": 1}
@@ -40,7 +41,7 @@ def test_validation_fraction_trains_on_the_rest_and_calibrates_on_the_held_out_s
     X = np.stack(make_synthetic("train", "stripes", n_per_category=12, image_size=32).images)
     held = UniADDetector(**FAST, validation_fraction=0.5).fit(X)
 
-    train, held_out = _validation_split(len(X), None, 0.5, _fit_seed(FAST["random_state"]))
+    train, held_out = validation_split(len(X), None, 0.5, _fit_seed(FAST["random_state"]))
     assert len(held_out) == 6 and not set(train) & set(held_out)
     # the same model as one trained on the training part only, then calibrated on the rest
     expected = UniADDetector(**FAST).fit(X[train])
@@ -57,14 +58,14 @@ def test_validation_fraction_trains_on_the_rest_and_calibrates_on_the_held_out_s
 
 def test_validation_split_is_seeded_and_stratified_by_group():
     groups = np.array(["a"] * 25 + ["b"] * 32, dtype=object)
-    train, held_out = _validation_split(57, groups, 0.2, seed=3)
+    train, held_out = validation_split(57, groups, 0.2, seed=3)
     assert (groups[held_out] == "a").sum() == 5 and (groups[held_out] == "b").sum() == 7
     assert sorted([*train, *held_out]) == list(range(57))
-    again = _validation_split(57, groups, 0.2, seed=3)[1]
-    other = _validation_split(57, groups, 0.2, seed=4)[1]
+    again = validation_split(57, groups, 0.2, seed=3)[1]
+    other = validation_split(57, groups, 0.2, seed=4)[1]
     np.testing.assert_array_equal(again, held_out)
     assert not np.array_equal(other, held_out)
-    assert _validation_split(57, groups, None, seed=3) == (None, None)
+    assert validation_split(57, groups, None, seed=3) == (None, None)
 
 
 @pytest.mark.parametrize(
@@ -93,12 +94,18 @@ def test_groups_get_their_own_thresholds_by_the_pooled_rule(grouped, data):
     for group in ("stripes", "dots"):
         members = groups == group
         np.testing.assert_allclose(
-            det.group_image_thresholds_[group], _anomalous_side(scores[members], "auto"), rtol=1e-5
+            det.group_image_thresholds_[group],
+            contamination_threshold(scores[members], "auto"),
+            rtol=1e-5,
         )
         np.testing.assert_allclose(
-            det.group_pixel_thresholds_[group], _anomalous_side(maxima[members], "auto"), rtol=1e-5
+            det.group_pixel_thresholds_[group],
+            contamination_threshold(maxima[members], "auto"),
+            rtol=1e-5,
         )
-    np.testing.assert_allclose(det.image_threshold_, _anomalous_side(scores, "auto"), rtol=1e-5)
+    np.testing.assert_allclose(
+        det.image_threshold_, contamination_threshold(scores, "auto"), rtol=1e-5
+    )
     assert det.image_threshold_ == -det.offset_
 
 
@@ -193,8 +200,8 @@ def test_evaluation_reports_what_the_models_own_thresholds_do(grouped, tmp_path)
     root = write_synthetic(tmp_path, categories=("stripes", "dots"), n_train=1, n_test=8)
     test = load_mvtec(root, "test")
     det = pickle.loads(pickle.dumps(grouped))
-    det.group_image_thresholds_.pop("dots")  # dots: the pooled thresholds
-    det.group_pixel_thresholds_.pop("dots")
+    groups = {g: pair for g, pair in det.thresholds_.groups.items() if g != "dots"}
+    det.thresholds_ = dataclasses.replace(det.thresholds_, groups=groups)  # dots: the pooled ones
     results = evaluate_detector(det, test)
     for category in ("stripes", "dots"):
         subset = test.subset(category)

@@ -140,14 +140,22 @@ def predict(
         det.set_params(verbose=0)  # one progress bar, this command's
         if batch_size is not None:
             det.set_params(batch_size=batch_size)
-        import numpy as np
 
+        from skuniad._inference import to_image_size
         from skuniad._progress import progress_bar
+        from skuniad._thresholds import masks_above
         from skuniad.visualize import save_overlay
 
         categories = _path_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
-        image_t, pixel_t = _predict_thresholds(
-            det, None if pooled else categories, len(paths), threshold, pixel_threshold, masks
+        if masks and pixel_threshold is None and not hasattr(det, "thresholds_"):
+            raise CliError(
+                "--masks needs a pixel threshold: the model has none (an uncalibrated import); "
+                "pass --pixel-threshold or run 'skuniad calibrate' first"
+            )
+        grouped = not pooled and bool(getattr(det, "group_image_thresholds_", {}))
+        groups = categories if grouped else None
+        image_t, pixel_t = _per_image_thresholds(
+            det, groups, len(paths), threshold, pixel_threshold
         )
         scale = {}
         if pixel_t is not None:  # one colour scale for all overlays
@@ -174,7 +182,13 @@ def predict(
             )
             task = progress.add_task("scoring", total=len(paths))
             chunks = det.predict_chunks(
-                paths, chunk_size=chunk_size, size="model", errors="raise" if strict else "skip"
+                paths,
+                chunk_size=chunk_size,
+                size="model",
+                errors="raise" if strict else "skip",
+                groups=groups,
+                threshold=threshold,
+                pixel_threshold=pixel_threshold,
             )
             for chunk in chunks:
                 for i, index in enumerate(chunk.indices):
@@ -184,9 +198,7 @@ def predict(
                         writer.writerow([str(path), str(categories[index])] + [""] * 5 + [error])
                         continue
                     score = -chunk.score_samples[i]
-                    label = ""
-                    if image_t is not None:
-                        label = str(_labels(np.array([score]), image_t[index : index + 1])[0])
+                    label = "" if chunk.predict is None else str(chunk.predict[i])
                     overlay = mask = ""
                     if overlays:
                         target = output / "overlays" / names[index]
@@ -201,7 +213,10 @@ def predict(
                         overlay = str(target)
                     if masks:
                         target = output / "masks" / names[index]
-                        _save_mask(target, path, chunk.anomaly_maps[i], pixel_t[index])
+                        image_map = to_image_size(
+                            chunk.anomaly_maps[i][None], [chunk.image_sizes[i]], stack=True
+                        )
+                        _save_mask(target, masks_above(image_map, pixel_t[index : index + 1])[0])
                         mask = str(target)
                     row = (
                         str(path),
@@ -238,57 +253,37 @@ def predict(
             typer.echo(f"Masks: {output / 'masks'}")
 
 
-def _labels(scores: Any, thresholds: Any) -> Any:
-    from skuniad.detector import _labels as labels
-
-    return labels(scores, thresholds)
-
-
-def _predict_thresholds(
+def _per_image_thresholds(
     det: Any,
-    categories: list[Any] | None,
+    groups: list[Any] | None,
     n: int,
     threshold: float | None,
     pixel_threshold: float | None,
-    masks: bool,
 ) -> tuple[Any, Any]:
     """Per-image image and pixel thresholds (None where the model has none and none is given).
 
-    The detector's own helpers map categories to thresholds, so the CLI labels
-    images exactly as ``predict(X, groups=...)`` / ``predict_masks`` would.
+    The model's table maps categories to thresholds, as ``predict(X, groups=...)``
+    and ``predict_masks`` do.
     """
     import numpy as np
 
-    calibrated = hasattr(det, "offset_")
-    grouped = categories is not None and bool(getattr(det, "group_image_thresholds_", {}))
+    table = getattr(det, "thresholds_", None)
 
     def per_image(explicit: float | None, method: str) -> Any:
         if explicit is not None:
             return np.full(n, float(explicit))
-        if not calibrated:
+        if table is None:
             return None
-        return getattr(det, method)(categories if grouped else None, n)
+        return getattr(table, method)(groups, n, det.unknown_group)
 
-    if masks and pixel_threshold is None and not calibrated:
-        raise CliError(
-            "--masks needs a pixel threshold: the model has none (an uncalibrated import); "
-            "pass --pixel-threshold or run 'skuniad calibrate' first"
-        )
-    image = per_image(threshold, "_image_thresholds")
-    return image, per_image(pixel_threshold, "_pixel_thresholds")
+    return per_image(threshold, "image_for"), per_image(pixel_threshold, "pixel_for")
 
 
-def _save_mask(target: Path, image_path: Path, anomaly_map: Any, threshold: float) -> None:
-    """``anomaly_map > threshold`` at the image's own size, as a black/white PNG."""
+def _save_mask(target: Path, mask: Any) -> None:
+    """A boolean mask as a black/white PNG."""
     import numpy as np
     from PIL import Image
 
-    from skuniad.detector import _masks, _resize_maps
-
-    with Image.open(image_path) as image:
-        width, height = image.size
-    resized = _resize_maps(anomaly_map[None], [(height, width)], stack=True)
-    mask = _masks(resized, np.array([threshold]))[0]
     target.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(mask.astype(np.uint8) * 255).save(target)
 
