@@ -1,16 +1,15 @@
 """Data sets: readers for MVTec AD folders, VisA split files and the UniAD authors' JSON lists,
 a JSON list writer, and a synthetic generator with planted defects."""
 
-from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
-from skuniad.datasets.mvtec import (
+from skuniad.datasets._base import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     AnomalyDataset,
-    list_categories,
     load_image,
     load_mask,
-    load_mvtec,
 )
+from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
+from skuniad.datasets.mvtec import list_categories, load_mvtec
 from skuniad.datasets.synthetic import (
     DEFECT_TYPES,
     SYNTHETIC_CATEGORIES,
