@@ -177,26 +177,45 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
 
 
 def load_image(path: str | os.PathLike[str], size: tuple[int, int] | None = None) -> np.ndarray:
-    """Read an image as RGB.
+    """Read an image as 8-bit RGB, the pixels the model reads.
+
+    The file is decoded by :func:`skuniad.io.read_image` into what the
+    detector's default ``resize="pil-uint8"`` resizes, so an overlay shows the
+    image the model saw: 16-bit images are rescaled to 8 bits (not clipped),
+    grayscale, palette and RGBA images become RGB.
 
     Parameters
     ----------
     path : str or path-like
-        Image file; grayscale, palette and RGBA images are converted to RGB.
+        Image file.
     size : tuple of int (height, width), optional
-        Resize to this size with bilinear interpolation. Default: keep the size.
+        Resize to this size with Pillow's bilinear filter (as the model's
+        square input is resized). Default: keep the size.
 
     Returns
     -------
     numpy.ndarray of uint8, shape (height, width, 3)
+
+    Raises
+    ------
+    ValueError
+        If the file is missing, unreadable or smaller than the model accepts
+        (:data:`skuniad.io.MIN_IMAGE_SIDE` pixels a side).
     """
-    with Image.open(path) as img:
-        rgb = img.convert("RGB")
+    # here, not at the top: skuniad.io imports torch, and reading data set lists needs none
+    from skuniad.io import ImageLoadError, read_image
+
+    try:
+        rgb, _ = read_image(path, 0, as_uint8=True)
+    except ImageLoadError as exc:
+        raise ValueError(exc.reason) from None
     if size is not None:
         height, width = _check_size(size)
-        if rgb.size != (width, height):
-            rgb = rgb.resize((width, height), Image.Resampling.BILINEAR)
-    return np.asarray(rgb, dtype=np.uint8).copy()
+        if rgb.shape[:2] != (height, width):
+            rgb = Image.fromarray(np.ascontiguousarray(rgb)).resize(
+                (width, height), Image.Resampling.BILINEAR
+            )
+    return np.array(rgb, dtype=np.uint8)  # a writable copy
 
 
 def load_mask(
