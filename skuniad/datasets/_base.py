@@ -23,6 +23,7 @@ __all__ = [
     "check_root",
     "load_image",
     "load_mask",
+    "resize_mask",
 ]
 
 IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -250,10 +251,16 @@ def load_mask(
     if binary.ndim == 3:
         binary = binary.any(axis=-1)
     if size is not None:
-        height, width = _check_size(size)
-        if binary.shape != (height, width):
-            resized = Image.fromarray(binary.astype(np.uint8) * 255).resize(
-                (width, height), Image.Resampling.NEAREST
-            )
-            binary = np.asarray(resized) > 0
+        binary = resize_mask(binary, _check_size(size))
     return np.ascontiguousarray(binary, dtype=bool)
+
+
+def resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A boolean mask at ``size`` ``(height, width)``, by nearest neighbour; as is if it fits."""
+    height, width = size
+    if mask.shape == (height, width):
+        return mask
+    resized = Image.fromarray(mask.astype(np.uint8) * 255).resize(
+        (width, height), Image.Resampling.NEAREST
+    )
+    return np.asarray(resized) > 0
