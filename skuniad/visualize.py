@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skuniad.datasets._base import resize_mask
+
 __all__ = [
     "DEFAULT_COLORMAP",
     "colorize",
@@ -69,10 +71,7 @@ def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    if mask.shape == size:
-        return mask
-    image = Image.fromarray(mask.astype(np.uint8) * 255)
-    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.NEAREST)) > 0
+    return resize_mask(mask, size)  # the ground-truth masks' own resize (load_mask)
 
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:

@@ -408,6 +408,34 @@ def test_load_image_returns_rgb_uint8_and_resizes(tmp_path):
     assert load_image(path, (4, 6)).shape == (4, 6, 3)
 
 
+def test_load_image_reads_a_16_bit_image_as_the_model_does(tmp_path):
+    from skuniad.io import load_resized, read_image
+
+    ramp = np.linspace(0, 65535, 16 * 32).round().astype(np.uint16).reshape(16, 32)
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as img:
+        assert img.mode == "I;16"
+    image = load_image(path)
+    # rescaled to 8 bits, every level used; Pillow's convert("RGB") clips 99.6 % to 255
+    rescaled = np.rint(ramp / 65535 * 255).astype(np.uint8)
+    np.testing.assert_array_equal(image, np.repeat(rescaled[..., None], 3, axis=-1))
+    assert len(np.unique(image)) == 256
+    np.testing.assert_array_equal(image, read_image(path, 0, as_uint8=True)[0])
+    # and resized, the pixels of the network's input (resize="pil-uint8")
+    model_input, _ = load_resized(path, 0, 12, mode="pil-uint8")
+    seen = (model_input.permute(1, 2, 0) * 255).round().byte().numpy()
+    np.testing.assert_array_equal(load_image(path, size=(12, 12)), seen)
+
+
+def test_load_image_refuses_what_the_model_refuses(tmp_path):
+    with pytest.raises(ValueError, match="file not found"):
+        load_image(tmp_path / "missing.png")
+    tiny = _save(tmp_path / "tiny.png", size=4)
+    with pytest.raises(ValueError, match="at least 8x8"):
+        load_image(tiny)
+
+
 def test_anomaly_dataset_subset_and_select(tmp_path):
     _make_category(tmp_path, "bottle")
     _make_category(tmp_path, "screw", defects={"crack": 1, "thread": 1})

@@ -98,6 +98,20 @@ def test_overlay_outlines_mask_and_threshold_region():
     np.testing.assert_array_equal(out[outline(amap > 0.5)], [THRESHOLD_COLOR] * 12)
 
 
+def test_overlay_resizes_the_mask_as_load_mask_does(tmp_path):
+    from skuniad.datasets import load_mask
+
+    small = np.zeros((4, 4), bool)
+    small[1:3, 2] = True
+    Image.fromarray(small.astype(np.uint8) * 255).save(tmp_path / "mask.png")
+    out = heatmap_overlay(np.zeros((12, 12, 3), np.uint8), np.zeros((4, 4)), mask=small)
+    resized = load_mask(tmp_path / "mask.png", size=(12, 12))
+    expected = np.zeros((12, 12), bool)
+    expected[3:9, 6:9] = True  # nearest neighbour: each pixel becomes a 3 x 3 block
+    np.testing.assert_array_equal(resized, expected)
+    np.testing.assert_array_equal((out == GROUND_TRUTH_COLOR).all(axis=-1), outline(expected))
+
+
 def test_save_overlay_puts_the_image_on_the_left(tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (24, 40, 3), dtype=np.uint8)
     path = save_overlay(tmp_path / "a" / "b.png", image, np.random.rand(6, 6))

@@ -378,44 +378,13 @@ def _given_options(ctx: typer.Context, names) -> list[str]:
     ]
 
 
-def _collect_images(inputs: list[Path], skip_masks: bool = False) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in folders.
-
-    ``skip_masks``: leave out files under a ``ground_truth`` folder of a
-    searched folder (an MVTec-style data set's masks).
-    """
-    from skuniad.datasets import IMAGE_EXTENSIONS
-
-    found: list[Path] = []
-    for item in inputs:
-        if item.is_file():
-            if item.suffix.lower() not in IMAGE_EXTENSIONS:
-                raise CliError(f"not an image file (by extension): {item}")
-            found.append(item)
-        elif item.is_dir():
-            files = sorted(
-                p
-                for p in item.rglob("*")
-                if p.suffix.lower() in IMAGE_EXTENSIONS
-                and p.is_file()
-                and not any(part.startswith(".") for part in p.relative_to(item).parts)
-                and not (skip_masks and "ground_truth" in p.relative_to(item).parts[:-1])
-            )
-            if not files:
-                raise CliError(f"no image files found in {item}")
-            found.extend(files)
-        else:
-            raise CliError(f"no such file or folder: {item}")
-    return found
-
-
 def _training_images(
     data_dirs: list[Path],
     dataset: DataKind,
     categories: list[str] | None,
     train_meta: Path | None = None,
 ) -> list[Path]:
-    from skuniad.datasets import list_categories
+    from skuniad.datasets import find_images
 
     if dataset is not DataKind.folder:
         data_format = DatasetFormat(dataset.value)
@@ -429,6 +398,16 @@ def _training_images(
         for root in data_dirs:
             paths += _read_split(data_format, root, "train", categories, train_meta).paths
         return paths
+    _check_plain_folders(data_dirs, categories, train_meta)
+    return find_images(data_dirs)
+
+
+def _check_plain_folders(
+    data_dirs: list[Path], categories: list[str] | None, train_meta: Path | None
+) -> None:
+    """Refuse data set options, and data sets, given as plain folders of images."""
+    from skuniad.datasets import list_categories
+
     if categories or train_meta:
         flag = "--category" if categories else "--train-meta"
         raise typer.BadParameter(
@@ -440,7 +419,6 @@ def _training_images(
                 f"{root} looks like an MVTec-style data set (it has train/ or test/ folders); "
                 "pass --dataset mvtec to train on its train/good images only"
             )
-    return _collect_images(data_dirs)
 
 
 def _images_and_categories(
@@ -451,6 +429,8 @@ def _images_and_categories(
 ) -> tuple[list[Path], list[str]]:
     """Normal images and the category of each: the data set's categories, else each
     DATA_DIR's name."""
+    from skuniad.datasets import DuplicateFolderNameError, images_and_categories
+
     if dataset is not DataKind.folder:
         paths: list[Path] = []
         names: list[str] = []
@@ -459,32 +439,14 @@ def _images_and_categories(
             paths += data.paths
             names += data.categories
         return paths, names
-    paths = _training_images(data_dirs, dataset, categories)
-    owners = {}
-    for folder in data_dirs:
-        name = folder.resolve().name if folder.is_dir() else folder.resolve().parent.name
-        if owners.setdefault(name, folder) != folder and folder.is_dir():
-            raise CliError(
-                f"{owners[name]} and {folder} are both named {name!r}: with --per-category each "
-                "DATA_DIR is one category named after its folder, so the names must differ"
-            )
-    names = []
-    for path in paths:
-        folder = next((d for d in data_dirs if d.is_dir() and path.is_relative_to(d)), path.parent)
-        names.append(folder.resolve().name)
-    return paths, names
-
-
-def _path_categories(paths: list[Path], groups: list[Any]) -> list[Any]:
-    """Each image's category: the nearest folder on its path named like one of the model's
-    ``groups`` (then that group's label), else the name of the folder holding it."""
-    known = {str(g): g for g in groups}
-    found = []
-    for path in paths:
-        parts = path.parent.resolve().parts
-        match = next((p for p in reversed(parts) if p in known), None)
-        found.append(known[match] if match is not None else (parts[-1] if parts else ""))
-    return found
+    _check_plain_folders(data_dirs, categories, None)
+    try:
+        return images_and_categories(data_dirs)
+    except DuplicateFolderNameError as exc:
+        raise CliError(
+            f"{exc.first} and {exc.second} are both named {exc.name!r}: with --per-category "
+            "each DATA_DIR is one category named after its folder, so the names must differ"
+        ) from None
 
 
 def _check_output_file(path: Path) -> None:

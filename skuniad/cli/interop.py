@@ -16,7 +16,6 @@ from skuniad.cli._common import (
     Quiet,
     ScoringBatchSize,
     _check_output_file,
-    _collect_images,
     _domain_errors,
     _load_detector,
     _run_info,
@@ -67,7 +66,9 @@ def import_reference(
     with _domain_errors():
         if not checkpoint.is_file():
             raise CliError(f"checkpoint not found: {checkpoint}")
-        images = _collect_images([calibrate]) if calibrate is not None else None
+        from skuniad.datasets import find_images
+
+        images = find_images([calibrate]) if calibrate is not None else None
         _check_output_file(output)
         _common._tune_runtime()
         from skuniad import UniADDetector

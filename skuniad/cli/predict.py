@@ -17,10 +17,8 @@ from skuniad.cli._common import (
     Quiet,
     ScoringBatchSize,
     Threads,
-    _collect_images,
     _domain_errors,
     _load_detector,
-    _path_categories,
     app,
 )
 
@@ -134,7 +132,9 @@ def predict(
     with _domain_errors():
         if not model.is_file():
             raise CliError(f"model file not found: {model}")
-        paths = _collect_images(images, skip_masks=True)
+        from skuniad.datasets import find_images, folder_categories
+
+        paths = find_images(images, skip_masks=True)
         _common._tune_runtime(threads)
         det = _load_detector(model, device)
         det.set_params(verbose=0)  # one progress bar, this command's
@@ -146,7 +146,7 @@ def predict(
         from skuniad._thresholds import masks_above
         from skuniad.visualize import save_overlay
 
-        categories = _path_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
+        categories = folder_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
         if masks and pixel_threshold is None and not hasattr(det, "thresholds_"):
             raise CliError(
                 "--masks needs a pixel threshold: the model has none (an uncalibrated import); "

@@ -1,16 +1,22 @@
 """Data sets: readers for MVTec AD folders, VisA split files and the UniAD authors' JSON lists,
-a JSON list writer, and a synthetic generator with planted defects."""
+a JSON list writer, images found in plain folders, and a synthetic generator with planted
+defects."""
 
-from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
-from skuniad.datasets.mvtec import (
+from skuniad.datasets._base import (
     IMAGE_EXTENSIONS,
     MASK_EXTENSIONS,
     AnomalyDataset,
-    list_categories,
     load_image,
     load_mask,
-    load_mvtec,
 )
+from skuniad.datasets.folders import (
+    DuplicateFolderNameError,
+    find_images,
+    folder_categories,
+    images_and_categories,
+)
+from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
+from skuniad.datasets.mvtec import list_categories, load_mvtec
 from skuniad.datasets.synthetic import (
     DEFECT_TYPES,
     SYNTHETIC_CATEGORIES,
@@ -30,8 +36,12 @@ __all__ = [
     "UNIAD_JSON_KEYS",
     "VISA_COLUMNS",
     "AnomalyDataset",
+    "DuplicateFolderNameError",
     "SyntheticSet",
     "describe_format",
+    "find_images",
+    "folder_categories",
+    "images_and_categories",
     "list_categories",
     "load_dataset",
     "load_image",

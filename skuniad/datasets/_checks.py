@@ -5,13 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-if TYPE_CHECKING:
-    from skuniad.datasets.mvtec import AnomalyDataset
+from skuniad.datasets._base import AnomalyDataset, category_names
 
 # Problems listed in one error message before "and N more".
 _MAX_LISTED = 5
@@ -78,8 +76,6 @@ def choose_categories(
     available: Sequence[str], categories: str | Sequence[str] | None, source: Path
 ) -> list[str]:
     """The requested categories (in the requested order), or all in order of appearance."""
-    from skuniad.datasets.mvtec import category_names
-
     if categories is None:
         return list(dict.fromkeys(available))
     wanted = category_names(categories)
@@ -118,8 +114,6 @@ def build_dataset(
     do not exist, anomalous training images, normal images whose mask marks
     defective pixels and masks whose size differs from their image's.
     """
-    from skuniad.datasets.mvtec import AnomalyDataset
-
     if not records:
         raise ValueError(f"{source} lists no {split} images")
     present = [r.category for r in records]

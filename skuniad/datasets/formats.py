@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
-from skuniad.datasets.mvtec import AnomalyDataset, load_mvtec
+from skuniad.datasets._base import AnomalyDataset
+from skuniad.datasets.mvtec import load_mvtec
 from skuniad.datasets.uniad_json import load_uniad_json
 from skuniad.datasets.visa import load_visa
 

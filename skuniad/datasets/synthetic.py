@@ -31,7 +31,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
-from skuniad.datasets.mvtec import category_names
+from skuniad.datasets._base import category_names
 
 __all__ = [
     "DEFECT_TYPES",

@@ -23,8 +23,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from skuniad.datasets._base import AnomalyDataset, check_root
 from skuniad.datasets._checks import Record, build_dataset
-from skuniad.datasets.mvtec import AnomalyDataset, _check_root
 
 __all__ = ["UNIAD_JSON_KEYS", "load_uniad_json", "write_uniad_json"]
 
@@ -122,7 +122,7 @@ def load_uniad_json(
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root_path = _check_root(root)
+    root_path = check_root(root)
     source = Path(meta_file).expanduser()
     if not source.is_file():
         raise FileNotFoundError(f"data list not found: {source}")

@@ -21,8 +21,8 @@ import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from skuniad.datasets._base import AnomalyDataset, check_root
 from skuniad.datasets._checks import Record, build_dataset
-from skuniad.datasets.mvtec import AnomalyDataset, _check_root
 
 __all__ = ["VISA_COLUMNS", "VISA_SPLIT_FILE", "load_visa"]
 
@@ -158,7 +158,7 @@ def load_visa(
     """
     if split not in _SPLITS:
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    root_path = _check_root(root)
+    root_path = check_root(root)
     source = root_path / VISA_SPLIT_FILE if split_file is None else Path(split_file).expanduser()
     if not source.is_file():
         raise FileNotFoundError(
