@@ -23,7 +23,7 @@ import numpy as np
 
 from skuniad._progress import progress_bar
 from skuniad.datasets import AnomalyDataset, load_image, load_mask
-from skuniad.metrics import evaluate, image_auroc, operating_point
+from skuniad.metrics import AUPRO_MAX_FPR, evaluate, image_auroc, operating_point
 
 __all__ = [
     "IMAGE_SCORE_METRICS",
@@ -985,7 +985,7 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     seeds = results.get("seeds") or []
     notes = [
         f"Metrics in %, at model resolution ({results['image_size']} x {results['image_size']}); "
-        "AUPRO integrated to FPR 0.3; the mean is over categories.",
+        f"AUPRO integrated to FPR {AUPRO_MAX_FPR:g}; the mean is over categories.",
     ]
     if results.get("image_level_only"):
         names = ", ".join(results["image_level_only"])
