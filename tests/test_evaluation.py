@@ -14,7 +14,9 @@ from skuniad.evaluation import (
     PIXEL_METRICS,
     check_test_set,
     evaluate_detector,
+    operating_point_table,
     results_markdown,
+    results_table,
     run_experiment,
     scores_and_maps,
     write_results,
@@ -216,8 +218,6 @@ def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set):
 
 
 def test_report_shows_the_papers_numbers_and_the_difference():
-    from skuniad.evaluation import results_table
-
     row = {k: 0.5 for k in METRICS} | {"image_auroc": 0.99, "pixel_auroc": 0.95}
     row |= {"image_auroc_max": 0.99, "image_auroc_mean": 0.9, "image_auroc_std": 0.8}
     results = {
@@ -235,6 +235,18 @@ def test_report_shows_the_papers_numbers_and_the_difference():
     assert columns[-4:] == ["paper_image_auroc", "paper_pixel_auroc", "delta_image", "delta_pixel"]
     assert rows[0][-4:] == ["99.7", "98.1", "-0.7", "-3.1"]
     assert rows[1][-4:] == ["", "", "", ""]  # not an MVTec AD category
+
+
+def test_every_report_column_has_one_full_and_one_short_title():
+    from skuniad.evaluation import COLUMN_TITLES, OPERATING_POINT_METRICS, TITLES
+
+    row = dict.fromkeys([*METRICS, *OPERATING_POINT_METRICS, "image_auroc_max"], 0.5)
+    paper = {"bottle": {"image_auroc": 99.7, "pixel_auroc": 98.1}}
+    results = {"categories": {"bottle": row}, "mean": row, "paper": paper}
+    columns = results_table(results)[0] + operating_point_table(results)[0]
+    assert set(columns) == set(TITLES) - {"image_auroc_mean", "image_auroc_std"}
+    assert len({title.short for title in TITLES.values()}) == len(TITLES)
+    assert COLUMN_TITLES == {key: title.full for key, title in TITLES.items()}
 
 
 # ------------------------------------------------------------ image-level-only categories

@@ -23,9 +23,9 @@ from skuniad.datasets import AnomalyDataset, load_image, load_mask
 from skuniad.evaluation._report import (
     ALL_METRICS,
     IMAGE_SCORE_METRICS,
-    METRIC_NAMES,
     METRICS,
     OPERATING_POINT_METRICS,
+    TITLES,
     percent,
 )
 from skuniad.metrics import evaluate, image_auroc, operating_point
@@ -313,7 +313,7 @@ def evaluate_detector(
             ]
             progress.advance(task, len(subset))
             if verbose > 0:
-                summary = "  ".join(f"{METRIC_NAMES[k]} {percent(row[k])}" for k in METRICS[:3])
+                summary = "  ".join(f"{TITLES[k].full} {percent(row[k])}" for k in METRICS[:3])
                 progress.console.print(f"{category}: {len(subset)} images  {summary}")
     results: dict[str, Any] = {
         "categories": per_category,

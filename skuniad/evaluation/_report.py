@@ -5,8 +5,9 @@ from __future__ import annotations
 import csv
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from skuniad.metrics import AUPRO_MAX_FPR
 
@@ -40,30 +41,49 @@ OPERATING_POINT_METRICS: tuple[str, ...] = (
 """What the model's own thresholds do (:func:`operating_point_metrics`): image level at
 the image threshold (``predict``), pixel level at the pixel threshold (``predict_masks``)."""
 
-METRIC_NAMES: dict[str, str] = {
-    "image_auroc": "Image AUROC",
-    "pixel_auroc": "Pixel AUROC",
-    "aupro": "AUPRO",
-    "image_ap": "Image AP",
-    "pixel_ap": "Pixel AP",
-    "image_f1_max": "Image F1-max",
-    "pixel_f1_max": "Pixel F1-max",
-    "image_auroc_max": "Image AUROC (max)",
-    "image_auroc_mean": "Image AUROC (mean)",
-    "image_auroc_std": "Image AUROC (std)",
-    "image_precision": "Image precision",
-    "image_recall": "Image recall",
-    "image_f1": "Image F1",
-    "image_false_alarm_rate": "Image false alarms",
-    "pixel_precision": "Pixel precision",
-    "pixel_recall": "Pixel recall",
-    "pixel_f1": "Pixel F1",
-    "pixel_false_alarm_rate": "Pixel false alarms",
-}
-"""Column titles of the tables."""
-
 ALL_METRICS = (*METRICS, *IMAGE_SCORE_METRICS, *OPERATING_POINT_METRICS)
 """Every metric key a category's row may hold, in table order."""
+
+
+class Title(NamedTuple):
+    """A report column's title, in full (Markdown, log lines) and short (terminal tables)."""
+
+    full: str
+    short: str
+
+
+TITLES: dict[str, Title] = {
+    "image_auroc": Title("Image AUROC", "I-AUROC"),
+    "pixel_auroc": Title("Pixel AUROC", "P-AUROC"),
+    "aupro": Title("AUPRO", "AUPRO"),
+    "image_ap": Title("Image AP", "I-AP"),
+    "pixel_ap": Title("Pixel AP", "P-AP"),
+    "image_f1_max": Title("Image F1-max", "I-F1max"),
+    "pixel_f1_max": Title("Pixel F1-max", "P-F1max"),
+    "image_auroc_max": Title("Image AUROC (max)", "I-AUROC max"),
+    "image_auroc_mean": Title("Image AUROC (mean)", "I-AUROC mean"),
+    "image_auroc_std": Title("Image AUROC (std)", "I-AUROC std"),
+    "image_precision": Title("Image precision", "I-prec"),
+    "image_recall": Title("Image recall", "I-recall"),
+    "image_f1": Title("Image F1", "I-F1"),
+    "image_false_alarm_rate": Title("Image false alarms", "I-false alarms"),
+    "pixel_precision": Title("Pixel precision", "P-prec"),
+    "pixel_recall": Title("Pixel recall", "P-recall"),
+    "pixel_f1": Title("Pixel F1", "P-F1"),
+    "pixel_false_alarm_rate": Title("Pixel false alarms", "P-false alarms"),
+    "paper_image_auroc": Title("Paper image AUROC", "paper I"),
+    "paper_pixel_auroc": Title("Paper pixel AUROC", "paper P"),
+    "delta_image": Title("Δ image", "Δ I"),
+    "delta_pixel": Title("Δ pixel", "Δ P"),
+}
+"""The title of every column of the reports (:func:`results_table`,
+:func:`operating_point_table`): the metrics, then the paper's columns."""
+
+METRIC_NAMES: dict[str, str] = {key: TITLES[key].full for key in ALL_METRICS}
+"""The metrics' full titles (a view of :data:`TITLES`)."""
+
+COLUMN_TITLES: dict[str, str] = {key: title.full for key, title in TITLES.items()}
+"""Every column's full title (a view of :data:`TITLES`)."""
 
 
 def percent(value: float | None) -> str:
@@ -78,6 +98,32 @@ def _score_columns(results: dict[str, Any]) -> list[str]:
     return sorted(present, key=lambda k: k != first)  # stable: the others keep their order
 
 
+def _named_rows(results: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any], Any]]:
+    """``(name, row, spread)`` of every category, then of the mean; no spread with one seed."""
+    std = results.get("std")
+    for name, row in results["categories"].items():
+        yield name, row, None if std is None else std["categories"][name]
+    yield "mean", results["mean"], None if std is None else std["mean"]
+
+
+def _cells(row: dict[str, Any], spread: dict[str, Any] | None, keys: list[str]) -> list[str]:
+    """The ``keys`` of ``row`` in %, each ``± std`` where ``spread`` has one."""
+    return [
+        percent(row[k])
+        + ("" if spread is None or spread[k] is None else f" ± {100 * spread[k]:.1f}")
+        for k in keys
+    ]
+
+
+def _paper_cells(row: dict[str, Any], theirs: dict[str, float] | None) -> list[str]:
+    """The paper's image and pixel AUROC, then ours minus theirs; blank where it has none."""
+    keys = ("image_auroc", "pixel_auroc")
+    if theirs is None:
+        return ["", "", "", ""]
+    deltas = ["" if row[k] is None else f"{100 * row[k] - theirs[k]:+.1f}" for k in keys]
+    return [f"{theirs[k]:.1f}" for k in keys] + deltas
+
+
 def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Column keys and rows (categories, then ``mean``) of the report, values in %.
 
@@ -87,31 +133,10 @@ def results_table(results: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     """
     keys = [*METRICS, *_score_columns(results)]
     paper = results.get("paper") or {}
-    std = results.get("std")
-
-    def cells(row: dict[str, Any], spread: dict[str, Any] | None, name: str) -> list[str]:
-        out = []
-        for key in keys:
-            text = percent(row[key])
-            if spread is not None and spread[key] is not None:
-                text += f" ± {100 * spread[key]:.1f}"
-            out.append(text)
-        if paper:
-            theirs = paper.get(name)
-            for key in ("image_auroc", "pixel_auroc"):
-                out.append("" if theirs is None else f"{theirs[key]:.1f}")
-            for key in ("image_auroc", "pixel_auroc"):
-                ours = row[key]
-                out.append(
-                    "" if theirs is None or ours is None else f"{100 * ours - theirs[key]:+.1f}"
-                )
-        return out
-
     rows = [
-        [name, *cells(row, None if std is None else std["categories"][name], name)]
-        for name, row in results["categories"].items()
+        [name, *_cells(row, spread, keys), *(_paper_cells(row, paper.get(name)) if paper else [])]
+        for name, row, spread in _named_rows(results)
     ]
-    rows.append(["mean", *cells(results["mean"], None if std is None else std["mean"], "mean")])
     columns = list(keys)
     if paper:
         columns += ["paper_image_auroc", "paper_pixel_auroc", "delta_image", "delta_pixel"]
@@ -127,31 +152,7 @@ def operating_point_table(results: dict[str, Any]) -> tuple[list[str], list[list
     keys = [k for k in OPERATING_POINT_METRICS if k in first]
     if not keys:
         return [], []
-    std = results.get("std")
-
-    def cells(row: dict[str, Any], spread: dict[str, Any] | None) -> list[str]:
-        return [
-            percent(row[k])
-            + ("" if spread is None or spread[k] is None else f" ± {100 * spread[k]:.1f}")
-            for k in keys
-        ]
-
-    rows = [
-        [name, *cells(row, None if std is None else std["categories"][name])]
-        for name, row in results["categories"].items()
-    ]
-    rows.append(["mean", *cells(results["mean"], None if std is None else std["mean"])])
-    return keys, rows
-
-
-COLUMN_TITLES: dict[str, str] = {
-    **METRIC_NAMES,
-    "paper_image_auroc": "Paper image AUROC",
-    "paper_pixel_auroc": "Paper pixel AUROC",
-    "delta_image": "Δ image",
-    "delta_pixel": "Δ pixel",
-}
-"""Titles of the report's columns (:func:`results_table`)."""
+    return keys, [[name, *_cells(row, spread, keys)] for name, row, spread in _named_rows(results)]
 
 
 def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation") -> str:
@@ -167,7 +168,7 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     if results.get("run"):
         lines.append("")
     columns, rows = results_table(results)
-    header = ["Category", *(COLUMN_TITLES[k] for k in columns), "Images", "Anomalous"]
+    header = ["Category", *(TITLES[k].full for k in columns), "Images", "Anomalous"]
     lines.append("| " + " | ".join(header) + " |")
     lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
     for name, *cells in rows:
@@ -183,7 +184,7 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
     op_columns, op_rows = operating_point_table(results)
     if op_columns:
         lines += ["", "At the model's own thresholds:", ""]
-        header = ["Category", *(COLUMN_TITLES[k] for k in op_columns)]
+        header = ["Category", *(TITLES[k].full for k in op_columns)]
         lines.append("| " + " | ".join(header) + " |")
         lines.append("|" + "|".join(["---"] + ["---:"] * len(op_columns)) + "|")
         for name, *cells in op_rows:
