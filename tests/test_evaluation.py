@@ -182,20 +182,24 @@ def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_s
                 final["categories"][name][key], abs=1e-6
             )
     assert curve["mean"]["pixel_auroc"][-1] == pytest.approx(final["mean"]["pixel_auroc"])
-    assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == [2, 3]
+    assert json.loads((tmp_path / "curve.json").read_text()) == {"runs": [curve]}
 
 
-def test_read_curves_reads_a_finished_experiment_and_a_running_fit(tmp_path):
+def test_read_curves_reads_a_finished_experiment_a_running_fit_and_the_old_bare_curve(tmp_path):
     from skuniad.evaluation import read_curves
 
     curve = {"epoch": [2, 4], "loss": [0.5, 0.25]}
-    (tmp_path / "running").mkdir()
-    (tmp_path / "running" / "curve.json").write_text(json.dumps(curve))
-    (tmp_path / "done").mkdir()
-    finished = {"setting": "unified", "runs": [{"seed": 0, **curve}, {"seed": 1, **curve}]}
-    (tmp_path / "done" / "curve.json").write_text(json.dumps(finished))
+    documents = {
+        "running": {"runs": [curve]},  # CurveRecorder's, from its first point
+        "done": {"setting": "unified", "runs": [{"seed": 0, **curve}, {"seed": 1, **curve}]},
+        "old": curve,  # CurveRecorder's before the file had one layout
+    }
+    for name, document in documents.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(document))
     assert read_curves(tmp_path / "running") == [curve]
     assert [run["seed"] for run in read_curves(tmp_path / "done")] == [0, 1]
+    assert read_curves(tmp_path / "old") == [curve]
 
 
 def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set):

@@ -35,7 +35,9 @@ class CurveRecorder:
         The fit's number of epochs.
     path : str or path-like, optional
         Rewrite this JSON file with the curve so far after every point, so
-        that a long run can be followed (and is not lost if stopped).
+        that a long run can be followed (and is not lost if stopped). It has
+        the layout of a finished experiment's ``curve.json``, the one curve
+        under ``"runs"`` (see :func:`read_curves`).
 
     Attributes
     ----------
@@ -86,7 +88,7 @@ class CurveRecorder:
             mean = mean_defined([row[key] for row in rows.values()])
             self.curve["mean"].setdefault(key, []).append(mean)
         if self.path is not None:
-            self.path.write_text(json.dumps(self.curve, indent=2) + "\n")
+            self.path.write_text(json.dumps({"runs": [self.curve]}, indent=2) + "\n")
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
@@ -190,9 +192,12 @@ def write_curves(
 def read_curves(folder: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """The learning curves in ``folder/curve.json``, one per seed.
 
-    Reads both forms the file takes: a finished experiment's (``write_curves``,
-    every seed's curve under ``"runs"``) and a fit's still running or stopped
-    (``CurveRecorder``, the one curve so far).
+    A finished experiment's file (:func:`write_curves`) holds every seed's
+    curve under ``"runs"``, and so does a fit's still running or stopped
+    (:class:`CurveRecorder`, the one curve so far). Files a recorder wrote
+    before it used that layout hold the bare curve; they are read too.
     """
     document = json.loads((Path(folder) / "curve.json").read_text())
-    return document.get("runs", [document])
+    if "runs" not in document:  # a bare curve, as CurveRecorder once wrote it
+        return [document]
+    return document["runs"]
