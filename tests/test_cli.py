@@ -17,6 +17,7 @@ from skuniad import UniADDetector
 from skuniad import cli as cli_module
 from skuniad.cli import _common, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
+from skuniad.persistence import json_safe_params
 
 runner = CliRunner()
 
@@ -136,7 +137,7 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert results["run"]["model"] == str(model_file)
     det = UniADDetector.load(model_file, device="cpu")
     assert results["schema_version"] == 1 and "seconds" not in results
-    assert results["params"] == {**_common._json_params(det), "batch_size": 1}
+    assert results["params"] == {**json_safe_params(det.get_params()), "batch_size": 1}
     assert results["thresholds"]["offset_"] == det.offset_
     assert results["precision"] == ("fp32" if det._amp_dtype() is None else "bf16")
     with open(tmp_path / "scores.csv", newline="") as f:

@@ -219,6 +219,11 @@ def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set):
     )
     assert results["runs"][0]["categories"] == alone["categories"]
     assert results["paper"] == {}  # synthetic categories are not the paper's
+    fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
+    assert results["run"]["fit_seconds"] == pytest.approx(fit_seconds, abs=0.05)
+    assert (results["run"]["epochs"], results["run"]["seeds"]) == (1, [0, 1])
+    assert results["params"]["random_state"] is None  # one run per seed, listed in the run
+    assert results["params"]["max_epochs"] == 1
 
 
 def test_report_shows_the_papers_numbers_and_the_difference():
@@ -316,13 +321,17 @@ def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(roo
     with pytest.raises(ValueError, match="no ground-truth mask"):
         run_experiment(train, _without_masks(load_mvtec(root, "test"), "parts", keep=1), {})
     results = run_experiment(
-        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path
-    )
+        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path,
+        run_details={"dataset": "synthetic"},
+    )  # fmt: skip
+    run = ["skuniad", "dataset", "fit_seconds", "evaluate_seconds", "seeds"]
+    assert list(results["run"])[5:] == run  # the model's entries, then the details
     assert results["image_level_only"] == list(CATEGORIES)
     assert results["mean"]["pixel_auroc"] is None and 0 <= results["mean"]["image_auroc"] <= 1
     curve = results["runs"][0]["curve"]
     assert curve["mean"]["pixel_auroc"] == [None] and len(curve["mean"]["image_auroc"]) == 1
-    assert (tmp_path / "curve.png").is_file() and (tmp_path / "results.md").is_file()
+    assert (tmp_path / "curve.png").is_file()
+    assert "- dataset: synthetic" in (tmp_path / "results.md").read_text()
 
 
 def test_evaluation_records_precision_and_thresholds(fitted, test_set):

@@ -605,28 +605,9 @@ def _print_operating_point(results: dict[str, Any]) -> None:
 
 
 def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
-    from skuniad import __version__
+    from skuniad.evaluation import run_info
 
-    info = {
-        "backbone": det.backbone,
-        "image_size": det.image_size,
-        "transformer": (
-            f"hidden {det.hidden_dim}, heads {det.num_heads}, layers "
-            f"{det.num_encoder_layers}+{det.num_decoder_layers}, feedforward {det.dim_feedforward}"
-        ),
-        "epochs": getattr(det, "n_epochs_", None),
-        "device": str(getattr(det, "device_", det.device)),
-        "skuniad": __version__,
-    }
-    info.update(extra)
-    return info
-
-
-def _json_params(det: Any) -> dict[str, Any]:
-    """The detector's full parameters, JSON-safe, for results.json."""
-    from skuniad.persistence import json_safe_params
-
-    return json_safe_params(det.get_params())
+    return run_info(det, **extra)
 
 
 TrainMeta = Annotated[

@@ -3,7 +3,8 @@
 - :func:`evaluate_detector` scores one fitted detector on a test split
   (``_evaluate.py``);
 - :func:`run_experiment` trains and evaluates as the paper's experiments do:
-  a setting, several seeds (``_experiment.py``);
+  a setting, several seeds; :func:`run_block` describes a run for a report
+  (``_experiment.py``);
 - :class:`CurveRecorder` records learning curves during a fit; ``curve.json``
   is written and read by :func:`write_curves` and :func:`read_curves`
   (``_curves.py``);
@@ -20,7 +21,7 @@ from skuniad.evaluation._evaluate import (
     operating_point_metrics,
     scores_and_maps,
 )
-from skuniad.evaluation._experiment import SETTINGS, run_experiment
+from skuniad.evaluation._experiment import SETTINGS, run_block, run_experiment, run_info
 from skuniad.evaluation._report import (
     COLUMN_TITLES,
     IMAGE_SCORE_METRICS,
@@ -55,7 +56,9 @@ __all__ = [
     "read_curves",
     "results_markdown",
     "results_table",
+    "run_block",
     "run_experiment",
+    "run_info",
     "scores_and_maps",
     "token_map_aurocs",
     "write_curves",

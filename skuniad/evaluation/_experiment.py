@@ -40,6 +40,7 @@ def run_experiment(
     ignore_pixel_metrics: bool = False,
     checkpoint_every: int | None = None,
     init_model: str | os.PathLike[str] | None = None,
+    run_details: dict[str, Any] | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -85,6 +86,9 @@ def run_experiment(
         A saved model to continue (a warm start for ``max_epochs`` more
         epochs) instead of training one from scratch; the unified setting
         and one seed only. ``params`` must not change its network.
+    run_details : dict, optional
+        More entries for the results' ``run`` block (e.g. which data set),
+        listed after the model's own.
     verbose : int, default=0
 
     Raises
@@ -104,7 +108,10 @@ def run_experiment(
         and, with ``eval_every``, ``curve``;
         ``paper``: the paper's AUROCs of the categories it reports, for this
         setting; ``setting``, ``seeds``, ``image_score``, ``image_size``,
-        ``n_images``, ``n_anomalous``.
+        ``n_images``, ``n_anomalous``; ``run`` (:func:`run_info` of the
+        model asked for, then ``run_details``, ``epochs``, ``fit_seconds``
+        and ``evaluate_seconds`` over all fits, and ``seeds``) and
+        ``params``: its parameters (``random_state`` aside: one run per seed).
     """
     from skuniad import UniADDetector
     from skuniad.paper import paper_aurocs
@@ -201,20 +208,72 @@ def run_experiment(
         if curves:
             run["curve"] = merge_curves(curves)
         runs.append(run)
+    described = _requested_detector(params, init_model)
     results = _summarise_runs(runs, test)
     results.update(
         image_level_only=runs[0]["image_level_only"],
         setting=setting,
         seeds=seeds,
-        image_score=det.image_score,
-        image_size=int(det.image_size),
+        image_score=described.image_score,
+        image_size=int(described.image_size),
         paper=paper_aurocs(test.category_names, setting),
+    )
+    results.update(
+        run_block(
+            described,
+            **{
+                **(run_details or {}),
+                "epochs": runs[0]["n_epochs"],
+                "fit_seconds": round(sum(run["fit_seconds"] for run in runs), 1),
+                "evaluate_seconds": round(sum(run["seconds"] for run in runs), 1),
+                "seeds": seeds,
+            },
+        )
     )
     if folder is not None:
         write_results(results, folder)
         if eval_every is not None:
             write_curves(results, folder, per_category=curve_categories)
     return results
+
+
+def _requested_detector(params: dict[str, Any], init_model: Any) -> Any:
+    """The model the experiment was asked for, unfitted, as its report describes it."""
+    from skuniad import UniADDetector
+
+    params = {k: v for k, v in params.items() if k != "random_state"}  # one run per seed
+    if init_model is None:
+        return UniADDetector(**params)
+    return UniADDetector.load(init_model, device="cpu").set_params(**params)
+
+
+def run_info(det: Any, **facts: Any) -> dict[str, Any]:
+    """A report's ``run`` block: the detector's network, epochs, device and skuniad version.
+
+    ``facts`` (what data, which times) follow, or replace an entry of the same name.
+    """
+    from skuniad import __version__
+
+    info = {
+        "backbone": det.backbone,
+        "image_size": det.image_size,
+        "transformer": (
+            f"hidden {det.hidden_dim}, heads {det.num_heads}, layers "
+            f"{det.num_encoder_layers}+{det.num_decoder_layers}, feedforward {det.dim_feedforward}"
+        ),
+        "epochs": getattr(det, "n_epochs_", None),
+        "device": str(getattr(det, "device_", det.device)),
+        "skuniad": __version__,
+    }
+    info.update(facts)
+    return info
+
+
+def run_block(det: Any, **facts: Any) -> dict[str, Any]:
+    """The ``run`` (:func:`run_info`) and ``params`` (JSON-safe) entries of a report."""
+    from skuniad.persistence import json_safe_params
+
+    return {"run": run_info(det, **facts), "params": json_safe_params(det.get_params())}
 
 
 def _model_name(category: str | None, seed: int | None, n_seeds: int) -> str:
