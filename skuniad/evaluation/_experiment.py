@@ -218,18 +218,14 @@ def run_experiment(
         image_size=int(described.image_size),
         paper=paper_aurocs(test.category_names, setting),
     )
-    results.update(
-        run_block(
-            described,
-            **{
-                **(run_details or {}),
-                "epochs": runs[0]["n_epochs"],
-                "fit_seconds": round(sum(run["fit_seconds"] for run in runs), 1),
-                "evaluate_seconds": round(sum(run["seconds"] for run in runs), 1),
-                "seeds": seeds,
-            },
-        )
-    )
+    facts = {
+        **(run_details or {}),
+        "epochs": runs[0]["n_epochs"],
+        "fit_seconds": round(sum(run["fit_seconds"] for run in runs), 1),
+        "evaluate_seconds": round(sum(run["seconds"] for run in runs), 1),
+        "seeds": seeds,
+    }
+    results.update(run_block(described, **facts))
     if folder is not None:
         write_results(results, folder)
         if eval_every is not None:
@@ -237,7 +233,7 @@ def run_experiment(
     return results
 
 
-def _requested_detector(params: dict[str, Any], init_model: Any) -> Any:
+def _requested_detector(params: dict[str, Any], init_model: str | os.PathLike[str] | None) -> Any:
     """The model the experiment was asked for, unfitted, as its report describes it."""
     from skuniad import UniADDetector
 
