@@ -91,8 +91,7 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
         pixel = "n/a" if row["pixel_auroc"] is None else f"{100 * row['pixel_auroc']:.1f}"
         print(f"{category}: image {100 * row['image_auroc']:.1f}  pixel {pixel}", flush=True)
     mean = {
-        key: mean_defined([r[key] for r in rows.values()])
-        for key in ("image_auroc", "pixel_auroc")
+        key: mean_defined([r[key] for r in rows.values()]) for key in ("image_auroc", "pixel_auroc")
     }
     result = {
         "machine": machine(),
