@@ -49,7 +49,8 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
     from skuniad._inference import extract_features
     from skuniad._spec import NetworkSpec
     from skuniad.datasets import load_mvtec
-    from skuniad.evaluation import _load_masks, _mean_defined, token_map_aurocs
+    from skuniad.evaluation import token_map_aurocs
+    from skuniad.evaluation._evaluate import load_masks, mean_defined
 
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
@@ -85,14 +86,13 @@ def nearest_neighbour(args: argparse.Namespace) -> None:
         distances = torch.cat(
             [torch.cdist(chunk, bank).min(dim=1).values for chunk in patches.split(4096)]
         )
-        masks = _load_masks(subset, size)
+        masks = load_masks(subset, size)
         row = token_map_aurocs(subset.labels, distances.reshape(n, h, w), masks, "max")
         rows[category] = row
         pixel = "n/a" if row["pixel_auroc"] is None else f"{100 * row['pixel_auroc']:.1f}"
         print(f"{category}: image {100 * row['image_auroc']:.1f}  pixel {pixel}", flush=True)
     mean = {
-        key: _mean_defined([r[key] for r in rows.values()])
-        for key in ("image_auroc", "pixel_auroc")
+        key: mean_defined([r[key] for r in rows.values()]) for key in ("image_auroc", "pixel_auroc")
     }
     result = {
         "machine": machine(),

@@ -22,13 +22,14 @@ score and accept either label convention (see :func:`as_anomaly_labels`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
 __all__ = [
+    "AUPRO_MAX_FPR",
     "as_anomaly_labels",
     "aupro",
     "evaluate",
@@ -48,6 +49,9 @@ _NUMERIC_KINDS = "biuf"
 _EIGHT_CONNECTIVITY = np.ones((3, 3), dtype=bool)
 
 ImagesLike = ArrayLike | Sequence[ArrayLike]
+
+AUPRO_MAX_FPR = 0.3
+"""The FPR up to which AUPRO is integrated: :func:`aupro`'s default, as in UniAD's reports."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -552,7 +556,7 @@ def _check_aupro_params(max_fpr: float, num_thresholds: int | None) -> None:
 def aupro(
     masks: ImagesLike,
     maps: ImagesLike,
-    max_fpr: float = 0.3,
+    max_fpr: float = AUPRO_MAX_FPR,
     num_thresholds: int | None = None,
 ) -> float:
     """Normalised area under the per-region-overlap (PRO) curve up to ``max_fpr``.
@@ -580,7 +584,7 @@ def aupro(
         all-zero masks.
     maps : array-like of shape (n_images, H, W) or list of (H_i, W_i) arrays
         Anomaly maps with the same shape as the matching mask, HIGHER = MORE ANOMALOUS.
-    max_fpr : float, default=0.3
+    max_fpr : float, default=AUPRO_MAX_FPR (0.3)
         Upper FPR integration limit, in (0, 1].
     num_thresholds : int or None, default=None
         ``None`` computes the exact curve at every distinct map value. An integer ``>= 2``
@@ -677,37 +681,13 @@ def _scorer_inputs(estimator: Any, X: Any, y: Any) -> tuple[NDArray[np.int_], ND
     return labels, scores
 
 
-def image_auroc_scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
-    """Scorer ``(estimator, X, y) -> float`` giving the image AUROC, for ``GridSearchCV``.
+_SCORER_DOC = """Scorer ``(estimator, X, y) -> float`` giving the {what}.
 
-    The anomaly score is ``-estimator.score_samples(X)`` (sklearn outlier detectors return
-    HIGHER = MORE NORMAL from ``score_samples``), so HIGHER = MORE ANOMALOUS as in
-    :func:`image_auroc`. Unlike sklearn's ``"roc_auc"`` scorer it does not return
-    ``1 - AUROC`` for outlier detectors.
-
-    Parameters
-    ----------
-    estimator : object
-        Fitted estimator with a ``score_samples`` method.
-    X : array-like
-        Samples passed to ``score_samples``.
-    y : array-like of shape (n_samples,)
-        Labels, either ``{0, 1}`` with ``1`` = anomalous or ``{-1, +1}`` with ``-1`` =
-        anomalous (see :func:`as_anomaly_labels`).
-
-    Returns
-    -------
-    float
-        AUROC; greater is better.
-    """
-    return image_auroc(*_scorer_inputs(estimator, X, y))
-
-
-def image_ap_scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
-    """Scorer ``(estimator, X, y) -> float`` giving the image average precision.
-
-    The anomaly score is ``-estimator.score_samples(X)`` (HIGHER = MORE ANOMALOUS), anomalies
-    are the positive class.
+    For ``GridSearchCV(scoring=...)`` and ``cross_val_score``. The anomaly score is
+    ``-estimator.score_samples(X)`` (sklearn outlier detectors return HIGHER = MORE NORMAL
+    from ``score_samples``), so HIGHER = MORE ANOMALOUS as in :func:`{metric}`, and anomalies
+    are the positive class. Unlike sklearn's ``"roc_auc"`` scorer, which returns
+    ``1 - AUROC`` for outlier detectors, it does not rank them backwards.
 
     Parameters
     ----------
@@ -716,39 +696,36 @@ def image_ap_scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
     X : array-like
         Samples passed to ``score_samples``.
     y : array-like of shape (n_samples,)
-        Labels, either ``{0, 1}`` with ``1`` = anomalous or ``{-1, +1}`` with ``-1`` =
+        Labels, either ``{{0, 1}}`` with ``1`` = anomalous or ``{{-1, +1}}`` with ``-1`` =
         anomalous (see :func:`as_anomaly_labels`).
 
     Returns
     -------
     float
-        Average precision; greater is better.
+        The {what}; greater is better.
     """
-    return image_ap(*_scorer_inputs(estimator, X, y))
 
 
-def f1_max_scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
-    """Scorer ``(estimator, X, y) -> float`` giving the best image-level F1 over thresholds.
+def _anomaly_scorer(
+    metric: Callable[[NDArray[np.int_], NDArray[Any]], float], name: str, what: str
+) -> Callable[[Any, Any, ArrayLike], float]:
+    """The scorer ``name(estimator, X, y)``: ``metric`` of the anomaly scores.
 
-    The anomaly score is ``-estimator.score_samples(X)`` (HIGHER = MORE ANOMALOUS), anomalies
-    are the positive class.
-
-    Parameters
-    ----------
-    estimator : object
-        Fitted estimator with a ``score_samples`` method (HIGHER = MORE NORMAL).
-    X : array-like
-        Samples passed to ``score_samples``.
-    y : array-like of shape (n_samples,)
-        Labels, either ``{0, 1}`` with ``1`` = anomalous or ``{-1, +1}`` with ``-1`` =
-        anomalous (see :func:`as_anomaly_labels`).
-
-    Returns
-    -------
-    float
-        Maximum F1; greater is better.
+    Bound to ``name`` at module level, it pickles by reference (``n_jobs`` in
+    model selection), like a function written out.
     """
-    return f1_max(*_scorer_inputs(estimator, X, y))
+
+    def scorer(estimator: Any, X: Any, y: ArrayLike) -> float:
+        return metric(*_scorer_inputs(estimator, X, y))
+
+    scorer.__name__ = scorer.__qualname__ = name
+    scorer.__doc__ = _SCORER_DOC.format(what=what, metric=metric.__name__)
+    return scorer
+
+
+image_auroc_scorer = _anomaly_scorer(image_auroc, "image_auroc_scorer", "image AUROC")
+image_ap_scorer = _anomaly_scorer(image_ap, "image_ap_scorer", "image average precision")
+f1_max_scorer = _anomaly_scorer(f1_max, "f1_max_scorer", "best image-level F1 over thresholds")
 
 
 def evaluate(
@@ -775,7 +752,7 @@ def evaluate(
     -------
     dict of str to float
         ``image_auroc``, ``image_ap``, ``image_f1_max`` and, when masks and maps are given,
-        ``pixel_auroc``, ``pixel_ap``, ``pixel_f1_max`` and ``aupro`` (``max_fpr=0.3``).
+        ``pixel_auroc``, ``pixel_ap``, ``pixel_f1_max`` and ``aupro`` (up to :data:`AUPRO_MAX_FPR`).
 
     Raises
     ------
@@ -795,6 +772,8 @@ def evaluate(
     if masks is None or maps is None:
         raise ValueError("masks and maps must be given together (or both left as None).")
 
+    # One pooling feeds all four pixel metrics: the full test set's pixels are copied and
+    # labelled once, not once per metric as calling pixel_auroc, ..., aupro would.
     pixel_scores, region_ids, n_regions = _pool_pixels(masks, maps, regions=True)
     n_images = len(_as_image_list(maps, "maps"))
     if n_images != labels.shape[0]:
@@ -814,7 +793,7 @@ def evaluate(
         pixel_scores,
         region_ids,  # type: ignore[arg-type]
         n_regions,
-        0.3,
+        AUPRO_MAX_FPR,
         None,
     )
     return result

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from skuniad import UniADDetector
 from skuniad import cli as cli_module
+from skuniad._spec import json_safe_params
 from skuniad.cli import _common, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
 from skuniad.training import resolve_precision
@@ -137,7 +138,7 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert results["run"]["model"] == str(model_file)
     det = UniADDetector.load(model_file, device="cpu")
     assert results["schema_version"] == 1 and "seconds" not in results
-    assert results["params"] == {**_common._json_params(det), "batch_size": 1}
+    assert results["params"] == {**json_safe_params(det.get_params()), "batch_size": 1}
     assert results["thresholds"]["offset_"] == det.offset_
     amp_dtype = resolve_precision(det.precision, det.device_)
     assert results["precision"] == ("fp32" if amp_dtype is None else "bf16")

@@ -14,7 +14,9 @@ from skuniad.evaluation import (
     PIXEL_METRICS,
     check_test_set,
     evaluate_detector,
+    operating_point_table,
     results_markdown,
+    results_table,
     run_experiment,
     scores_and_maps,
     write_results,
@@ -31,7 +33,8 @@ def root(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def test_split(root):
+def test_set(root):
+    """The synthetic test split: 6 images per category, 3 of them anomalous."""
     return load_mvtec(root, "test")
 
 
@@ -63,24 +66,24 @@ class OracleDetector:
         return np.stack([self.maps[p] for p in X])
 
 
-def test_scores_and_maps_match_the_detector(fitted, test_split):
-    scores, maps = scores_and_maps(fitted, test_split.paths)
-    np.testing.assert_allclose(scores, -fitted.score_samples(test_split.paths), rtol=1e-6)
-    np.testing.assert_array_equal(maps, fitted.anomaly_maps(test_split.paths, size="model"))
-    assert maps.shape == (len(test_split), 64, 64)
+def test_scores_and_maps_match_the_detector(fitted, test_set):
+    scores, maps = scores_and_maps(fitted, test_set.paths)
+    np.testing.assert_allclose(scores, -fitted.score_samples(test_set.paths), rtol=1e-6)
+    np.testing.assert_array_equal(maps, fitted.anomaly_maps(test_set.paths, size="model"))
+    assert maps.shape == (len(test_set), 64, 64)
 
 
-def test_perfect_maps_score_one_everywhere(test_split):
-    results = evaluate_detector(OracleDetector(test_split), test_split)
+def test_perfect_maps_score_one_everywhere(test_set):
+    results = evaluate_detector(OracleDetector(test_set), test_set)
     assert list(results["categories"]) == list(CATEGORIES)
     for row in [*results["categories"].values(), results["mean"]]:
         for key in METRICS:
             assert row[key] == pytest.approx(1.0)
 
 
-def test_results_follow_the_metrics_module(fitted, test_split):
-    results = evaluate_detector(fitted, test_split)
-    subset = test_split.subset("parts")
+def test_results_follow_the_metrics_module(fitted, test_set):
+    results = evaluate_detector(fitted, test_set)
+    subset = test_set.subset("parts")
     maps = fitted.anomaly_maps(subset.paths, size="model")
     masks = np.stack(
         [
@@ -100,9 +103,9 @@ def test_results_follow_the_metrics_module(fitted, test_split):
         assert results["mean"][key] == pytest.approx(np.mean(per_category))
 
 
-def test_overlays_show_image_and_map_side_by_side(test_split, tmp_path):
+def test_overlays_show_image_and_map_side_by_side(test_set, tmp_path):
     results = evaluate_detector(
-        OracleDetector(test_split), test_split, overlay_dir=tmp_path, n_overlays=3
+        OracleDetector(test_set), test_set, overlay_dir=tmp_path, n_overlays=3
     )
     files = sorted(tmp_path.rglob("*.png"))
     assert [str(p) for p in files] == sorted(results["overlays"])
@@ -113,11 +116,11 @@ def test_overlays_show_image_and_map_side_by_side(test_split, tmp_path):
         assert image.size == (128, 64)
 
 
-def test_category_without_anomalies_is_reported_as_undefined(test_split):
-    keep = (test_split.labels == 0) | (np.array(test_split.categories) == "stripes")
-    parts_normal_only = test_split.select(keep)
+def test_category_without_anomalies_is_reported_as_undefined(test_set):
+    keep = (test_set.labels == 0) | (np.array(test_set.categories) == "stripes")
+    parts_normal_only = test_set.select(keep)
     with pytest.warns(UserWarning, match="category 'parts' has no anomalous test image.*NaN"):
-        results = evaluate_detector(OracleDetector(test_split), parts_normal_only)
+        results = evaluate_detector(OracleDetector(test_set), parts_normal_only)
     assert all(np.isnan(results["categories"]["parts"][key]) for key in METRICS)
     for key in METRICS:  # the other category is evaluated, and the mean is over it alone
         assert results["categories"]["stripes"][key] == pytest.approx(1.0)
@@ -125,11 +128,11 @@ def test_category_without_anomalies_is_reported_as_undefined(test_split):
     assert "| nan |" in results_markdown(results)
 
 
-def test_curves_of_a_category_without_anomalies_are_undefined(root, test_split):
-    keep = (test_split.labels == 0) | (np.array(test_split.categories) == "stripes")
+def test_curves_of_a_category_without_anomalies_are_undefined(root, test_set):
+    keep = (test_set.labels == 0) | (np.array(test_set.categories) == "stripes")
     with pytest.warns(UserWarning, match="category 'parts' has no anomalous test image"):
         results = run_experiment(
-            load_mvtec(root, "train"), test_split.select(keep), {**TINY, "max_epochs": 1},
+            load_mvtec(root, "train"), test_set.select(keep), {**TINY, "max_epochs": 1},
             eval_every=1,
         )  # fmt: skip
     curve = results["runs"][0]["curve"]
@@ -139,8 +142,8 @@ def test_curves_of_a_category_without_anomalies_are_undefined(root, test_split):
         assert curve["mean"][key] == stripes[key] and 0 <= stripes[key][0] <= 1
 
 
-def test_markdown_and_json_reports(test_split, tmp_path):
-    results = evaluate_detector(OracleDetector(test_split, offset=0.0), test_split)
+def test_markdown_and_json_reports(test_set, tmp_path):
+    results = evaluate_detector(OracleDetector(test_set, offset=0.0), test_set)
     results["run"] = {"backbone": "oracle"}
     json_path, md_path = write_results(results, tmp_path / "out")
     document = json.loads(json_path.read_text())
@@ -148,8 +151,8 @@ def test_markdown_and_json_reports(test_split, tmp_path):
     assert document == {k: v for k, v in results.items() if k != "images"}
     with open(tmp_path / "out" / "scores.csv", newline="") as f:
         rows = list(csv.DictReader(f))
-    assert [r["path"] for r in rows] == [str(p) for p in test_split.paths]
-    assert [int(r["label"]) for r in rows] == test_split.labels.tolist()
+    assert [r["path"] for r in rows] == [str(p) for p in test_set.paths]
+    assert [int(r["label"]) for r in rows] == test_set.labels.tolist()
     assert {r["category"] for r in rows} == set(CATEGORIES)
     assert all(float(r["score"]) >= 0 for r in rows)
     markdown = md_path.read_text()
@@ -161,46 +164,50 @@ def test_markdown_and_json_reports(test_split, tmp_path):
     assert "| 100.0 |" in rows[1]
 
 
-def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_split, tmp_path):
+def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_set, tmp_path):
     from skuniad.evaluation import CurveRecorder
 
     train = load_mvtec(root, "train")
-    recorder = CurveRecorder(test_split, every=2, last=3, path=tmp_path / "curve.json")
+    recorder = CurveRecorder(test_set, every=2, last=3, path=tmp_path / "curve.json")
     det = UniADDetector(**{**TINY, "max_epochs": 3, "precision": "fp32"})
     det.fit(train.paths, on_epoch_end=recorder)
     curve = recorder.curve
     assert curve["epoch"] == [2, 3] and len(curve["loss_curve"]) == 3
     assert curve["loss"] == [det.loss_curve_[1], det.loss_curve_[2]]
     assert curve["fit_seconds"][0] < curve["fit_seconds"][1]
-    final = evaluate_detector(det, test_split)
+    final = evaluate_detector(det, test_set)
     for name in CATEGORIES:
         for key in ("image_auroc", "pixel_auroc", "image_auroc_mean", "image_auroc_std"):
             assert curve["categories"][name][key][-1] == pytest.approx(
                 final["categories"][name][key], abs=1e-6
             )
     assert curve["mean"]["pixel_auroc"][-1] == pytest.approx(final["mean"]["pixel_auroc"])
-    assert json.loads((tmp_path / "curve.json").read_text())["epoch"] == [2, 3]
+    assert json.loads((tmp_path / "curve.json").read_text()) == {"runs": [curve]}
 
 
-def test_read_curves_reads_a_finished_experiment_and_a_running_fit(tmp_path):
+def test_read_curves_reads_a_finished_experiment_a_running_fit_and_the_old_bare_curve(tmp_path):
     from skuniad.evaluation import read_curves
 
     curve = {"epoch": [2, 4], "loss": [0.5, 0.25]}
-    (tmp_path / "running").mkdir()
-    (tmp_path / "running" / "curve.json").write_text(json.dumps(curve))
-    (tmp_path / "done").mkdir()
-    finished = {"setting": "unified", "runs": [{"seed": 0, **curve}, {"seed": 1, **curve}]}
-    (tmp_path / "done" / "curve.json").write_text(json.dumps(finished))
+    documents = {
+        "running": {"runs": [curve]},  # CurveRecorder's, from its first point
+        "done": {"setting": "unified", "runs": [{"seed": 0, **curve}, {"seed": 1, **curve}]},
+        "old": curve,  # CurveRecorder's before the file had one layout
+    }
+    for name, document in documents.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "curve.json").write_text(json.dumps(document))
     assert read_curves(tmp_path / "running") == [curve]
     assert [run["seed"] for run in read_curves(tmp_path / "done")] == [0, 1]
+    assert read_curves(tmp_path / "old") == [curve]
 
 
-def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_split):
+def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set):
     from skuniad.evaluation import run_experiment
 
     train = load_mvtec(root, "train")
     params = {**TINY, "max_epochs": 1}
-    results = run_experiment(train, test_split, params, seeds=[0, 1])
+    results = run_experiment(train, test_set, params, seeds=[0, 1])
     assert [run["seed"] for run in results["runs"]] == [0, 1]
     per_seed = [run["mean"]["pixel_auroc"] for run in results["runs"]]
     assert per_seed[0] != per_seed[1]
@@ -208,15 +215,18 @@ def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_split):
     assert results["std"]["mean"]["pixel_auroc"] == pytest.approx(np.std(per_seed, ddof=1))
     # seed 0 alone is the same fit: the first run is a plain evaluation of it
     alone = evaluate_detector(
-        UniADDetector(**{**params, "random_state": 0}).fit(train.paths), test_split
+        UniADDetector(**{**params, "random_state": 0}).fit(train.paths), test_set
     )
     assert results["runs"][0]["categories"] == alone["categories"]
     assert results["paper"] == {}  # synthetic categories are not the paper's
+    fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
+    assert results["run"]["fit_seconds"] == pytest.approx(fit_seconds, abs=0.05)
+    assert (results["run"]["epochs"], results["run"]["seeds"]) == (1, [0, 1])
+    assert results["params"]["random_state"] is None  # one run per seed, listed in the run
+    assert results["params"]["max_epochs"] == 1
 
 
 def test_report_shows_the_papers_numbers_and_the_difference():
-    from skuniad.evaluation import results_table
-
     row = {k: 0.5 for k in METRICS} | {"image_auroc": 0.99, "pixel_auroc": 0.95}
     row |= {"image_auroc_max": 0.99, "image_auroc_mean": 0.9, "image_auroc_std": 0.8}
     results = {
@@ -236,16 +246,16 @@ def test_report_shows_the_papers_numbers_and_the_difference():
     assert rows[1][-4:] == ["", "", "", ""]  # not an MVTec AD category
 
 
-def test_paper_numbers_average_to_the_papers_means():
-    from skuniad.paper import MVTEC_AD, paper_aurocs
+def test_every_report_column_has_one_full_and_one_short_title():
+    from skuniad.evaluation import COLUMN_TITLES, OPERATING_POINT_METRICS, TITLES
 
-    unified = paper_aurocs(MVTEC_AD, "unified")
-    assert len(unified) == 15
-    assert np.mean([v["image_auroc"] for v in unified.values()]) == pytest.approx(96.5, abs=0.05)
-    assert np.mean([v["pixel_auroc"] for v in unified.values()]) == pytest.approx(96.8, abs=0.05)
-    assert paper_aurocs(["grid"], "separate") == {
-        "grid": {"image_auroc": 98.5, "pixel_auroc": 94.6}
-    }
+    row = dict.fromkeys([*METRICS, *OPERATING_POINT_METRICS, "image_auroc_max"], 0.5)
+    paper = {"bottle": {"image_auroc": 99.7, "pixel_auroc": 98.1}}
+    results = {"categories": {"bottle": row}, "mean": row, "paper": paper}
+    columns = results_table(results)[0] + operating_point_table(results)[0]
+    assert set(columns) == set(TITLES) - {"image_auroc_mean", "image_auroc_std"}
+    assert len({title.short for title in TITLES.values()}) == len(TITLES)
+    assert COLUMN_TITLES == {key: title.full for key, title in TITLES.items()}
 
 
 # ------------------------------------------------------------ image-level-only categories
@@ -264,10 +274,10 @@ def _without_masks(dataset, category=None, keep=0):
     return replace(dataset, mask_paths=masks)
 
 
-def test_category_without_masks_is_evaluated_at_image_level(test_split, tmp_path):
-    partial = _without_masks(test_split, "stripes")
+def test_category_without_masks_is_evaluated_at_image_level(test_set, tmp_path):
+    partial = _without_masks(test_set, "stripes")
     assert check_test_set(partial) == ["parts"]
-    results = evaluate_detector(OracleDetector(test_split, offset=0.0), partial)
+    results = evaluate_detector(OracleDetector(test_set, offset=0.0), partial)
     stripes, parts = results["categories"]["stripes"], results["categories"]["parts"]
     assert stripes["image_auroc"] == pytest.approx(1.0)  # the maps still rank the images
     assert all(stripes[key] is None for key in PIXEL_METRICS)
@@ -283,8 +293,8 @@ def test_category_without_masks_is_evaluated_at_image_level(test_split, tmp_path
     assert "Image level only (no masks, pixel metrics n/a): stripes" in markdown
 
 
-def test_some_masks_missing_is_an_error_naming_them_unless_ignored(test_split):
-    partial = _without_masks(test_split, "parts", keep=1)
+def test_some_masks_missing_is_an_error_naming_them_unless_ignored(test_set):
+    partial = _without_masks(test_set, "parts", keep=1)
     unmasked = [
         str(p)
         for p, c, label, m in zip(
@@ -294,11 +304,11 @@ def test_some_masks_missing_is_an_error_naming_them_unless_ignored(test_split):
     ]
     assert len(unmasked) == 2
     with pytest.raises(ValueError) as info:
-        evaluate_detector(OracleDetector(test_split), partial)
+        evaluate_detector(OracleDetector(test_set), partial)
     message = str(info.value)
     assert "category 'parts': 2 of 3 anomalous images have no ground-truth mask" in message
     assert all(path in message for path in unmasked) and "ignore_pixel_metrics" in message
-    results = evaluate_detector(OracleDetector(test_split), partial, ignore_pixel_metrics=True)
+    results = evaluate_detector(OracleDetector(test_set), partial, ignore_pixel_metrics=True)
     assert results["image_level_only"] == ["parts", "stripes"]
     assert all(results["mean"][key] is None for key in PIXEL_METRICS)
     assert results["mean"]["image_auroc"] == pytest.approx(1.0)
@@ -311,27 +321,31 @@ def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(roo
     with pytest.raises(ValueError, match="no ground-truth mask"):
         run_experiment(train, _without_masks(load_mvtec(root, "test"), "parts", keep=1), {})
     results = run_experiment(
-        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path
-    )
+        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path,
+        run_details={"dataset": "synthetic"},
+    )  # fmt: skip
+    run = ["skuniad", "dataset", "fit_seconds", "evaluate_seconds", "seeds"]
+    assert list(results["run"])[5:] == run  # the model's entries, then the details
     assert results["image_level_only"] == list(CATEGORIES)
     assert results["mean"]["pixel_auroc"] is None and 0 <= results["mean"]["image_auroc"] <= 1
     curve = results["runs"][0]["curve"]
     assert curve["mean"]["pixel_auroc"] == [None] and len(curve["mean"]["image_auroc"]) == 1
-    assert (tmp_path / "curve.png").is_file() and (tmp_path / "results.md").is_file()
+    assert (tmp_path / "curve.png").is_file()
+    assert "- dataset: synthetic" in (tmp_path / "results.md").read_text()
 
 
-def test_evaluation_records_precision_and_thresholds(fitted, test_split):
-    results = evaluate_detector(fitted, test_split.subset("parts"))
+def test_evaluation_records_precision_and_thresholds(fitted, test_set):
+    results = evaluate_detector(fitted, test_set.subset("parts"))
     assert results["precision"] in ("fp32", "bf16")
     assert results["thresholds"] == {
         "offset_": fitted.offset_,
         "pixel_threshold_": fitted.pixel_threshold_,
     }
     scores = [row["score"] for row in results["images"]]
-    np.testing.assert_allclose(scores, -fitted.score_samples(test_split.subset("parts").paths))
+    np.testing.assert_allclose(scores, -fitted.score_samples(test_set.subset("parts").paths))
 
 
-def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_split, tmp_path):
+def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_set, tmp_path):
     import skuniad.training as training
     from skuniad.evaluation import run_experiment
 
@@ -348,6 +362,6 @@ def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_sp
         patch.setattr(training.F, "mse_loss", interrupt_in_second_epoch)
         with pytest.raises(KeyboardInterrupt, match="after 1 of 3 epochs.*model.skuniad"):
             run_experiment(
-                train, test_split, {**TINY, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
+                train, test_set, {**TINY, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
             )
     assert UniADDetector.load(tmp_path / "model.skuniad").n_epochs_ == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sklearn.ensemble import IsolationForest
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 from sklearn.model_selection import cross_val_score
 
+from skuniad import metrics
 from skuniad.metrics import (
     as_anomaly_labels,
     aupro,
@@ -409,6 +411,14 @@ def test_auroc_scorer_avoids_the_one_minus_auroc_trap():
     naive = roc_auc_score(y01, FakeDetector().score_samples(X))  # what "roc_auc" computes
     assert image_auroc_scorer(FakeDetector(), X, y01) == pytest.approx(1.0 - naive)
     assert image_auroc_scorer(FakeDetector(), X, y01) > 0.5
+
+
+@pytest.mark.parametrize("scorer", [image_auroc_scorer, image_ap_scorer, f1_max_scorer])
+def test_scorers_pickle_by_name_and_document_their_metric(scorer):
+    assert pickle.loads(pickle.dumps(scorer)) is scorer  # joblib workers receive the same one
+    name = scorer.__name__.removesuffix("_scorer")
+    assert getattr(metrics, scorer.__name__) is scorer
+    assert f":func:`{name}`" in scorer.__doc__ and "{what}" not in scorer.__doc__
 
 
 def test_scorer_requires_labels():

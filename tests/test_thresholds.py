@@ -195,7 +195,8 @@ def test_groups_are_routed_through_a_pipeline_with_metadata_routing(data, tmp_pa
 
 def test_evaluation_reports_what_the_models_own_thresholds_do(grouped, tmp_path):
     from skuniad.datasets import load_mvtec, write_synthetic
-    from skuniad.evaluation import _load_masks, evaluate_detector, results_markdown
+    from skuniad.evaluation import evaluate_detector, results_markdown
+    from skuniad.evaluation._evaluate import load_masks
 
     root = write_synthetic(tmp_path, categories=("stripes", "dots"), n_train=1, n_test=8)
     test = load_mvtec(root, "test")
@@ -214,7 +215,7 @@ def test_evaluation_reports_what_the_models_own_thresholds_do(grouped, tmp_path)
         precision = flagged[labels].sum() / flagged.sum() if flagged.any() else 0.0
         assert row["image_precision"] == pytest.approx(precision)
         maps = det.anomaly_maps(subset.paths, size="model")
-        truth = _load_masks(subset, maps.shape[1:])
+        truth = load_masks(subset, maps.shape[1:])
         pixel_t = det.group_pixel_thresholds_.get(category, det.pixel_threshold_)
         marked = maps > np.float32(pixel_t)
         assert row["pixel_recall"] == pytest.approx(marked[truth].mean())

@@ -165,7 +165,7 @@ def test_shortcut_script_draws_runs_side_by_side(tmp_path, capsys, monkeypatch):
     }
     (tmp_path / "uniad").mkdir()
     (tmp_path / "uniad" / "curve.json").write_text(json.dumps(finished))
-    (tmp_path / "plain").mkdir()  # a fit still running: its curve.json is the bare curve
+    (tmp_path / "plain").mkdir()  # an older recorder's curve.json: the bare curve
     (tmp_path / "plain" / "curve.json").write_text(json.dumps(_curve(0, [0.7, 0.5], [0.7, 0.5])))
     args = [
         f"{tmp_path / 'uniad'}:UniAD",

@@ -513,38 +513,12 @@ def _format_seconds(seconds: float) -> str:
     return f"{minutes} min {rest} s"
 
 
-_SHORT_NAMES = {
-    "image_auroc": "I-AUROC",
-    "pixel_auroc": "P-AUROC",
-    "aupro": "AUPRO",
-    "image_ap": "I-AP",
-    "pixel_ap": "P-AP",
-    "image_f1_max": "I-F1max",
-    "pixel_f1_max": "P-F1max",
-    "image_auroc_max": "I-AUROC max",
-    "image_auroc_mean": "I-AUROC mean",
-    "image_auroc_std": "I-AUROC std",
-    "paper_image_auroc": "paper I",
-    "paper_pixel_auroc": "paper P",
-    "delta_image": "Δ I",
-    "delta_pixel": "Δ P",
-    "image_precision": "I-prec",
-    "image_recall": "I-recall",
-    "image_f1": "I-F1",
-    "image_false_alarm_rate": "I-false alarms",
-    "pixel_precision": "P-prec",
-    "pixel_recall": "P-recall",
-    "pixel_f1": "P-F1",
-    "pixel_false_alarm_rate": "P-false alarms",
-}
-
-
 def _print_results(results: dict[str, Any]) -> None:
     from rich import box
     from rich.console import Console
     from rich.table import Table
 
-    from skuniad.evaluation import results_table
+    from skuniad.evaluation import TITLES, results_table
 
     columns, rows = results_table(results)
     seeds = results.get("seeds") or []
@@ -556,7 +530,7 @@ def _print_results(results: dict[str, Any]) -> None:
     )
     table.add_column("Category", no_wrap=True)
     for key in columns:
-        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+        table.add_column(TITLES[key].short, justify="right", no_wrap=True)
     for name, *cells in rows[:-1]:
         table.add_row(name, *cells)
     table.add_section()
@@ -571,7 +545,7 @@ def _print_operating_point(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from skuniad.evaluation import operating_point_table
+    from skuniad.evaluation import TITLES, operating_point_table
 
     columns, rows = operating_point_table(results)
     if not columns:
@@ -584,7 +558,7 @@ def _print_operating_point(results: dict[str, Any]) -> None:
     )
     table.add_column("Category", no_wrap=True)
     for key in columns:
-        table.add_column(_SHORT_NAMES[key], justify="right", no_wrap=True)
+        table.add_column(TITLES[key].short, justify="right", no_wrap=True)
     for name, *cells in rows[:-1]:
         table.add_row(name, *cells)
     table.add_section()
@@ -593,28 +567,9 @@ def _print_operating_point(results: dict[str, Any]) -> None:
 
 
 def _run_info(det: Any, **extra: Any) -> dict[str, Any]:
-    from skuniad import __version__
+    from skuniad.evaluation import run_info
 
-    info = {
-        "backbone": det.backbone,
-        "image_size": det.image_size,
-        "transformer": (
-            f"hidden {det.hidden_dim}, heads {det.num_heads}, layers "
-            f"{det.num_encoder_layers}+{det.num_decoder_layers}, feedforward {det.dim_feedforward}"
-        ),
-        "epochs": getattr(det, "n_epochs_", None),
-        "device": str(getattr(det, "device_", det.device)),
-        "skuniad": __version__,
-    }
-    info.update(extra)
-    return info
-
-
-def _json_params(det: Any) -> dict[str, Any]:
-    """The detector's full parameters, JSON-safe, for results.json."""
-    from skuniad._spec import json_safe_params
-
-    return json_safe_params(det.get_params())
+    return run_info(det, **extra)
 
 
 TrainMeta = Annotated[

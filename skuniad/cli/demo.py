@@ -18,9 +18,7 @@ from skuniad.cli._common import (
     _domain_errors,
     _fit_detector,
     _format_seconds,
-    _json_params,
     _print_results,
-    _run_info,
     app,
 )
 
@@ -73,7 +71,7 @@ def demo(
 
         from skuniad import UniADDetector
         from skuniad.datasets import load_mvtec, write_synthetic
-        from skuniad.evaluation import evaluate_detector, write_results
+        from skuniad.evaluation import evaluate_detector, run_block, write_results
         from skuniad.weights import bundled_weights_path
 
         _common._tune_runtime(threads)
@@ -111,14 +109,15 @@ def demo(
             det, test, overlay_dir=output / "overlays", n_overlays=4, verbose=0 if quiet else 1
         )
         seconds = results.pop("seconds")  # kept once, in the run block
-        results["run"] = _run_info(
-            det,
-            dataset=f"synthetic ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test']} test images "
-            f"per category, {DEMO_DATA['image_size']} px, seed {seed})",
-            fit_seconds=round(fit_seconds, 1),
-            evaluate_seconds=round(seconds, 1),
+        results.update(
+            run_block(
+                det,
+                dataset=f"synthetic ({DEMO_DATA['n_train']} train, {DEMO_DATA['n_test']} test "
+                f"images per category, {DEMO_DATA['image_size']} px, seed {seed})",
+                fit_seconds=round(fit_seconds, 1),
+                evaluate_seconds=round(seconds, 1),
+            )
         )
-        results["params"] = _json_params(det)
         _print_results(results)
         json_path, md_path = write_results(results, output)
         typer.echo(

@@ -52,12 +52,10 @@ from skuniad.cli._common import (
     _domain_errors,
     _format_seconds,
     _given_options,
-    _json_params,
     _load_detector,
     _print_results,
     _read_split,
     _require_root,
-    _run_info,
     app,
 )
 
@@ -255,6 +253,7 @@ def evaluate_command(
         from skuniad.evaluation import (
             check_test_set,
             evaluate_detector,
+            run_block,
             run_experiment,
             write_results,
         )
@@ -295,31 +294,15 @@ def evaluate_command(
                 ignore_pixel_metrics=ignore_pixel_metrics,
                 checkpoint_every=checkpoint_every or None,
                 init_model=init_model,
+                run_details={"dataset": described, "model": "trained by this command"},
                 verbose=0 if quiet else 1,
             )
-            fit_seconds = sum(run["fit_seconds"] for run in results["runs"])
-            evaluate_seconds = sum(run["seconds"] for run in results["runs"])
+            run = results["run"]
             typer.echo(f"Wall time: {_format_seconds(time.perf_counter() - start)}, ", nl=False)
             typer.echo(
-                f"of which fitting {_format_seconds(fit_seconds)}, "
-                f"evaluation {_format_seconds(evaluate_seconds)}"
+                f"of which fitting {_format_seconds(run['fit_seconds'])}, "
+                f"evaluation {_format_seconds(run['evaluate_seconds'])}"
             )
-            from skuniad import UniADDetector
-
-            if init_model is None:
-                det = UniADDetector(**params)
-            else:
-                det = _load_detector(init_model, "cpu").set_params(**params)
-            results["run"] = _run_info(
-                det,
-                dataset=described,
-                model="trained by this command",
-                epochs=results["runs"][0]["n_epochs"],
-                fit_seconds=round(fit_seconds, 1),
-                evaluate_seconds=round(evaluate_seconds, 1),
-                seeds=seed_list,
-            )
-            results["params"] = _json_params(det)  # random_state: one run per seed
             if len(results["runs"]) == 1:  # the run block has the times already
                 del results["runs"][0]["fit_seconds"], results["runs"][0]["seconds"]
         else:
@@ -339,10 +322,11 @@ def evaluate_command(
                 verbose=0 if quiet else 1,
             )
             seconds = results.pop("seconds")  # kept once, in the run block
-            results["run"] = _run_info(
-                det, dataset=described, model=str(model), evaluate_seconds=round(seconds, 1)
+            results.update(
+                run_block(
+                    det, dataset=described, model=str(model), evaluate_seconds=round(seconds, 1)
+                )
             )
-            results["params"] = _json_params(det)
             typer.echo(f"Wall time: evaluation {_format_seconds(seconds)}")
         _print_results(results)
         if output is not None:
