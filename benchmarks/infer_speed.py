@@ -60,9 +60,9 @@ def skuniad_path(n_images: int, batch: int, device: str = "cpu") -> dict:
     tune_cpu_runtime()
     paths = training_images(n_images)
     det = _fitted_detector(paths[:16], batch, device)
-    det._infer(paths[:batch], keep_maps=True)  # warm-up
+    det.predict_all(paths[:batch], size="model")  # warm-up
     start = time.perf_counter()
-    scores, maps, _ = det._infer(paths, keep_maps=True)
+    det.predict_all(paths, size="model")  # scores and model-size maps, one pass
     wall = time.perf_counter() - start
     return {"images_per_s": len(paths) / wall, "peak_rss_gb": peak_rss_gb()}
 
