@@ -15,9 +15,11 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.utils import Bunch
 
 from skuniad._progress import progress_bar
 from skuniad._spec import NetworkSpec
+from skuniad._thresholds import labels_above, masks_above
 from skuniad.cache import FeatureCache
 from skuniad.io import ImageLoadError, iter_batches, iter_loaded
 from skuniad.nn.backbone import FrozenBackbone
@@ -144,6 +146,43 @@ def iter_chunks(scored: Iterator[tuple], chunk_size: int) -> Iterator[tuple[int,
         raise
     if pending:
         yield begin, pending
+
+
+def chunk_result(
+    items: list[tuple],
+    begin: int,
+    size: str,
+    stack: bool,
+    image_thresholds: np.ndarray | None,
+    pixel_thresholds: np.ndarray | None,
+) -> Bunch:
+    """One chunk of ``predict_chunks``: :func:`iter_chunks`'s items with labels and masks.
+
+    The labels and masks need the chunk's per-image thresholds; where they
+    are None, so are those keys. An unreadable image gets label 0.
+    """
+    scores, maps, sizes, errors = zip(*items, strict=True)
+    score_samples = -np.asarray(scores, dtype=np.float64)
+    maps = np.stack(maps)
+    if size == "input":
+        maps = to_image_size(maps, list(sizes), stack)
+    result = Bunch(
+        indices=np.arange(begin, begin + len(items)),
+        score_samples=score_samples,
+        decision_function=None,
+        predict=None,
+        anomaly_maps=maps,
+        predict_masks=None,
+        errors=[None if error is None else error.reason for error in errors],
+        image_sizes=list(sizes),
+    )
+    if image_thresholds is not None:
+        result.decision_function = score_samples + image_thresholds
+        result.predict = labels_above(-score_samples, image_thresholds)
+        result.predict[[i for i, error in enumerate(errors) if error is not None]] = 0
+    if pixel_thresholds is not None:
+        result.predict_masks = masks_above(maps, pixel_thresholds)
+    return result
 
 
 @dataclasses.dataclass

@@ -204,6 +204,20 @@ class NetworkSpec:
             if getattr(self, field.name) != getattr(other, field.name)
         ]
 
+    def check_warm_start(self, requested: NetworkSpec) -> None:
+        """Refuse a warm start whose parameters would change these fitted networks."""
+        changed = self.changes_from(requested)
+        if changed:
+            before, now = self.as_params(), requested.as_params()
+            details = "; ".join(
+                f"{name}={before[name]!r} when fitted, {now[name]!r} now" for name in changed
+            )
+            raise ValueError(
+                f"warm_start=True continues the fitted networks, which need the parameters "
+                f"they were fitted with ({details}): set them back, or set warm_start=False "
+                "to train new networks"
+            )
+
     def build_backbone(self, weights) -> FrozenBackbone:
         """The frozen feature extractor, with ``weights`` ("imagenet", a path or None)."""
         backbone = FrozenBackbone(self.backbone, self.out_indices, weights)

@@ -200,3 +200,28 @@ class ThresholdTable:
             for group, image, pixel in fitted.get("group_thresholds", [])
         }
         return cls(-float(fitted["offset_"]), float(fitted["pixel_threshold_"]), groups)
+
+
+def decision_thresholds(
+    table: ThresholdTable | None,
+    groups,
+    n: int,
+    unknown_group: str = "pooled",
+    threshold: float | None = None,
+    pixel_threshold: float | None = None,
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Each of ``n`` images' (image, pixel) thresholds: the number given, else the table's.
+
+    None where neither exists (a model not calibrated, and no number given).
+    """
+    groups = check_groups(groups, n)
+
+    def per_image(explicit: float | None, method) -> np.ndarray | None:
+        if explicit is not None:
+            return np.full(n, float(explicit))
+        return None if table is None else method(table, groups, n, unknown_group)
+
+    return (
+        per_image(threshold, ThresholdTable.image_for),
+        per_image(pixel_threshold, ThresholdTable.pixel_for),
+    )

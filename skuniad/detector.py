@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import warnings
 from collections.abc import Iterator
 from numbers import Integral
 from pathlib import Path
@@ -20,6 +19,7 @@ from skuniad import interop, persistence
 from skuniad._inference import (
     Scorer,
     check_map_size,
+    chunk_result,
     extract_features,
     iter_chunks,
     returns_array,
@@ -35,12 +35,14 @@ from skuniad._thresholds import (
     ThresholdTable,
     check_group_sizes,
     check_groups,
+    decision_thresholds,
     labels_above,
     masks_above,
     validation_split,
 )
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
 from skuniad.io import check_images
+from skuniad.metrics import warn_on_anomalous_labels
 from skuniad.nn.attention import neighbor_mask
 from skuniad.training import (
     DeviceOutOfMemoryError,
@@ -414,7 +416,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         """
         X = check_images(X)
         groups = check_groups(groups, len(X))
-        _warn_on_anomalous_labels(y, len(X))
+        warn_on_anomalous_labels(y, len(X))
         check_param_consistency(self.get_params())
         device = resolve_device(self.device)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
@@ -434,7 +436,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         warm = self.warm_start and hasattr(self, "model_")
         network = NetworkSpec.from_params(self.get_params())
         if warm:
-            _check_warm_start(self.network_spec_, network)
+            self.network_spec_.check_warm_start(network)
         previous_curve = list(self.loss_curve_) if warm else []
         devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
         with torch.random.fork_rng(devices=devices):
@@ -779,52 +781,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     ) -> Iterator[Bunch]:
         scored = self._scorer().iter_scored(X, keep_maps=True, skip_errors=skip_errors)
         for begin, items in iter_chunks(scored, chunk_size):
-            yield self._chunk_result(items, begin, size, stack, groups, explicit)
-
-    def _chunk_result(
-        self, items: list[tuple], begin: int, size: str, stack: bool, groups, explicit: tuple
-    ) -> Bunch:
-        scores, maps, sizes, errors = zip(*items, strict=True)
-        if groups is not None:
-            groups = groups[begin : begin + len(items)]
-        score_samples = -np.asarray(scores, dtype=np.float64)
-        maps = np.stack(maps)
-        if size == "input":
-            maps = to_image_size(maps, list(sizes), stack)
-        failed = [i for i, error in enumerate(errors) if error is not None]
-        result = Bunch(
-            indices=np.arange(begin, begin + len(items)),
-            score_samples=score_samples,
-            decision_function=None,
-            predict=None,
-            anomaly_maps=maps,
-            predict_masks=None,
-            errors=[None if error is None else error.reason for error in errors],
-            image_sizes=list(sizes),
-        )
-        image_t, pixel_t = self._decision_thresholds(groups, len(items), *explicit)
-        if image_t is not None:
-            result.decision_function = score_samples + image_t
-            result.predict = labels_above(-score_samples, image_t)
-            result.predict[failed] = 0
-        if pixel_t is not None:
-            result.predict_masks = masks_above(maps, pixel_t)
-        return result
+            part = None if groups is None else groups[begin : begin + len(items)]
+            thresholds = self._decision_thresholds(part, len(items), *explicit)
+            yield chunk_result(items, begin, size, stack, *thresholds)
 
     def _decision_thresholds(self, groups, n: int, threshold=None, pixel_threshold=None):
-        """Per-image (image, pixel) thresholds: a number given, else the model's, else None."""
-        groups = check_groups(groups, n)
-        calibrated = hasattr(self, "thresholds_")
-        image_t = pixel_t = None
-        if threshold is not None:
-            image_t = np.full(n, float(threshold))
-        elif calibrated:
-            image_t = self.thresholds_.image_for(groups, n, self.unknown_group)
-        if pixel_threshold is not None:
-            pixel_t = np.full(n, float(pixel_threshold))
-        elif calibrated:
-            pixel_t = self.thresholds_.pixel_for(groups, n, self.unknown_group)
-        return image_t, pixel_t
+        table = getattr(self, "thresholds_", None)
+        return decision_thresholds(table, groups, n, self.unknown_group, threshold, pixel_threshold)
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -991,39 +954,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return persistence.load_detector(cls, path, resolve_device(device))
 
     def __getstate__(self):
-        # the networks travel as CPU state dicts: a GPU-fitted model unpickles anywhere
-        state = dict(super().__getstate__())
-        if "model_" in state:
-            del state["backbone_"], state["model_"]
-            state["_module_tensors"] = persistence.module_tensors(self)
-            state["_backbone_norm"] = (self.backbone_.mean, self.backbone_.std)
-        return state
+        return persistence.pickle_state(self, dict(super().__getstate__()))
 
     def __setstate__(self, state):
-        # pickled before a parameter existed: the behaviour it was fitted with
-        state = {**persistence.LEGACY_DEFAULTS, **state}
-        if "offset_" in state:  # pickled before ThresholdTable existed
-            groups = zip(
-                state.pop("group_image_thresholds_", {}).items(),
-                state.pop("group_pixel_thresholds_", {}).values(),
-                strict=True,
-            )
-            state["thresholds_"] = ThresholdTable(
-                -state.pop("offset_"),
-                state.pop("pixel_threshold_"),
-                {group: (image, pixel) for (group, image), pixel in groups},
-            )
-        snapshot = state.pop("_network_params_", None)  # pickled before NetworkSpec existed
-        if snapshot is not None:
-            state["network_spec_"] = NetworkSpec.from_params(snapshot)
-        elif "_module_tensors" in state:
-            state.setdefault("network_spec_", NetworkSpec.from_params(state))
-        tensors = state.pop("_module_tensors", None)
-        norm = state.pop("_backbone_norm", None)
-        super().__setstate__(state)
-        if tensors is not None:
-            device = persistence.available_device(self.device_)
-            persistence.restore_modules(self, tensors, device, *norm)
+        persistence.unpickle_state(self, state, super().__setstate__)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -1033,40 +967,3 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         tags.input_tags.positive_only = True  # pixel values: negative ones are rejected
         tags.non_deterministic = self.random_state is None
         return tags
-
-
-def _check_warm_start(fitted: NetworkSpec, requested: NetworkSpec) -> None:
-    changed = fitted.changes_from(requested)
-    if changed:
-        before, now = fitted.as_params(), requested.as_params()
-        details = "; ".join(
-            f"{name}={before[name]!r} when fitted, {now[name]!r} now" for name in changed
-        )
-        raise ValueError(
-            f"warm_start=True continues the fitted networks, which need the parameters "
-            f"they were fitted with ({details}): set them back, or set warm_start=False "
-            "to train new networks"
-        )
-
-
-def _warn_on_anomalous_labels(y, n_images: int) -> None:
-    """Warn when fit's (ignored) ``y`` marks images anomalous: they are trained on as normal."""
-    if y is None:
-        return
-    from skuniad.metrics import as_anomaly_labels
-
-    values = np.asarray(y)
-    if values.size == 0 or set(np.unique(values).tolist()) <= {1}:
-        return  # all +1: sklearn's "all inliers"
-    try:
-        anomalous = int(as_anomaly_labels(values).sum())
-    except (TypeError, ValueError):
-        return  # y is not used; labels it cannot read are no error
-    if anomalous:
-        warnings.warn(
-            f"fit trains on every image of X as normal, but y marks {anomalous} of {n_images} "
-            "anomalous: they are learned as normal (a GridSearchCV refit or a K-fold split on "
-            "a labelled test set?). Fit on normal images only.",
-            UserWarning,
-            stacklevel=4,
-        )

@@ -22,6 +22,7 @@ score and accept either label convention (see :func:`as_anomaly_labels`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -842,3 +843,24 @@ def operating_point(y_true: ArrayLike, flagged: ArrayLike) -> dict[str, float | 
         "n_normal": n_normal,
         "n_flagged": n_flagged,
     }
+
+
+def warn_on_anomalous_labels(y, n_images: int) -> None:
+    """Warn when fit's (ignored) ``y`` marks images anomalous: they are trained on as normal."""
+    if y is None:
+        return
+    values = np.asarray(y)
+    if values.size == 0 or set(np.unique(values).tolist()) <= {1}:
+        return  # all +1: sklearn's "all inliers"
+    try:
+        anomalous = int(as_anomaly_labels(values).sum())
+    except (TypeError, ValueError):
+        return  # y is not used; labels it cannot read are no error
+    if anomalous:
+        warnings.warn(
+            f"fit trains on every image of X as normal, but y marks {anomalous} of {n_images} "
+            "anomalous: they are learned as normal (a GridSearchCV refit or a K-fold split on "
+            "a labelled test set?). Fit on normal images only.",
+            UserWarning,
+            stacklevel=4,
+        )

@@ -259,3 +259,43 @@ def _what_instead(path: Path, error: Exception) -> str:
     if head == b"PK\x03\x04":
         return "it looks like a zip archive (e.g. written by torch.save)"
     return f"it is truncated or of another kind (safetensors: {error})"
+
+
+def pickle_state(detector, state: dict) -> dict:
+    """``__getstate__``: the networks as CPU state dicts (a GPU-fitted model unpickles anywhere)."""
+    if "model_" in state:
+        del state["backbone_"], state["model_"]
+        state["_module_tensors"] = module_tensors(detector)
+        state["_backbone_norm"] = (detector.backbone_.mean, detector.backbone_.std)
+    return state
+
+
+def unpickle_state(detector, state: dict, set_attributes) -> None:
+    """``__setstate__``: today's attributes from a state pickled by any skuniad version.
+
+    ``set_attributes`` is the estimator's base ``__setstate__``; the networks
+    are rebuilt after it, on this machine's device.
+    """
+    # pickled before a parameter existed: the behaviour it was fitted with
+    state = {**LEGACY_DEFAULTS, **state}
+    if "offset_" in state:  # pickled before ThresholdTable existed
+        groups = zip(
+            state.pop("group_image_thresholds_", {}).items(),
+            state.pop("group_pixel_thresholds_", {}).values(),
+            strict=True,
+        )
+        state["thresholds_"] = ThresholdTable(
+            -state.pop("offset_"),
+            state.pop("pixel_threshold_"),
+            {group: (image, pixel) for (group, image), pixel in groups},
+        )
+    snapshot = state.pop("_network_params_", None)  # pickled before NetworkSpec existed
+    if snapshot is not None:
+        state["network_spec_"] = NetworkSpec.from_params(snapshot)
+    elif "_module_tensors" in state:
+        state.setdefault("network_spec_", NetworkSpec.from_params(state))
+    tensors = state.pop("_module_tensors", None)
+    norm = state.pop("_backbone_norm", None)
+    set_attributes(state)
+    if tensors is not None:
+        restore_modules(detector, tensors, available_device(detector.device_), *norm)

@@ -143,7 +143,7 @@ def predict(
 
         from skuniad._inference import to_image_size
         from skuniad._progress import progress_bar
-        from skuniad._thresholds import masks_above
+        from skuniad._thresholds import decision_thresholds, masks_above
         from skuniad.visualize import save_overlay
 
         categories = folder_categories(paths, list(getattr(det, "group_image_thresholds_", {})))
@@ -154,8 +154,13 @@ def predict(
             )
         grouped = not pooled and bool(getattr(det, "group_image_thresholds_", {}))
         groups = categories if grouped else None
-        image_t, pixel_t = _per_image_thresholds(
-            det, groups, len(paths), threshold, pixel_threshold
+        image_t, pixel_t = decision_thresholds(
+            getattr(det, "thresholds_", None),
+            groups,
+            len(paths),
+            det.unknown_group,
+            threshold,
+            pixel_threshold,
         )
         scale = {}
         if pixel_t is not None:  # one colour scale for all overlays
@@ -251,32 +256,6 @@ def predict(
             typer.echo(f"Overlays: {output / 'overlays'}")
         if masks:
             typer.echo(f"Masks: {output / 'masks'}")
-
-
-def _per_image_thresholds(
-    det: Any,
-    groups: list[Any] | None,
-    n: int,
-    threshold: float | None,
-    pixel_threshold: float | None,
-) -> tuple[Any, Any]:
-    """Per-image image and pixel thresholds (None where the model has none and none is given).
-
-    The model's table maps categories to thresholds, as ``predict(X, groups=...)``
-    and ``predict_masks`` do.
-    """
-    import numpy as np
-
-    table = getattr(det, "thresholds_", None)
-
-    def per_image(explicit: float | None, method: str) -> Any:
-        if explicit is not None:
-            return np.full(n, float(explicit))
-        if table is None:
-            return None
-        return getattr(table, method)(groups, n, det.unknown_group)
-
-    return per_image(threshold, "image_for"), per_image(pixel_threshold, "pixel_for")
 
 
 def _save_mask(target: Path, mask: Any) -> None:
