@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 import warnings
 from collections.abc import Iterator
@@ -25,6 +24,15 @@ from skuniad._spec import (
     check_param_consistency,
     training_fingerprint,
 )
+from skuniad.device import (
+    autocast,
+    explain_out_of_memory,
+    flushing_denormals,
+    inference_batch_size,
+    releasing_device_memory,
+    resolve_device,
+    resolve_precision,
+)
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
 from skuniad.io import ImageLoadError, check_images, iter_loaded
 from skuniad.nn.attention import neighbor_mask
@@ -32,18 +40,10 @@ from skuniad.nn.transformer import (
     anomaly_map,
     image_score,
 )
-from skuniad.runtime import flushing_denormals
 from skuniad.training import (
-    DeviceOutOfMemoryError,
     TrainingInterrupted,
-    autocast,
-    explain_out_of_memory,
     extract_features,
-    inference_batch_size,
     reconstruction_maps,
-    release_device_memory,
-    resolve_device,
-    resolve_precision,
     train_reconstruction,
 )
 
@@ -51,26 +51,6 @@ _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
 # a threshold set from fewer images than this (and a training set this small) is noise
 _MIN_IMAGES = 5
-
-
-def _releasing_device_memory(method):
-    """On :class:`DeviceOutOfMemoryError`, free what the failed call's frames hold.
-
-    The error's traceback keeps every frame it passed through, with their
-    tensors (model, optimizer state, feature cache on the GPU); a notebook
-    keeps the last error, so a retry with a smaller ``batch_size`` would run
-    out of memory again.
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except DeviceOutOfMemoryError as error:
-            release_device_memory(error)
-            raise
-
-    return wrapper
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -365,7 +345,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
-    @_releasing_device_memory
+    @releasing_device_memory
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, groups=None, *, on_epoch_end=None):
         """Train on normal images of any categories mixed together.
@@ -653,7 +633,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 if stop is not None:
                     raise stop
 
-    @_releasing_device_memory
+    @releasing_device_memory
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
         check_is_fitted(self, "model_")
@@ -919,7 +899,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
 
     # ------------------------------------ calibration, reference checkpoints, ONNX
-    @_releasing_device_memory
+    @releasing_device_memory
     def calibrate(self, X_normal, groups=None) -> UniADDetector:
         """Set the thresholds from normal images, without training.
 

@@ -48,10 +48,10 @@ import torch
 from torch import nn
 
 from skuniad._spec import NetworkSpec, check_params
+from skuniad.device import resolve_device
 from skuniad.nn.padding import NATIVE_RESOLUTION, reference_variant
 from skuniad.nn.transformer import anomaly_map, image_score
 from skuniad.persistence import atomic_write
-from skuniad.training import resolve_device
 from skuniad.weights import (
     _EXPANDED_BLOCK,
     _PLAIN_BLOCK,

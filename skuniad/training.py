@@ -1,4 +1,4 @@
-"""The training loop: feature cache, optimizer and schedule, precision, progress, resume.
+"""The training loop: feature cache, optimizer and schedule, progress, resume.
 
 The backbone is frozen and inputs are not augmented, so its features are a
 fixed function of each training image: they are computed once per fit
@@ -19,9 +19,8 @@ import inspect
 import math
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -30,6 +29,12 @@ import torch.nn.functional as F
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
 from skuniad.cache import FeatureCache
+from skuniad.device import autocast, explain_out_of_memory, flushing_denormals
+
+# re-exported for skuniad/evaluation.py, which imports them from here until it imports
+# skuniad.device; drop these two lines then
+from skuniad.device import inference_batch_size as inference_batch_size
+from skuniad.device import resolve_precision as resolve_precision
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -41,7 +46,6 @@ from skuniad.distributed import (
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.persistence import atomic_write
-from skuniad.runtime import flushing_denormals
 
 CHECKPOINT_FORMAT = "skuniad-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -50,10 +54,6 @@ CHECKPOINT_VERSION = 1
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule
-
-
-class DeviceOutOfMemoryError(MemoryError):
-    """The accelerator ran out of memory; the message says which ``batch_size`` to try."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -67,82 +67,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, loss_curve: list[float]) -> None:
         super().__init__(message)
         self.loss_curve = loss_curve
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512 bf16 instructions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def cuda_has_fast_bf16(device: torch.device) -> bool:
-    """True when the GPU ``device`` computes bf16 in hardware: compute capability 8.0 or newer.
-
-    ``torch.cuda.is_bf16_supported()`` is not this test: it also counts bf16
-    emulated in fp32 (V100, T4: slower than fp32), and looks at the current
-    GPU rather than the one given.
-    """
-    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else must exist on this machine.
-
-    A CUDA device always gets its index: ``"cuda"`` means the current CUDA
-    device, named explicitly (``cuda:N``) so that everything keyed by the index
-    (RNG forking, bf16 capability) looks at the GPU really used.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(
-            f"device={device!r} is not a device skuniad runs on: use 'auto', 'cpu', 'cuda', "
-            "'cuda:N' or 'mps'"
-        )
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not available")
-        count = torch.cuda.device_count()
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-        elif resolved.index >= count:
-            raise ValueError(
-                f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}"
-            )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available")
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device``; None means fp32.
-
-    ``"auto"``: bf16 on GPUs with bf16 hardware (:func:`cuda_has_fast_bf16`)
-    and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if cuda_has_fast_bf16(device) else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast context for ``dtype``, or nothing for fp32."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def extract_features(
@@ -179,57 +103,6 @@ def extract_features(
             cache.append(features)
             progress.advance(task, len(images))
     return cache.data
-
-
-def inference_batch_size(batch_size: int) -> int:
-    """Images per batch for feature extraction and scoring: 4 x ``batch_size``, at most 32."""
-    return min(4 * batch_size, 32)
-
-
-@contextmanager
-def explain_out_of_memory(task: str, batch_size: int, *, inference: bool = False) -> Iterator[None]:
-    """Re-raise a device out-of-memory error as one that names ``batch_size``.
-
-    ``inference``: ``task`` runs :func:`inference_batch_size` images at once,
-    not ``batch_size``. The raw CUDA traceback is dropped, its first sentence kept.
-    """
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        images = inference_batch_size(batch_size) if inference else batch_size
-        # the largest batch_size that halves the images per batch
-        smaller = images // 8 if inference else batch_size // 2
-        advice = (
-            f"pass a smaller batch_size (now {batch_size}; try batch_size={smaller})"
-            if smaller >= 1
-            else f"even batch_size={batch_size} does not fit: lower image_size or use device='cpu'"
-        )
-        said = str(exc).split(". ")[0]
-        # the original error's frames hold the batch's activations: drop them now, not
-        # when the caller lets go of this error (a notebook keeps the last one)
-        release_device_memory(exc)
-        raise DeviceOutOfMemoryError(
-            f"out of device memory while {task} ({images} images per batch): {advice}. "
-            f"PyTorch said: {said}."
-        ) from None
-
-
-def release_device_memory(error: BaseException) -> None:
-    """Free what ``error`` and the errors it chains keep alive, and return cached GPU memory.
-
-    Clears the local variables of every finished frame in their tracebacks
-    (tensors of the failed step, the feature cache, optimizer state), so a
-    retry, e.g. with the smaller ``batch_size`` a
-    :class:`DeviceOutOfMemoryError` suggests, starts from an empty device.
-    Frames still running are left alone.
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__cause__ or error.__context__
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 # The cache stays on the GPU for the whole training when it takes at most this fraction

@@ -508,7 +508,7 @@ def test_only_the_librarys_own_type_errors_are_one_line(
 
 
 def test_out_of_memory_advice_names_the_option():
-    from skuniad.training import DeviceOutOfMemoryError
+    from skuniad.device import DeviceOutOfMemoryError
 
     exc = DeviceOutOfMemoryError(
         "out of device memory while scoring (32 images per batch): pass a smaller batch_size "
