@@ -7,9 +7,9 @@ on that cache (:func:`train_reconstruction`). Jitter is applied to the cached
 features, so the maths is the reference's.
 
 Long trainings can write a checkpoint (weights, optimizer, schedule, RNG
-states, loss curve) every few epochs and resume from it; because the feature
-cache is a deterministic function of the images, a resumed CPU training is
-bit-identical to an uninterrupted one.
+states, loss curve; :mod:`skuniad._checkpoint`) every few epochs and resume
+from it; because the feature cache is a deterministic function of the images,
+a resumed CPU training is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
 from skuniad.cache import FeatureCache
@@ -45,11 +46,6 @@ from skuniad.distributed import (
 )
 from skuniad.io import iter_batches
 from skuniad.nn.backbone import FrozenBackbone
-from skuniad.persistence import atomic_write
-
-CHECKPOINT_FORMAT = "skuniad-checkpoint"
-CHECKPOINT_VERSION = 1
-
 
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
@@ -282,7 +278,7 @@ def train_reconstruction(
     )
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
+        curve = load_checkpoint(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     finished = copy.deepcopy(model.state_dict())
     first_epoch = len(curve)
     with (
@@ -312,7 +308,7 @@ def train_reconstruction(
                     if checkpoint_path is not None and (
                         len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
                     ):
-                        _save_checkpoint(
+                        save_checkpoint(
                             checkpoint_path, fingerprint, curve, model, optimizer, scheduler, device
                         )
                     progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
@@ -407,60 +403,6 @@ def _train_epoch(
         total += loss.detach() * len(batch)
     summed = all_reduce_sum(torch.stack([total, torch.tensor(float(len(order)), device=device)]))
     return float(summed[0]) / float(summed[1])
-
-
-def _save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "fingerprint": fingerprint,
-        "epoch": len(curve),
-        "loss_curve": list(curve),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-    with atomic_write(path) as temporary:
-        torch.save(checkpoint, temporary)
-
-
-def _resume(path, fingerprint, model, optimizer, scheduler, device) -> list[float]:
-    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
-        raise ValueError(
-            f"cannot read the training checkpoint {path} ({exc}); delete it or set another "
-            "checkpoint_path to start afresh"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a skuniad training checkpoint")
-    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format version {checkpoint.get('format_version')!r}; "
-            f"this skuniad resumes version {CHECKPOINT_VERSION} only"
-        )
-    saved = checkpoint["fingerprint"]
-    differences = [
-        f"{key}={saved.get(key)!r} there, {fingerprint.get(key)!r} here"
-        for key in sorted(saved.keys() | fingerprint.keys())
-        if saved.get(key) != fingerprint.get(key)
-    ]
-    if differences:
-        raise ValueError(
-            f"the training checkpoint {path} was written for a different training ("
-            + "; ".join(differences)
-            + "); delete it or set another checkpoint_path to start afresh"
-        )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    torch.set_rng_state(checkpoint["rng_cpu"])
-    if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
-        torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
-    return list(checkpoint["loss_curve"])
 
 
 @torch.inference_mode()
