@@ -250,15 +250,15 @@ def train_reconstruction(
         lr=learning_rate,
         betas=(0.9, 0.999),
         weight_decay=weight_decay,
-        # one kernel per tensor: clipping + update 12-13 -> 7-8 ms per CPU step (7.7M weights)
+        # one kernel per tensor: a faster clipping and update (figures in docs/performance.md)
         fused=device.type in ("cpu", "cuda"),
     )
     fingerprint = {**(fingerprint or {}), "n_images": len(features)}
     if distributed and checkpoint_path is not None:
         raise ValueError("checkpoint_path is not supported in distributed training")
     with explain_out_of_memory("training", batch_size):
-        data = FeatureFeed(features, device)
-    network, steps_over = model, len(data)
+        feed = FeatureFeed(features, device)
+    network, images_per_epoch = model, len(feed)
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -271,10 +271,10 @@ def train_reconstruction(
             else "broadcast_buffers"
         )
         network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
-        steps_over = max_over_ranks(len(data), device)
+        images_per_epoch = max_over_ranks(len(feed), device)
     per_step = lr_schedule == "cosine"
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(steps_over / batch_size))
+        optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(images_per_epoch / batch_size))
     )
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
@@ -293,12 +293,12 @@ def train_reconstruction(
                     curve.append(
                         _train_epoch(
                             network,
-                            data,
+                            feed,
                             optimizer,
                             batch_size,
                             grad_clip,
                             amp_dtype,
-                            steps_over,
+                            images_per_epoch,
                             scheduler if per_step else None,
                         )
                     )
@@ -368,29 +368,29 @@ def _print_estimate(console, epoch_seconds: float, epochs: int) -> None:
 
 def _train_epoch(
     model: torch.nn.Module,
-    data: FeatureFeed,
+    feed: FeatureFeed,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
     grad_clip: float,
     amp_dtype: torch.dtype | None,
-    length: int | None = None,
+    epoch_length: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
-    """One pass over ``data`` in a random order; the mean loss per image.
+    """One pass over ``feed`` in a random order; the mean loss per image.
 
-    ``length`` > ``len(data)`` pads the epoch with randomly repeated images
+    ``epoch_length`` > ``len(feed)`` pads the epoch with randomly repeated images
     (distributed training: every rank must run the same number of steps).
     ``scheduler``, when given, is stepped after every optimizer step.
     """
-    device, n = next(model.parameters()).device, len(data)
+    device, n = next(model.parameters()).device, len(feed)
     order = torch.randperm(n)
-    if length is not None and length > n:
-        order = torch.cat([order, torch.randint(n, (length - n,))])
+    if epoch_length is not None and epoch_length > n:
+        order = torch.cat([order, torch.randint(n, (epoch_length - n,))])
     # one copy per epoch: a per-step copy to the GPU would block the CPU every step
-    order = data.order(order)
+    order = feed.order(order)
     total = torch.zeros((), device=device)
     for begin in range(0, len(order), batch_size):
-        batch = data.batch(order[begin : begin + batch_size]).float()
+        batch = feed.batch(order[begin : begin + batch_size]).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
         loss = F.mse_loss(reconstruction.float(), batch)
