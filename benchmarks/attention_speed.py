@@ -68,7 +68,7 @@ def time_case(dtype, batch: int) -> dict:
 def main() -> None:
     import torch
 
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     torch.manual_seed(0)

@@ -136,15 +136,16 @@ def main() -> None:
 
     from skuniad import UniADDetector
     from skuniad.datasets import load_mvtec
+    from skuniad.device import tune_cpu_runtime
     from skuniad.io import iter_batches
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.nn.backbone import IMAGENET_MEAN, IMAGENET_STD
 
     tune_cpu_runtime()
     print(machine(), flush=True)
     train = [str(p) for p in load_mvtec(args.data[0], "train").paths][: args.images]
     results = {"machine": machine(), "backbones": {}, "fits": {}}
     for name, weights in (("tf_efficientnet_b4", None), ("tf_efficientnet_lite0", "imagenet")):
-        mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
         if name.endswith("lite0"):
             mean = std = (0.5, 0.5, 0.5)
         images = torch.cat([b for b, _ in iter_batches(train, 224, mean, std, args.images)])

@@ -98,8 +98,8 @@ def peak_gib(device: torch.device) -> str:
 
 def extraction(settings: dict, X: list, device: torch.device, amp_dtype):
     from skuniad._inference import extract_features
+    from skuniad.device import inference_batch_size
     from skuniad.nn.backbone import FrozenBackbone
-    from skuniad.training import inference_batch_size
 
     backbone = FrozenBackbone(settings["backbone"], (0, 1, 2, 3), None)
     backbone.to(device).to(memory_format=torch.channels_last)
@@ -287,8 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    from skuniad.runtime import tune_cpu_runtime
-    from skuniad.training import resolve_device
+    from skuniad.device import resolve_device, tune_cpu_runtime
 
     tune_cpu_runtime()
     device = resolve_device(args.device)

@@ -44,7 +44,7 @@ BACKBONE = "tf_efficientnet_lite0"
 def _fitted_detector(paths: list, batch: int, device: str = "cpu"):
     """A one-epoch detector that scores in batches of ``batch`` images."""
     from skuniad import UniADDetector
-    from skuniad.training import inference_batch_size
+    from skuniad.device import inference_batch_size
 
     train_batch = max(1, batch // 4)  # scoring runs 4 x the training batch
     assert inference_batch_size(train_batch) == batch
@@ -55,7 +55,7 @@ def _fitted_detector(paths: list, batch: int, device: str = "cpu"):
 
 
 def skuniad_path(n_images: int, batch: int, device: str = "cpu") -> dict:
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     paths = training_images(n_images)
@@ -74,7 +74,7 @@ def reference_path(n_images: int, batch: int, device: str = "cpu") -> dict:
     from _reference_style import ReferenceStyleUniAD
     from PIL import Image
 
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     paths = training_images(n_images)
@@ -107,8 +107,8 @@ def onnx_runtime_path(n_images: int, batch: int, device: str = "cpu") -> dict:
     import onnxruntime
     import torch
 
+    from skuniad.device import tune_cpu_runtime
     from skuniad.io import iter_batches
-    from skuniad.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
     paths = training_images(n_images)

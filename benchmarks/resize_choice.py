@@ -93,7 +93,7 @@ def main() -> None:
 
     from skuniad import UniADDetector
     from skuniad.datasets import load_mvtec
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     print(machine(), flush=True)

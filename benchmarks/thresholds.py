@@ -219,7 +219,7 @@ def main() -> None:
 
     from skuniad import UniADDetector
     from skuniad._thresholds import validation_split
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     out = args.output_dir

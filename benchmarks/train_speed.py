@@ -48,7 +48,7 @@ BACKBONE = "tf_efficientnet_lite0"
 
 def skuniad_path(n_images: int, epochs: int, device: str = "cpu") -> dict:
     from skuniad import UniADDetector, training
-    from skuniad.runtime import tune_cpu_runtime
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     epoch_s = []
@@ -84,8 +84,8 @@ def reference_path(n_images: int, steps: int, device: str = "cpu") -> dict:
     import torch.nn.functional as F
     from _reference_style import ReferenceStyleUniAD
 
+    from skuniad.device import tune_cpu_runtime
     from skuniad.io import check_images, iter_batches
-    from skuniad.runtime import tune_cpu_runtime
 
     tune_cpu_runtime()
     torch.manual_seed(0)
@@ -131,9 +131,9 @@ def step_breakdown() -> dict:
     import torch.nn.functional as F
     from torch.profiler import profile
 
+    from skuniad.device import flushing_denormals, tune_cpu_runtime
     from skuniad.nn import attention, dropout, transformer
     from skuniad.nn.transformer import UniADReconstruction
-    from skuniad.runtime import flushing_denormals, tune_cpu_runtime
 
     tune_cpu_runtime()
     torch.manual_seed(0)

@@ -21,11 +21,15 @@ from skuniad._progress import progress_bar
 from skuniad._spec import NetworkSpec
 from skuniad._thresholds import labels_above, masks_above
 from skuniad.cache import FeatureCache
+from skuniad.device import (
+    autocast,
+    explain_out_of_memory,
+    flushing_denormals,
+    inference_batch_size,
+)
 from skuniad.io import ImageLoadError, iter_batches, iter_loaded
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import anomaly_map, image_score, upsample_map
-from skuniad.runtime import flushing_denormals
-from skuniad.training import autocast, explain_out_of_memory, inference_batch_size
 
 MAP_SIZES = ("input", "model")
 
@@ -190,7 +194,7 @@ class Scorer:
     """Fitted networks and how to run them: the estimator's inference, in one place.
 
     ``batch_size`` is the detector's (training) batch size: inference runs
-    :func:`~skuniad.training.inference_batch_size` images at a time, and an
+    :func:`~skuniad.device.inference_batch_size` images at a time, and an
     out-of-memory error advises on it.
     """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import os
 from collections.abc import Iterator
 from numbers import Integral
@@ -40,40 +39,21 @@ from skuniad._thresholds import (
     masks_above,
     validation_split,
 )
+from skuniad.device import (
+    explain_out_of_memory,
+    inference_batch_size,
+    releasing_device_memory,
+    resolve_device,
+    resolve_precision,
+)
 from skuniad.distributed import DistributedContext, distributed_context, gather_shards
 from skuniad.io import check_images
 from skuniad.metrics import warn_on_anomalous_labels
 from skuniad.nn.attention import neighbor_mask
 from skuniad.training import (
-    DeviceOutOfMemoryError,
     TrainingInterrupted,
-    explain_out_of_memory,
-    inference_batch_size,
-    release_device_memory,
-    resolve_device,
-    resolve_precision,
     train_reconstruction,
 )
-
-
-def _releasing_device_memory(method):
-    """On :class:`DeviceOutOfMemoryError`, free what the failed call's frames hold.
-
-    The error's traceback keeps every frame it passed through, with their
-    tensors (model, optimizer state, feature cache on the GPU); a notebook
-    keeps the last error, so a retry with a smaller ``batch_size`` would run
-    out of memory again.
-    """
-
-    @functools.wraps(method)
-    def wrapper(*args, **kwargs):
-        try:
-            return method(*args, **kwargs)
-        except DeviceOutOfMemoryError as error:
-            release_device_memory(error)
-            raise
-
-    return wrapper
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -144,7 +124,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     batch_size : int, default=8
         Training images per step. Feature extraction and scoring run
         ``min(4 * batch_size, 32)`` images at a time; when the GPU runs out
-        of memory, a :class:`~skuniad.training.DeviceOutOfMemoryError` (a
+        of memory, a :class:`~skuniad.device.DeviceOutOfMemoryError` (a
         ``MemoryError``) says which ``batch_size`` to try.
     learning_rate : float, default=1e-4
     weight_decay : float, default=1e-4
@@ -371,7 +351,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.verbose = verbose
 
     # ------------------------------------------------------------------ fit
-    @_releasing_device_memory
+    @releasing_device_memory
     @_fit_context(prefer_skip_nested_validation=True)
     def fit(self, X, y=None, groups=None, *, on_epoch_end=None):
         """Train on normal images of any categories mixed together.
@@ -560,7 +540,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             self.verbose,
         )
 
-    @_releasing_device_memory
+    @releasing_device_memory
     def _infer(self, X, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
         check_is_fitted(self, "model_")
@@ -801,7 +781,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         return image_auroc(as_anomaly_labels(y), -self.score_samples(X))
 
     # ------------------------------------ calibration, reference checkpoints, ONNX
-    @_releasing_device_memory
+    @releasing_device_memory
     def calibrate(self, X_normal, groups=None) -> UniADDetector:
         """Set the thresholds from normal images, without training.
 

@@ -1,4 +1,4 @@
-"""The training loop: feature cache, optimizer and schedule, precision, progress, resume.
+"""The training loop: feature cache, optimizer and schedule, progress, resume.
 
 The backbone is frozen and inputs are not augmented, so its features are a
 fixed function of each training image: they are computed once per fit
@@ -7,9 +7,9 @@ reconstruction network on that cache (:func:`train_reconstruction`). Jitter is
 applied to the cached features, so the maths is the reference's.
 
 Long trainings can write a checkpoint (weights, optimizer, schedule, RNG
-states, loss curve) every few epochs and resume from it; because the feature
-cache is a deterministic function of the images, a resumed CPU training is
-bit-identical to an uninterrupted one.
+states, loss curve; :mod:`skuniad._checkpoint`) every few epochs and resume
+from it; because the feature cache is a deterministic function of the images,
+a resumed CPU training is bit-identical to an uninterrupted one.
 """
 
 from __future__ import annotations
@@ -19,15 +19,16 @@ import inspect
 import math
 import os
 import time
-import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
+from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
+from skuniad.device import autocast, explain_out_of_memory, flushing_denormals
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -36,20 +37,10 @@ from skuniad.distributed import (
     interrupts_deferred,
     max_over_ranks,
 )
-from skuniad.persistence import atomic_write
-from skuniad.runtime import flushing_denormals
-
-CHECKPOINT_FORMAT = "skuniad-checkpoint"
-CHECKPOINT_VERSION = 1
-
 
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule
-
-
-class DeviceOutOfMemoryError(MemoryError):
-    """The accelerator ran out of memory; the message says which ``batch_size`` to try."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -63,133 +54,6 @@ class TrainingInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, loss_curve: list[float]) -> None:
         super().__init__(message)
         self.loss_curve = loss_curve
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with AMX or AVX-512 bf16 instructions."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags
-
-
-def cuda_has_fast_bf16(device: torch.device) -> bool:
-    """True when the GPU ``device`` computes bf16 in hardware: compute capability 8.0 or newer.
-
-    ``torch.cuda.is_bf16_supported()`` is not this test: it also counts bf16
-    emulated in fp32 (V100, T4: slower than fp32), and looks at the current
-    GPU rather than the one given.
-    """
-    return tuple(torch.cuda.get_device_capability(device)) >= (8, 0)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``"auto"`` -> cuda when available, else cpu; anything else must exist on this machine.
-
-    A CUDA device always gets its index: ``"cuda"`` means the current CUDA
-    device, named explicitly (``cuda:N``) so that everything keyed by the index
-    (RNG forking, bf16 capability) looks at the GPU really used.
-    """
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError, ValueError):
-        resolved = None
-    if resolved is None or resolved.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(
-            f"device={device!r} is not a device skuniad runs on: use 'auto', 'cpu', 'cuda', "
-            "'cuda:N' or 'mps'"
-        )
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device={device!r} was requested but CUDA is not available")
-        count = torch.cuda.device_count()
-        if resolved.index is None:
-            resolved = torch.device("cuda", torch.cuda.current_device())
-        elif resolved.index >= count:
-            raise ValueError(
-                f"device={device!r} does not exist: this machine has {count} CUDA device(s), "
-                f"cuda:0 to cuda:{count - 1}"
-            )
-    if resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(f"device={device!r} was requested but MPS is not available")
-    return resolved
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """Autocast dtype for ``precision`` on ``device``; None means fp32.
-
-    ``"auto"``: bf16 on GPUs with bf16 hardware (:func:`cuda_has_fast_bf16`)
-    and on CPUs with AVX-512 BF16 or AMX, fp32 elsewhere.
-    """
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if cuda_has_fast_bf16(device) else None
-    return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    """Autocast context for ``dtype``, or nothing for fp32."""
-    if dtype is None:
-        return nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def inference_batch_size(batch_size: int) -> int:
-    """Images per batch for feature extraction and scoring: 4 x ``batch_size``, at most 32."""
-    return min(4 * batch_size, 32)
-
-
-@contextmanager
-def explain_out_of_memory(task: str, batch_size: int, *, inference: bool = False) -> Iterator[None]:
-    """Re-raise a device out-of-memory error as one that names ``batch_size``.
-
-    ``inference``: ``task`` runs :func:`inference_batch_size` images at once,
-    not ``batch_size``. The raw CUDA traceback is dropped, its first sentence kept.
-    """
-    try:
-        yield
-    except torch.cuda.OutOfMemoryError as exc:
-        images = inference_batch_size(batch_size) if inference else batch_size
-        # the largest batch_size that halves the images per batch
-        smaller = images // 8 if inference else batch_size // 2
-        advice = (
-            f"pass a smaller batch_size (now {batch_size}; try batch_size={smaller})"
-            if smaller >= 1
-            else f"even batch_size={batch_size} does not fit: lower image_size or use device='cpu'"
-        )
-        said = str(exc).split(". ")[0]
-        # the original error's frames hold the batch's activations: drop them now, not
-        # when the caller lets go of this error (a notebook keeps the last one)
-        release_device_memory(exc)
-        raise DeviceOutOfMemoryError(
-            f"out of device memory while {task} ({images} images per batch): {advice}. "
-            f"PyTorch said: {said}."
-        ) from None
-
-
-def release_device_memory(error: BaseException) -> None:
-    """Free what ``error`` and the errors it chains keep alive, and return cached GPU memory.
-
-    Clears the local variables of every finished frame in their tracebacks
-    (tensors of the failed step, the feature cache, optimizer state), so a
-    retry, e.g. with the smaller ``batch_size`` a
-    :class:`DeviceOutOfMemoryError` suggests, starts from an empty device.
-    Frames still running are left alone.
-    """
-    seen: set[int] = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        traceback.clear_frames(error.__traceback__)
-        error = error.__cause__ or error.__context__
-    if torch.cuda.is_initialized():
-        torch.cuda.empty_cache()
 
 
 # The cache stays on the GPU for the whole training when it takes at most this fraction
@@ -341,15 +205,15 @@ def train_reconstruction(
         lr=learning_rate,
         betas=(0.9, 0.999),
         weight_decay=weight_decay,
-        # one kernel per tensor: clipping + update 12-13 -> 7-8 ms per CPU step (7.7M weights)
+        # one kernel per tensor: a faster clipping and update (figures in docs/performance.md)
         fused=device.type in ("cpu", "cuda"),
     )
     fingerprint = {**(fingerprint or {}), "n_images": len(features)}
     if distributed and checkpoint_path is not None:
         raise ValueError("checkpoint_path is not supported in distributed training")
     with explain_out_of_memory("training", batch_size):
-        data = FeatureFeed(features, device)
-    network, steps_over = model, len(data)
+        feed = FeatureFeed(features, device)
+    network, images_per_epoch = model, len(feed)
     if distributed:
         from torch.nn.parallel import DistributedDataParallel
 
@@ -362,14 +226,14 @@ def train_reconstruction(
             else "broadcast_buffers"
         )
         network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
-        steps_over = max_over_ranks(len(data), device)
+        images_per_epoch = max_over_ranks(len(feed), device)
     per_step = lr_schedule == "cosine"
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(steps_over / batch_size))
+        optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(images_per_epoch / batch_size))
     )
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        curve = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
+        curve = load_checkpoint(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     finished = copy.deepcopy(model.state_dict())
     first_epoch = len(curve)
     with (
@@ -384,12 +248,12 @@ def train_reconstruction(
                     curve.append(
                         _train_epoch(
                             network,
-                            data,
+                            feed,
                             optimizer,
                             batch_size,
                             grad_clip,
                             amp_dtype,
-                            steps_over,
+                            images_per_epoch,
                             scheduler if per_step else None,
                         )
                     )
@@ -399,7 +263,7 @@ def train_reconstruction(
                     if checkpoint_path is not None and (
                         len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
                     ):
-                        _save_checkpoint(
+                        save_checkpoint(
                             checkpoint_path, fingerprint, curve, model, optimizer, scheduler, device
                         )
                     progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
@@ -459,29 +323,29 @@ def _print_estimate(console, epoch_seconds: float, epochs: int) -> None:
 
 def _train_epoch(
     model: torch.nn.Module,
-    data: FeatureFeed,
+    feed: FeatureFeed,
     optimizer: torch.optim.Optimizer,
     batch_size: int,
     grad_clip: float,
     amp_dtype: torch.dtype | None,
-    length: int | None = None,
+    epoch_length: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
-    """One pass over ``data`` in a random order; the mean loss per image.
+    """One pass over ``feed`` in a random order; the mean loss per image.
 
-    ``length`` > ``len(data)`` pads the epoch with randomly repeated images
+    ``epoch_length`` > ``len(feed)`` pads the epoch with randomly repeated images
     (distributed training: every rank must run the same number of steps).
     ``scheduler``, when given, is stepped after every optimizer step.
     """
-    device, n = next(model.parameters()).device, len(data)
+    device, n = next(model.parameters()).device, len(feed)
     order = torch.randperm(n)
-    if length is not None and length > n:
-        order = torch.cat([order, torch.randint(n, (length - n,))])
+    if epoch_length is not None and epoch_length > n:
+        order = torch.cat([order, torch.randint(n, (epoch_length - n,))])
     # one copy per epoch: a per-step copy to the GPU would block the CPU every step
-    order = data.order(order)
+    order = feed.order(order)
     total = torch.zeros((), device=device)
     for begin in range(0, len(order), batch_size):
-        batch = data.batch(order[begin : begin + batch_size]).float()
+        batch = feed.batch(order[begin : begin + batch_size]).float()
         with autocast(device, amp_dtype):
             reconstruction = model(batch)
         loss = F.mse_loss(reconstruction.float(), batch)
@@ -494,57 +358,3 @@ def _train_epoch(
         total += loss.detach() * len(batch)
     summed = all_reduce_sum(torch.stack([total, torch.tensor(float(len(order)), device=device)]))
     return float(summed[0]) / float(summed[1])
-
-
-def _save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
-    checkpoint = {
-        "format": CHECKPOINT_FORMAT,
-        "format_version": CHECKPOINT_VERSION,
-        "fingerprint": fingerprint,
-        "epoch": len(curve),
-        "loss_curve": list(curve),
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict(),
-        "rng_cpu": torch.get_rng_state(),
-        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
-    }
-    with atomic_write(path) as temporary:
-        torch.save(checkpoint, temporary)
-
-
-def _resume(path, fingerprint, model, optimizer, scheduler, device) -> list[float]:
-    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
-        raise ValueError(
-            f"cannot read the training checkpoint {path} ({exc}); delete it or set another "
-            "checkpoint_path to start afresh"
-        ) from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a skuniad training checkpoint")
-    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
-        raise ValueError(
-            f"{path} has checkpoint format version {checkpoint.get('format_version')!r}; "
-            f"this skuniad resumes version {CHECKPOINT_VERSION} only"
-        )
-    saved = checkpoint["fingerprint"]
-    differences = [
-        f"{key}={saved.get(key)!r} there, {fingerprint.get(key)!r} here"
-        for key in sorted(saved.keys() | fingerprint.keys())
-        if saved.get(key) != fingerprint.get(key)
-    ]
-    if differences:
-        raise ValueError(
-            f"the training checkpoint {path} was written for a different training ("
-            + "; ".join(differences)
-            + "); delete it or set another checkpoint_path to start afresh"
-        )
-    model.load_state_dict(checkpoint["model"])
-    optimizer.load_state_dict(checkpoint["optimizer"])
-    scheduler.load_state_dict(checkpoint["scheduler"])
-    torch.set_rng_state(checkpoint["rng_cpu"])
-    if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
-        torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
-    return list(checkpoint["loss_curve"])

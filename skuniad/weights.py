@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import os
-import re
 import socket
 import threading
 import urllib.request
@@ -29,6 +28,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import urlparse
+
+from skuniad._efficientnet_names import (
+    BackboneWeightsError,
+    rename_lukemelas_efficientnet,
+    timm_block_names,
+)
 
 if TYPE_CHECKING:  # torch is imported where needed: check_weights_available runs without it
     import torch
@@ -45,10 +50,6 @@ BUNDLED_WEIGHTS = {
 
 HUB_PROBE_TIMEOUT = 1.0
 """Seconds the connection attempt to the model hub may take before it counts as unreachable."""
-
-
-class BackboneWeightsError(RuntimeError):
-    """No usable weights for the requested backbone."""
 
 
 def base_name(backbone: str) -> str:
@@ -68,73 +69,6 @@ def bundled_weights_path(backbone: str) -> Path | None:
     except ImportError:
         return None
     return Path(getattr(module, accessor).get_model_file_path())
-
-
-_TOP_LEVEL = {
-    "_conv_stem": "conv_stem",
-    "_bn0": "bn1",
-    "_conv_head": "conv_head",
-    "_bn1": "bn2",
-    "_fc": "classifier",
-}
-_PLAIN_BLOCK = {
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn1",
-    "_project_conv": "conv_pw",
-    "_bn2": "bn2",
-}
-_EXPANDED_BLOCK = {
-    "_expand_conv": "conv_pw",
-    "_bn0": "bn1",
-    "_depthwise_conv": "conv_dw",
-    "_bn1": "bn2",
-    "_project_conv": "conv_pwl",
-    "_bn2": "bn3",
-}
-_SQUEEZE_EXCITE = {"_se_reduce": "se.conv_reduce", "_se_expand": "se.conv_expand"}
-
-
-def rename_lukemelas_efficientnet(
-    state_dict: dict[str, torch.Tensor], block_names: list[str]
-) -> dict[str, torch.Tensor]:
-    """Map a lukemelas-style EfficientNet state dict onto timm's ``tf_efficientnet_*`` names.
-
-    Parameters
-    ----------
-    state_dict : dict
-        Keys such as ``_conv_stem.weight`` or ``_blocks.3._expand_conv.weight``.
-    block_names : list of str
-        timm's block prefixes in order (``blocks.0.0``, ``blocks.1.0``, ...);
-        the lukemelas ``_blocks.i`` is the i-th of them.
-    """
-    expanded = {
-        int(m.group(1)) for k in state_dict if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))
-    }
-    renamed = {}
-    for key, value in state_dict.items():
-        head, _, rest = key.partition(".")
-        if head in _TOP_LEVEL:
-            renamed[f"{_TOP_LEVEL[head]}.{rest}"] = value
-            continue
-        match = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
-        if match is None:
-            raise BackboneWeightsError(f"unexpected EfficientNet weight name {key!r}")
-        index, layer, param = int(match.group(1)), match.group(2), match.group(3)
-        table = _EXPANDED_BLOCK if index in expanded else _PLAIN_BLOCK
-        new_layer = _SQUEEZE_EXCITE.get(layer) or table.get(layer)
-        if new_layer is None or index >= len(block_names):
-            raise BackboneWeightsError(f"unexpected EfficientNet weight name {key!r}")
-        renamed[f"{block_names[index]}.{new_layer}.{param}"] = value
-    return renamed
-
-
-def timm_block_names(model: torch.nn.Module) -> list[str]:
-    """Prefixes of an EfficientNet's blocks in order: ``blocks.{stage}.{j}``."""
-    return [
-        f"blocks.{stage}.{j}"
-        for stage, blocks in enumerate(model.blocks)
-        for j in range(len(blocks))
-    ]
 
 
 def load_state_dict_file(path: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -54,10 +54,10 @@ def test_both_sides_of_a_ratio_run_on_the_same_device(script, argv, gpu, monkeyp
 
 
 def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys, monkeypatch):
-    import skuniad.runtime
+    import skuniad.device
 
     # process-wide flush-to-zero would outlive this test (and break hypothesis's floats)
-    monkeypatch.setattr(skuniad.runtime, "tune_cpu_runtime", lambda: False)
+    monkeypatch.setattr(skuniad.device, "tune_cpu_runtime", lambda: False)
     # the torchrun step runs the same `torchrun ... -m skuniad fit` as test_distributed.py
     assert _script("gpu_check").main(["--images", "8", "--no-torchrun"]) == 0
     out = capsys.readouterr().out

@@ -18,7 +18,7 @@ from skuniad import cli as cli_module
 from skuniad._spec import json_safe_params
 from skuniad.cli import _common, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
-from skuniad.training import resolve_precision
+from skuniad.device import resolve_precision
 
 runner = CliRunner()
 
@@ -511,7 +511,7 @@ def test_only_the_librarys_own_type_errors_are_one_line(
 
 
 def test_out_of_memory_advice_names_the_option():
-    from skuniad.training import DeviceOutOfMemoryError
+    from skuniad.device import DeviceOutOfMemoryError
 
     exc = DeviceOutOfMemoryError(
         "out of device memory while scoring (32 images per batch): pass a smaller batch_size "

@@ -430,7 +430,7 @@ def test_fit_warns_when_y_marks_images_anomalous(tiny_params, images):
 
 
 def test_fit_restores_the_denormal_mode_it_found(tiny_params, images):
-    from skuniad.runtime import denormals_flushed
+    from skuniad.device import denormals_flushed
 
     try:
         torch.set_flush_denormal(True)  # as tune_cpu_runtime() does

@@ -19,17 +19,11 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from skuniad import UniADDetector, distributed, io, training
+from skuniad.device import DeviceOutOfMemoryError, resolve_device, resolve_precision
 from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neighbor_mask
 from skuniad.nn.jitter import feature_jitter
 from skuniad.nn.transformer import UniADReconstruction
-from skuniad.training import (
-    DeviceOutOfMemoryError,
-    FeatureFeed,
-    features_fit_on_device,
-    resolve_device,
-    resolve_precision,
-    train_reconstruction,
-)
+from skuniad.training import FeatureFeed, features_fit_on_device, train_reconstruction
 
 CUDA_OOM = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 16 GiB"
 

@@ -590,7 +590,9 @@ def test_unsupported_or_inconsistent_arch_is_refused(changes, message, reference
 
 def test_arch_without_mask_or_jitter_disables_them():
     with fake_easydict() as EasyDict:
-        arch = interop._plain(reference_arch(EasyDict, neighbor_mask=None, feature_jitter=None))
+        arch = interop.reference._plain(
+            reference_arch(EasyDict, neighbor_mask=None, feature_jitter=None)
+        )
     params, native = interop.detector_params(arch)
     assert params["neighbor_size"] is None and params["jitter_prob"] == 0.0 and native == 224
 

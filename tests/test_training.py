@@ -8,9 +8,10 @@ import torch
 
 import skuniad.training as training
 from skuniad import UniADDetector
+from skuniad.device import DeviceOutOfMemoryError, explain_out_of_memory
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction
-from skuniad.training import DeviceOutOfMemoryError, TrainingInterrupted, explain_out_of_memory
+from skuniad.training import TrainingInterrupted
 
 
 def _interrupt_at_step(monkeypatch, step: int) -> None:

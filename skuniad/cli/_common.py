@@ -298,7 +298,7 @@ def _raised_by_skuniad(exc: BaseException) -> bool:
 
 def _one_line_message(exc: BaseException) -> str:
     message = _one_line(exc)
-    from skuniad.training import DeviceOutOfMemoryError
+    from skuniad.device import DeviceOutOfMemoryError
 
     if isinstance(exc, DeviceOutOfMemoryError):  # the library's advice, in option words
         message = message.replace("batch_size=", "--batch-size ").replace(
@@ -355,7 +355,7 @@ def _check_options(params: dict[str, Any]) -> None:
 
     from skuniad import UniADDetector
     from skuniad._spec import check_params
-    from skuniad.training import resolve_device
+    from skuniad.device import resolve_device
 
     det = UniADDetector(**params)
     try:
@@ -488,8 +488,8 @@ def _fit_detector(
 
 
 def _tune_runtime(threads: int | None = None) -> None:
-    """The process-wide CPU settings skuniad.runtime recommends (denormals, malloc)."""
-    from skuniad.runtime import tune_cpu_runtime
+    """The process-wide CPU settings skuniad.device recommends (denormals, malloc)."""
+    from skuniad.device import tune_cpu_runtime
 
     tune_cpu_runtime()
     if threads is not None:

@@ -39,7 +39,7 @@ def info(
     import torch
 
     from skuniad import __version__
-    from skuniad.training import cpu_has_fast_bf16, cuda_has_fast_bf16
+    from skuniad.device import cpu_has_fast_bf16, cuda_has_fast_bf16
     from skuniad.weights import (
         BUNDLED_WEIGHTS,
         bundled_weights_path,

@@ -93,7 +93,7 @@ class CurveRecorder:
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
         from skuniad._inference import extract_features, reconstruction_maps
-        from skuniad.training import inference_batch_size, resolve_precision
+        from skuniad.device import inference_batch_size, resolve_precision
 
         subset = self.dataset.subset(category)
         if subset.labels.min() == subset.labels.max():  # one class: undefined, as in the report

@@ -345,7 +345,7 @@ def _model_facts(det: Any) -> dict[str, Any]:
         }
     }
     if hasattr(det, "precision") and hasattr(det, "device_"):  # a UniADDetector
-        from skuniad.training import resolve_precision
+        from skuniad.device import resolve_precision
 
         amp_dtype = resolve_precision(det.precision, det.device_)
         facts["precision"] = "fp32" if amp_dtype is None else "bf16"

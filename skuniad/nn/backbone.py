@@ -8,6 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# ImageNet's channel statistics: what most pretrained CNNs, the lukemelas ones included, expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
 
 class FrozenBackbone(nn.Module):
     """A timm CNN, frozen, returning UniAD's aligned multi-scale feature map.
@@ -59,8 +63,8 @@ class FrozenBackbone(nn.Module):
         self.channels = list(model.feature_info.channels())
         self.stride = max(model.feature_info.reduction())
         cfg = getattr(model, "pretrained_cfg", {}) or {}
-        self.mean = tuple(cfg.get("mean", (0.485, 0.456, 0.406)))
-        self.std = tuple(cfg.get("std", (0.229, 0.224, 0.225)))
+        self.mean = tuple(cfg.get("mean", IMAGENET_MEAN))
+        self.std = tuple(cfg.get("std", IMAGENET_STD))
         self.body.requires_grad_(False)
         self.body.eval()
 

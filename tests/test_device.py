@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 import torch
 
-from skuniad import UniADDetector
-from skuniad.training import resolve_precision
+from skuniad import UniADDetector, device
+from skuniad.device import resolve_precision
 
 
 def test_bf16_and_fp32_anomaly_maps_agree_closely(images):
@@ -29,8 +30,14 @@ def test_bf16_and_fp32_anomaly_maps_agree_closely(images):
     assert np.corrcoef(bf16.ravel(), fp32.ravel())[0, 1] > 0.99
 
 
-def test_precision_resolution():
+def test_explicit_precision_ignores_the_hardware(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: pytest.fail("probed"))
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) is None
     assert resolve_precision("bf16", cpu) is torch.bfloat16
-    assert resolve_precision("auto", cpu) in (None, torch.bfloat16)
+
+
+@pytest.mark.parametrize(("fast_bf16", "expected"), [(True, torch.bfloat16), (False, None)])
+def test_auto_precision_on_a_cpu_follows_its_bf16_instructions(monkeypatch, fast_bf16, expected):
+    monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
+    assert resolve_precision("auto", torch.device("cpu")) is expected

@@ -1,7 +1,5 @@
-"""Interoperability: the UniAD authors' reference checkpoints, and ONNX export.
+"""The UniAD authors' reference checkpoints: read them into a detector, write them back.
 
-Reference checkpoints
----------------------
 The authors' training script saves ``ckpt.pth.tar``: a ``torch.save``'d dict
 with ``epoch``, ``arch`` (the network config: a list of ``easydict`` objects
 named ``backbone``, ``neck`` and ``reconstruction``), ``state_dict``
@@ -13,7 +11,7 @@ named ``backbone``, ``neck`` and ``reconstruction``), ``state_dict``
   are allow-listed as :class:`collections.OrderedDict`, so reading runs no
   code from the file and needs no ``easydict`` package.
 - :func:`detector_params` turns ``arch`` into :class:`~skuniad.UniADDetector`
-  parameters; :func:`backbone_from_reference` and
+  parameters; :func:`~skuniad._efficientnet_names.backbone_from_reference` and
   :func:`reconstruction_from_reference` rename the weights (lukemelas
   EfficientNet names onto timm's ``tf_efficientnet_b*``; the reference's
   transformer names onto :class:`~skuniad.nn.UniADReconstruction`'s, see
@@ -21,25 +19,19 @@ named ``backbone``, ``neck`` and ``reconstruction``), ``state_dict``
   back (:func:`write_reference_checkpoint`).
 - The reference's lukemelas EfficientNet fixes its TF "same" padding for the
   network's native resolution (380 px for B4), where timm computes it from
-  each input. :func:`use_static_same_padding` reproduces the fixed padding; at
-  224 px it changes one B4 layer (the stride-2 5 x 5 depthwise convolution
-  opening the 56-channel stage pads (2, 2) instead of (1, 2)).
-
-ONNX
-----
-:func:`export_onnx` writes one graph from a normalized image batch to the
-anomaly map and the image score, backbone included and the neighbor mask
-baked in as a constant.
+  each input. :func:`~skuniad.nn.padding.use_static_same_padding` reproduces
+  the fixed padding; at 224 px it changes one B4 layer (the stride-2 5 x 5
+  depthwise convolution opening the 56-channel stage pads (2, 2) instead of
+  (1, 2)).
 """
 
 from __future__ import annotations
 
 import collections
-import copy
+import itertools
 import math
 import os
 import re
-import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,23 +39,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from skuniad._spec import NetworkSpec, check_params
-from skuniad.nn.padding import NATIVE_RESOLUTION, reference_variant
-from skuniad.nn.transformer import anomaly_map, image_score
-from skuniad.persistence import atomic_write
-from skuniad.training import resolve_device
-from skuniad.weights import (
-    _EXPANDED_BLOCK,
-    _PLAIN_BLOCK,
-    _SQUEEZE_EXCITE,
-    _TOP_LEVEL,
-    rename_lukemelas_efficientnet,
+from skuniad._efficientnet_names import (
+    backbone_from_reference,
+    backbone_to_reference,
     timm_block_names,
 )
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_OPSET = 17
+from skuniad._spec import NetworkSpec, check_params
+from skuniad.device import resolve_device
+from skuniad.nn.backbone import IMAGENET_MEAN, IMAGENET_STD
+from skuniad.nn.padding import NATIVE_RESOLUTION, reference_variant
+from skuniad.persistence import atomic_write
 
 # reference name -> skuniad name, most specific first; {i}: layer index, {j}: 1 or 2
 RECONSTRUCTION_NAMES = (
@@ -255,7 +240,7 @@ def reference_arch(detector) -> list[dict]:
     channels = [int(c) for c in body.feature_info.channels()]
     strides = [int(s) for s in body.feature_info.reduction()]
     # the reference names a stage by the flat index of its last block
-    stage_ends = list(_cumulative(len(stage) for stage in body.blocks))
+    stage_ends = list(itertools.accumulate(len(stage) for stage in body.blocks))
     outblocks = [stage_ends[int(n.split(".")[1])] - 1 for n in body.feature_info.module_name()]
     channels_total, height, width = detector.feature_shape_
     if height * max(strides) != network.image_size:
@@ -361,13 +346,6 @@ def _timm_name(variant: str) -> str:
     return f"{name}.aa_in1k" if timm.list_pretrained(f"{name}.aa_in1k") else name
 
 
-def _cumulative(values):
-    total = 0
-    for value in values:
-        total += value
-        yield total
-
-
 # ------------------------------------------------------------- weight names
 def _template_regex(template: str) -> re.Pattern:
     pattern = re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)").replace(r"\{j\}", r"(?P<j>\d)")
@@ -396,46 +374,6 @@ def reconstruction_from_reference(state: dict[str, torch.Tensor]) -> dict[str, t
 def reconstruction_to_reference(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """UniADReconstruction names -> the reference's ``reconstruction.*`` names."""
     return _rename(state, [(ours, theirs) for theirs, ours in RECONSTRUCTION_NAMES])
-
-
-def backbone_from_reference(
-    state: dict[str, torch.Tensor], block_names: list[str]
-) -> dict[str, torch.Tensor]:
-    """lukemelas EfficientNet names -> timm names, for the blocks in ``block_names`` only.
-
-    The reference checkpoint holds the whole network; skuniad's backbone stops
-    after the last stage it uses, so later blocks and the head are dropped.
-    """
-    needed = {}
-    for key, value in state.items():
-        match = re.match(r"_blocks\.(\d+)\.", key)
-        if match is None and key.split(".", 1)[0] in ("_conv_stem", "_bn0"):
-            needed[key] = value
-        elif match is not None and int(match.group(1)) < len(block_names):
-            needed[key] = value
-    return rename_lukemelas_efficientnet(needed, block_names)
-
-
-def backbone_to_reference(
-    state: dict[str, torch.Tensor], block_names: list[str]
-) -> dict[str, torch.Tensor]:
-    """timm ``tf_efficientnet_*`` names -> lukemelas names (inverse of the import rename)."""
-    index = {name: i for i, name in enumerate(block_names)}
-    top_level = {timm: luke for luke, timm in _TOP_LEVEL.items()}
-    squeeze = {timm: luke for luke, timm in _SQUEEZE_EXCITE.items()}
-    expanded = {k.split(".conv_pwl.")[0] for k in state if ".conv_pwl." in k}
-    renamed = {}
-    for key, value in state.items():
-        match = re.fullmatch(r"(blocks\.\d+\.\d+)\.(.+)\.(\w+)", key)
-        if match is None:
-            head, _, rest = key.partition(".")
-            renamed[f"{top_level[head]}.{rest}"] = value
-            continue
-        block, layer, param = match.groups()
-        table = _EXPANDED_BLOCK if block in expanded else _PLAIN_BLOCK
-        layers = {**{timm: luke for luke, timm in table.items()}, **squeeze}
-        renamed[f"_blocks.{index[block]}.{layers[layer]}.{param}"] = value
-    return renamed
 
 
 def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -528,61 +466,3 @@ def write_reference_checkpoint(detector, path: str | os.PathLike) -> None:
     }
     with atomic_write(path) as temporary:
         torch.save(checkpoint, temporary)
-
-
-# ------------------------------------------------------------------- ONNX
-class AnomalyGraph(nn.Module):
-    """Normalized images (B, 3, S, S) -> anomaly maps (B, S, S) and image scores (B,).
-
-    The whole inference path of a fitted detector in one module, for export:
-    frozen backbone, reconstruction, L2 error map upsampled to ``image_size``,
-    and the max of its 16 x 16 average pool.
-    """
-
-    def __init__(
-        self, backbone: nn.Module, model: nn.Module, image_size: int, score_method: str = "max"
-    ) -> None:
-        super().__init__()
-        self.backbone = backbone
-        self.model = model
-        self.image_size = image_size
-        self.score_method = score_method
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        features = self.backbone(images)
-        maps = anomaly_map(features, self.model(features), self.image_size)
-        return maps, image_score(maps, method=self.score_method)
-
-
-def export_onnx(detector, path: str | os.PathLike, opset: int = DEFAULT_OPSET) -> None:
-    """Write a fitted detector's inference graph to an ONNX file (see the detector method).
-
-    ``opset`` 14 or later; 14 to 20 are tested.
-    """
-    if opset < 14:
-        raise ValueError(f"opset must be 14 or later (older ones are not supported), got {opset}")
-    graph = AnomalyGraph(
-        copy.deepcopy(detector.backbone_).to("cpu", torch.float32),
-        copy.deepcopy(detector.model_).to("cpu", torch.float32),
-        detector.network_spec_.image_size,
-        detector.network_spec_.image_score,
-    ).eval()
-    size = detector.network_spec_.image_size
-    example = torch.zeros(2, 3, size, size)
-    batch = {0: "batch"}
-    with atomic_write(path) as temporary, warnings.catch_warnings():
-        # shape arithmetic traced as constants is intended: the input size is fixed
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        # the TorchScript exporter on purpose: the dynamo one needs onnxscript
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message="Constant folding", category=UserWarning)
-        torch.onnx.export(
-            graph,
-            (example,),
-            str(temporary),
-            input_names=["images"],
-            output_names=["anomaly_map", "image_score"],
-            dynamic_axes={"images": batch, "anomaly_map": batch, "image_score": batch},
-            opset_version=opset,
-            dynamo=False,
-        )

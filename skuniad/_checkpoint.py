@@ -1,0 +1,70 @@
+"""Save and resume a training: the checkpoint file of ``train_reconstruction``.
+
+A checkpoint holds the weights, optimizer and schedule states, the RNG states
+and the loss curve so far, with the ``fingerprint`` of the training that wrote
+it; a training resumes only from a checkpoint with its own fingerprint.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from skuniad.persistence import atomic_write
+
+CHECKPOINT_FORMAT = "skuniad-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
+    """Write the training state after ``len(curve)`` epochs to ``path``, atomically."""
+    checkpoint = {
+        "format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "fingerprint": fingerprint,
+        "epoch": len(curve),
+        "loss_curve": list(curve),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "rng_cpu": torch.get_rng_state(),
+        "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    with atomic_write(path) as temporary:
+        torch.save(checkpoint, temporary)
+
+
+def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device) -> list[float]:
+    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
+        raise ValueError(
+            f"cannot read the training checkpoint {path} ({exc}); delete it or set another "
+            "checkpoint_path to start afresh"
+        ) from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a skuniad training checkpoint")
+    if checkpoint.get("format_version") != CHECKPOINT_VERSION:
+        raise ValueError(
+            f"{path} has checkpoint format version {checkpoint.get('format_version')!r}; "
+            f"this skuniad resumes version {CHECKPOINT_VERSION} only"
+        )
+    saved = checkpoint["fingerprint"]
+    differences = [
+        f"{key}={saved.get(key)!r} there, {fingerprint.get(key)!r} here"
+        for key in sorted(saved.keys() | fingerprint.keys())
+        if saved.get(key) != fingerprint.get(key)
+    ]
+    if differences:
+        raise ValueError(
+            f"the training checkpoint {path} was written for a different training ("
+            + "; ".join(differences)
+            + "); delete it or set another checkpoint_path to start afresh"
+        )
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    torch.set_rng_state(checkpoint["rng_cpu"])
+    if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
+        torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)
+    return list(checkpoint["loss_curve"])
