@@ -13,12 +13,14 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from skuniad.errors import SkuniadError
+
 if TYPE_CHECKING:  # torch is not needed to import this: skuniad.weights imports it
     import torch
 
 
 # public as skuniad.weights.BackboneWeightsError; defined here because the renaming raises it
-class BackboneWeightsError(RuntimeError):
+class BackboneWeightsError(SkuniadError, RuntimeError):
     """No usable weights for the requested backbone."""
 
 

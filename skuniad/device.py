@@ -27,8 +27,10 @@ from contextlib import contextmanager, nullcontext
 
 import torch
 
+from skuniad.errors import SkuniadError
 
-class DeviceOutOfMemoryError(MemoryError):
+
+class DeviceOutOfMemoryError(SkuniadError, MemoryError):
     """The accelerator ran out of memory; the message says which ``batch_size`` to try."""
 
 

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from skuniad._choices import RESIZE_MODES
+from skuniad.errors import InputTypeError, SkuniadError
 
 MIN_IMAGE_SIDE = 8
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-class ImageLoadError(ValueError):
+class ImageLoadError(SkuniadError, ValueError):
     """An input image is missing, unreadable or not an image.
 
     ``reason`` is the message without its leading ``"image N: "``.
@@ -51,11 +52,13 @@ def check_images(X) -> Sequence:
     read lazily by :func:`read_image`.
     """
     if hasattr(X, "tocsr") or type(X).__module__.startswith("scipy.sparse"):
-        raise TypeError("sparse matrices are not images; pass a dense array or a list of images")
+        raise InputTypeError(
+            "sparse matrices are not images; pass a dense array or a list of images"
+        )
     if isinstance(X, (str, Path)):
-        raise TypeError(f"X must be a list of images or paths, not a single path {str(X)!r}")
+        raise InputTypeError(f"X must be a list of images or paths, not a single path {str(X)!r}")
     if isinstance(X, Image.Image):
-        raise TypeError("X must be a list of images; wrap a single PIL image in a list")
+        raise InputTypeError("X must be a list of images; wrap a single PIL image in a list")
     if isinstance(X, torch.Tensor):
         X = _tensor_images(X)
     if isinstance(X, np.ndarray) and X.dtype.kind in "US":
@@ -79,7 +82,7 @@ def check_images(X) -> Sequence:
         _check_values(X, "X")
         return X
     if not isinstance(X, Sequence) and not (isinstance(X, np.ndarray) and X.dtype == object):
-        raise TypeError(
+        raise InputTypeError(
             f"X must be an image array or a list of arrays, PIL images or paths; got {type(X)!r}"
         )
     if len(X) == 0:
@@ -88,7 +91,7 @@ def check_images(X) -> Sequence:
     if len(kinds) > 1:
         first = _kind(X[0], 0)
         index = next(i for i, item in enumerate(X) if _kind(item, i) != first)
-        raise TypeError(
+        raise InputTypeError(
             f"X mixes {first} and {_kind(X[index], index)} items (first at index {index}); "
             "use one kind of input per call"
         )
@@ -124,7 +127,7 @@ def _kind(item, index: int) -> str:
         return "PIL image"
     if isinstance(item, (str, Path)):
         return "path"
-    raise TypeError(
+    raise InputTypeError(
         f"image {index} has unsupported type {type(item).__name__}; "
         "expected a numpy array, a PIL image or a file path"
     )
@@ -144,9 +147,9 @@ def _check_array(image: np.ndarray, index: int) -> None:
             f"least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
         )
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
-        raise TypeError(f"image {index} has non-numeric dtype {image.dtype}")
+        raise InputTypeError(f"image {index} has non-numeric dtype {image.dtype}")
     if np.issubdtype(image.dtype, np.complexfloating):
-        raise TypeError(f"image {index} has complex dtype {image.dtype}")
+        raise InputTypeError(f"image {index} has complex dtype {image.dtype}")
 
 
 def _check_values(array: np.ndarray, what: str) -> None:

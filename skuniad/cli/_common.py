@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import linecache
 import re
 import time
 from collections.abc import Iterator
@@ -275,25 +274,10 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _is_domain_error(exc: Exception) -> bool:
-    if isinstance(exc, CliError | ValueError | OSError):
-        return True
-    if isinstance(exc, TypeError):
-        return _raised_by_skuniad(exc)
-    # skuniad's own exception types, e.g. BackboneWeightsError (a RuntimeError)
-    return type(exc).__module__.startswith("skuniad.")
+    """A problem with the input or the machine (one line, exit 1), not a bug (a traceback)."""
+    from skuniad.errors import SkuniadError
 
-
-def _raised_by_skuniad(exc: BaseException) -> bool:
-    """Whether a ``raise`` statement of skuniad's raised ``exc`` (an input check, not a bug)."""
-    traceback = exc.__traceback__
-    if traceback is None:
-        return False
-    while traceback.tb_next is not None:
-        traceback = traceback.tb_next
-    filename = traceback.tb_frame.f_code.co_filename
-    package = str(Path(__file__).parent.parent)  # all of skuniad, not only the CLI
-    line = linecache.getline(filename, traceback.tb_lineno).strip()
-    return filename.startswith(package) and line.startswith("raise ")
+    return isinstance(exc, CliError | SkuniadError | ValueError | OSError)
 
 
 def _one_line_message(exc: BaseException) -> str:

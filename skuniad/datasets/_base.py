@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skuniad.errors import InputTypeError
+
 __all__ = [
     "IMAGE_EXTENSIONS",
     "MASK_EXTENSIONS",
@@ -120,7 +122,7 @@ class AnomalyDataset:
         elif idx.size == 0:
             idx = idx.astype(np.int64)
         elif not np.issubdtype(idx.dtype, np.integer):
-            raise TypeError(f"indices must be integers or booleans, got dtype {idx.dtype}")
+            raise InputTypeError(f"indices must be integers or booleans, got dtype {idx.dtype}")
         idx = idx.reshape(-1)
         positions = [int(i) for i in idx]
         return AnomalyDataset(

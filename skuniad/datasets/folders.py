@@ -12,6 +12,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from pathlib import Path
 
 from skuniad.datasets._base import IMAGE_EXTENSIONS
+from skuniad.errors import SkuniadError
 
 __all__ = [
     "DuplicateFolderNameError",
@@ -23,7 +24,7 @@ __all__ = [
 _MASK_FOLDER = "ground_truth"
 
 
-class DuplicateFolderNameError(ValueError):
+class DuplicateFolderNameError(SkuniadError, ValueError):
     """Two folders that would each be one category have the same name.
 
     ``first`` and ``second`` are the folders, ``name`` the name they share.
