@@ -15,11 +15,11 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import interop, persistence
+from skuniad._fitting import partition, train_networks
 from skuniad._inference import (
     Scorer,
     check_map_size,
     chunk_result,
-    extract_features,
     iter_chunks,
     returns_array,
     to_image_size,
@@ -32,27 +32,21 @@ from skuniad._spec import (
 )
 from skuniad._thresholds import (
     ThresholdTable,
-    check_group_sizes,
     check_groups,
     decision_thresholds,
     labels_above,
     masks_above,
-    validation_split,
 )
 from skuniad.device import (
-    explain_out_of_memory,
-    inference_batch_size,
     releasing_device_memory,
     resolve_device,
     resolve_precision,
 )
-from skuniad.distributed import DistributedContext, distributed_context, gather_shards
+from skuniad.distributed import DistributedContext, gather_shards
 from skuniad.io import check_images
 from skuniad.metrics import warn_on_anomalous_labels
-from skuniad.nn.attention import neighbor_mask
 from skuniad.training import (
     TrainingInterrupted,
-    train_reconstruction,
 )
 
 
@@ -397,98 +391,34 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         groups = check_groups(groups, len(X))
         warn_on_anomalous_labels(y, len(X))
-        check_param_consistency(self.get_params())
-        device = resolve_device(self.device)
+        params = self.get_params()
+        check_param_consistency(params)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
-        train, held_out = validation_split(len(X), groups, self.validation_fraction, seed)
-        X_held_out = [X[i] for i in held_out] if held_out is not None else None
-        calibration_groups = groups if held_out is None or groups is None else groups[held_out]
-        check_group_sizes(calibration_groups)  # before training, not after
-        if train is not None:
-            X = [X[i] for i in train]
-        context = distributed_context(device)  # under torchrun: this rank's shard of X
-        if context is not None:
-            device = context.device
-            X = [X[i] for i in context.shard(len(X))]
-            if X_held_out is not None:
-                X_held_out = [X_held_out[i] for i in context.shard(len(X_held_out))]
-        amp_dtype = resolve_precision(self.precision, device)
+        part = partition(X, groups, self.validation_fraction, seed, resolve_device(self.device))
         warm = self.warm_start and hasattr(self, "model_")
-        network = NetworkSpec.from_params(self.get_params())
+        network = NetworkSpec.from_params(params)
         if warm:
             self.network_spec_.check_warm_start(network)
         previous_curve = list(self.loss_curve_) if warm else []
-        devices = [device.index] if device.type == "cuda" else []  # resolved: always indexed
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            backbone = self.backbone_ if warm else network.build_backbone(self.backbone_weights)
-            backbone.to(device).to(memory_format=torch.channels_last)
-            if self.neighbor_size is not None:  # a window too large fails now, not after extraction
-                neighbor_mask(*backbone.grid_size(self.image_size), self.neighbor_size)
-            with explain_out_of_memory("extracting features", self.batch_size, inference=True):
-                features = extract_features(
-                    backbone,
-                    X,
-                    image_size=self.image_size,
-                    batch_size=inference_batch_size(self.batch_size),
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    verbose=self.verbose,
-                    cache_dtype=self.cache_dtype,
-                    cache_max_gb=self.cache_max_gb,
-                    resize=self.resize,
-                )
-            model = network.build_model(
-                features.shape[1:],
-                dropout=self.dropout,
-                jitter_scale=self.jitter_scale,
-                jitter_prob=self.jitter_prob,
-            )
-            if warm:  # same parameters (checked above), so the same shapes
-                model.load_state_dict(self.model_.state_dict())
-            if context is not None:  # same initial weights, different jitter and dropout
-                torch.manual_seed(seed + context.rank)
-            interrupted = None
-            try:
-                curve = train_reconstruction(
-                    model,
-                    features,
-                    max_epochs=self.max_epochs,
-                    batch_size=self.batch_size,
-                    learning_rate=self.learning_rate,
-                    weight_decay=self.weight_decay,
-                    grad_clip=self.grad_clip,
-                    lr_schedule=self.lr_schedule,
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    verbose=self.verbose,
-                    checkpoint_path=self.checkpoint_path,
-                    checkpoint_every=self.checkpoint_every,
-                    fingerprint=training_fingerprint(
-                        self.get_params(), warm_start_from_epoch=len(previous_curve)
-                    ),
-                    distributed=context is not None,
-                    on_epoch_end=self._epoch_hook(
-                        on_epoch_end, backbone, model, device, features, network
-                    ),
-                )
-            except TrainingInterrupted as exc:
-                if not exc.loss_curve:
-                    raise TrainingInterrupted(
-                        f"{exc}: no epoch finished, the detector is left as it was", []
-                    ) from None
-                interrupted, curve = exc, exc.loss_curve
-        self.backbone_ = backbone
-        self.model_ = model
-        self.device_ = device
-        self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+        trained = train_networks(
+            params,
+            network,
+            part,
+            seed=seed,
+            amp_dtype=resolve_precision(self.precision, part.device),
+            fingerprint=training_fingerprint(params, warm_start_from_epoch=len(previous_curve)),
+            warm_networks=(self.backbone_, self.model_) if warm else None,
+            on_epoch_end=self._epoch_hook(on_epoch_end, part.device, network),
+        )
+        self._set_networks(trained.backbone, trained.model, part.device, trained.features, network)
+        curve, interrupted, features = trained.loss_curve, trained.interrupted, trained.features
+        del trained
         self.loss_curve_ = previous_curve + curve
         self.n_epochs_ = len(self.loss_curve_)
-        self.network_spec_ = network
-        if X_held_out is not None:  # thresholds from normal images the model has not trained on
+        if part.held_out is not None:  # thresholds from normal images the model has not trained on
             del features
-            features = self._scorer().extract(X_held_out)
-        self._calibrate_features(features, context, calibration_groups)
+            features = self._scorer().extract(part.held_out)
+        self._calibrate_features(features, part.context, part.calibration_groups)
         if interrupted is not None:
             # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
             # with a half-trained model; the CLI catches this and keeps it on purpose
@@ -501,15 +431,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
 
-    def _epoch_hook(self, on_epoch_end, backbone, model, device, features, network):
+    def _set_networks(self, backbone, model, device, features, network: NetworkSpec) -> None:
+        self.backbone_, self.model_, self.device_ = backbone, model, device
+        self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
+        self.network_spec_ = network
+
+    def _epoch_hook(self, on_epoch_end, device, network):
         """``fit``'s ``on_epoch_end`` as the training loop's callback, the detector scorable."""
         if on_epoch_end is None:
             return None
 
-        def hook(epoch: int, loss: float) -> None:
-            self.backbone_, self.model_, self.device_ = backbone, model, device
-            self.feature_shape_ = tuple(int(v) for v in features.shape[1:])
-            self.network_spec_ = network
+        def hook(backbone, model, features, epoch: int, loss: float) -> None:
+            self._set_networks(backbone, model, device, features, network)
             devices = [device.index or 0] if device.type == "cuda" else []
             with torch.random.fork_rng(devices=devices):  # whatever it draws, training goes on
                 on_epoch_end(self, epoch + 1, loss)

@@ -73,12 +73,12 @@ def test_parameters_are_validated_at_fit(tiny_params, images, param, value, matc
 def test_neighbor_window_too_large_for_the_grid_fails_before_feature_extraction(
     tiny_params, images, monkeypatch
 ):
-    import skuniad.detector
+    import skuniad._fitting
 
     def extract(*args, **kwargs):
         raise AssertionError("features were extracted")
 
-    monkeypatch.setattr(skuniad.detector, "extract_features", extract)
+    monkeypatch.setattr(skuniad._fitting, "extract_features", extract)
     tiny_params["neighbor_size"] = 7  # 64 px at stride 16: a 4x4 grid, all hidden
     with pytest.raises(ValueError, match="hides every key of some query on a 4x4 grid"):
         UniADDetector(**tiny_params).fit(images)
