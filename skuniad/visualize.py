@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from skuniad._inference import to_image_size
 from skuniad.datasets._base import resize_mask
 
 __all__ = [
@@ -60,18 +61,6 @@ def colorize(values: np.ndarray, cmap: str = DEFAULT_COLORMAP) -> np.ndarray:
         ) from None
     x = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
     return np.asarray(colormap(x, bytes=True), dtype=np.uint8)[..., :3]  # a tuple for scalars
-
-
-def _resize_map(anomaly_map: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of a float map to ``(height, width)``."""
-    if anomaly_map.shape == size:
-        return anomaly_map
-    image = Image.fromarray(np.ascontiguousarray(anomaly_map, dtype=np.float32))
-    return np.asarray(image.resize((size[1], size[0]), Image.Resampling.BILINEAR))
-
-
-def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return resize_mask(mask, size)  # the ground-truth masks' own resize (load_mask)
 
 
 def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
@@ -116,7 +105,9 @@ def heatmap_overlay(
     image : ndarray (H, W[, 3|4])
         uint8, or float in [0, 1].
     anomaly_map : ndarray (h, w)
-        HIGHER = MORE ANOMALOUS; resized bilinearly to the image when sizes differ.
+        HIGHER = MORE ANOMALOUS; a model-size map is brought to the image's size
+        by the detector's own upsampler (``anomaly_maps``), so ``threshold``
+        outlines exactly the pixels ``predict_masks`` marks.
     vmin, vmax : float, optional
         Map values shown as the coldest and hottest colours. Default: the
         map's own minimum and maximum.
@@ -135,7 +126,9 @@ def heatmap_overlay(
     """
     rgb = _as_rgb_uint8(image)
     size = rgb.shape[:2]
-    values = _resize_map(np.asarray(anomaly_map, dtype=np.float32), size)
+    # the detector's own upsampler: the outline marks exactly predict_masks' pixels
+    values = np.ascontiguousarray(anomaly_map, dtype=np.float32)
+    values = to_image_size(values[None], [size], stack=True)[0]
     low = float(values.min()) if vmin is None else float(vmin)
     high = float(values.max()) if vmax is None else float(vmax)
     scaled = (values - low) / max(high - low, 1e-12)
@@ -146,7 +139,7 @@ def heatmap_overlay(
     if threshold is not None:
         out[outline(values > threshold, width)] = THRESHOLD_COLOR
     if mask is not None:
-        out[outline(_resize_mask(np.asarray(mask, dtype=bool), size), width)] = GROUND_TRUTH_COLOR
+        out[outline(resize_mask(np.asarray(mask, dtype=bool), size), width)] = GROUND_TRUTH_COLOR
     return out
 
 
