@@ -475,9 +475,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     @releasing_device_memory
     def _infer(self, X, keep_maps: bool):
-        """Image scores (n,), model-size maps (n, S, S) or None, original sizes."""
-        check_is_fitted(self, "model_")
-        return self._scorer().score(check_images(X), keep_maps=keep_maps)
+        """Image scores (n,), model-size maps (n, S, S) or None, original sizes of checked X."""
+        return self._scorer().score(X, keep_maps=keep_maps)
 
     def score_samples(self, X) -> np.ndarray:
         """Negated UniAD image score: HIGHER = MORE NORMAL (sklearn's convention).
@@ -490,7 +489,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         -------
         scores : ndarray of shape (n_samples,)
         """
-        scores, _, _ = self._infer(X, keep_maps=False)
+        check_is_fitted(self, "model_")
+        scores, _, _ = self._infer(check_images(X), keep_maps=False)
         return -scores
 
     def decision_function(self, X, groups=None) -> np.ndarray:
@@ -503,7 +503,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self._check_calibrated()
         X = check_images(X)
         thresholds = self.thresholds_.image_for(groups, len(X), self.unknown_group)
-        return self.score_samples(X) + thresholds
+        scores, _, _ = self._infer(X, keep_maps=False)
+        return -scores + thresholds
 
     def predict(self, X, groups=None) -> np.ndarray:
         """+1 for normal images, -1 for anomalous ones (int).
@@ -514,7 +515,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self._check_calibrated()
         X = check_images(X)
         thresholds = self.thresholds_.image_for(groups, len(X), self.unknown_group)
-        return labels_above(-self.score_samples(X), thresholds)
+        scores, _, _ = self._infer(X, keep_maps=False)
+        return labels_above(scores, thresholds)
 
     def fit_predict(self, X, y=None, groups=None) -> np.ndarray:
         """``fit(X, groups=groups).predict(X, groups=groups)``."""
@@ -573,10 +575,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             ``size="model"`` always gives an array ``(n, image_size, image_size)``.
         """
         check_map_size(size)
-        _, maps, sizes = self._infer(X, keep_maps=True)
-        if size == "model":
-            return maps
-        return to_image_size(maps, sizes, returns_array(X))
+        check_is_fitted(self, "model_")
+        stack = returns_array(X)
+        _, maps, sizes = self._infer(check_images(X), keep_maps=True)
+        return maps if size == "model" else to_image_size(maps, sizes, stack)
 
     def predict_masks(self, X, threshold=None, groups=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
