@@ -20,3 +20,6 @@ LR_SCHEDULES = ("step", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 UNKNOWN_GROUP_POLICIES = ("pooled", "error")
+
+CALIBRATION_OBJECTIVES = ("contamination", "f1", "false_alarms", "recall")
+"""What ``calibrate`` chooses thresholds for: the normal-images rule, then three labelled ones."""

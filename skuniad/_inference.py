@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator, Sequence
+from numbers import Integral
 
 import numpy as np
 import torch
@@ -37,6 +38,15 @@ MAP_SIZES = ("input", "model")
 def check_map_size(size) -> None:
     if size not in MAP_SIZES:
         raise ValueError(f"size must be 'input' or 'model', got {size!r}")
+
+
+def check_chunk_options(size, chunk_size, errors) -> None:
+    """``predict_chunks``' options, before any image is read."""
+    check_map_size(size)
+    if not isinstance(chunk_size, Integral) or chunk_size < 1:
+        raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
+    if errors not in ("raise", "skip"):
+        raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
 
 
 def returns_array(X) -> bool:
@@ -292,6 +302,17 @@ class Scorer:
                 yield scores, maps, sizes, errors
                 if stop is not None:
                     raise stop
+
+    def masked_pixels(self, X, masks: list) -> list:
+        """Per image, ``(mask, anomaly map at the image's size)``, or None where no mask."""
+        marked = [i for i, mask in enumerate(masks) if mask is not None]
+        pixels = [None] * len(X)
+        if not marked:
+            return pixels
+        _, maps, sizes = self.score([X[i] for i in marked], keep_maps=True)
+        for i, image_map in zip(marked, to_image_size(maps, sizes, stack=False), strict=True):
+            pixels[i] = (masks[i], image_map)
+        return pixels
 
     def score(self, X, *, keep_maps: bool):
         """Image scores (n,), model-size maps (n, S, S) or None, original sizes of checked X."""

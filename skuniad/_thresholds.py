@@ -10,8 +10,12 @@ file stores it.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 
 import numpy as np
+
+from skuniad._choices import CALIBRATION_OBJECTIVES
+from skuniad.metrics import as_anomaly_labels, operating_point
 
 _MAD_TO_SIGMA = 1.4826
 _AUTO_SIGMAS = 3.0
@@ -130,6 +134,10 @@ class ThresholdTable:
     image: float
     pixel: float
     groups: dict = dataclasses.field(default_factory=dict)
+    calibration: dict | None = None
+    """How the thresholds were chosen (``objective``, ``target``) and what they achieved on
+    the calibration images (``achieved``: pooled and per group); None for the
+    contamination rule at ``fit``."""
 
     @classmethod
     def fit(cls, scores, map_maxima, groups: np.ndarray | None, contamination) -> ThresholdTable:
@@ -182,13 +190,16 @@ class ThresholdTable:
 
     def to_metadata(self) -> dict:
         """The table as a model file's JSON ``fitted`` entries (format 2)."""
-        return {
+        metadata = {
             "offset_": -float(self.image),
             "pixel_threshold_": float(self.pixel),
             "group_thresholds": [
                 [group, float(image), float(pixel)] for group, (image, pixel) in self.groups.items()
             ],
         }
+        if self.calibration is not None:  # older readers ignore it
+            metadata["calibration"] = self.calibration
+        return metadata
 
     @classmethod
     def from_metadata(cls, fitted: dict) -> ThresholdTable | None:
@@ -199,7 +210,9 @@ class ThresholdTable:
             group: (float(image), float(pixel))
             for group, image, pixel in fitted.get("group_thresholds", [])
         }
-        return cls(-float(fitted["offset_"]), float(fitted["pixel_threshold_"]), groups)
+        thresholds = (-float(fitted["offset_"]), float(fitted["pixel_threshold_"]))
+        calibration = fitted.get("calibration")
+        return cls(*thresholds, groups, calibration if isinstance(calibration, dict) else None)
 
 
 def decision_thresholds(
@@ -225,3 +238,243 @@ def decision_thresholds(
         per_image(threshold, ThresholdTable.image_for),
         per_image(pixel_threshold, ThresholdTable.pixel_for),
     )
+
+
+# ------------------------------------------------------------ labelled calibration
+def check_objective(objective: str, target) -> None:
+    """A one-line ValueError for an unknown objective or a target it cannot use."""
+    if objective not in CALIBRATION_OBJECTIVES:
+        raise ValueError(
+            f"objective must be one of {', '.join(map(repr, CALIBRATION_OBJECTIVES))}, "
+            f"got {objective!r}"
+        )
+    if objective in ("false_alarms", "recall"):
+        if target is None or isinstance(target, bool) or not 0 < float(target) < 1:
+            raise ValueError(
+                f"objective={objective!r} needs a target in (0, 1) (e.g. 0.05 for false alarms, "
+                f"0.9 for recall), got {target!r}"
+            )
+    elif target is not None:
+        raise ValueError(f"objective={objective!r} takes no target, got target={target!r}")
+
+
+def _just_below(value, dtype) -> float:
+    """The largest value of ``dtype`` below ``value``: ``x > t`` then flags ``value`` too."""
+    value = np.asarray(value, dtype=dtype)
+    return float(np.nextafter(value, np.asarray(-np.inf, dtype=dtype)))
+
+
+def f1_threshold(labels, values) -> float:
+    """The threshold ``t`` whose decisions ``values > t`` have the highest F1 on ``labels``.
+
+    Candidates are the distinct values: flagging every value from the top
+    down to one of them. Ties in F1 go to the higher threshold (fewer alarms).
+    """
+    labels = np.asarray(labels, dtype=bool).ravel()
+    values = np.asarray(values).ravel()
+    order = np.argsort(-values, kind="stable")
+    ordered, hits = values[order], labels[order]
+    last = np.r_[ordered[1:] != ordered[:-1], True]  # the last of each run of equal values
+    tp = np.cumsum(hits)[last]
+    flagged = np.flatnonzero(last) + 1
+    f1 = 2 * tp / (flagged + labels.sum())
+    best = int(np.argmax(f1))
+    distinct = ordered[last]
+    if best + 1 < len(distinct):
+        return float(distinct[best + 1])  # flags exactly the values >= distinct[best]
+    return _just_below(distinct[best], values.dtype)
+
+
+def false_alarm_threshold(normal_values, target: float) -> float:
+    """The lowest ``t`` with at most ``target`` of ``normal_values`` above it."""
+    ordered = np.sort(np.asarray(normal_values).ravel())[::-1]
+    allowed = int(np.floor(target * len(ordered) + 1e-9))
+    return float(ordered[allowed])
+
+
+def recall_threshold(anomalous_values, target: float) -> float:
+    """The highest ``t`` with at least ``target`` of ``anomalous_values`` above it."""
+    values = np.asarray(anomalous_values).ravel()
+    ordered = np.sort(values)[::-1]
+    needed = max(1, int(np.ceil(target * len(ordered) - 1e-9)))
+    return _just_below(ordered[needed - 1], values.dtype)
+
+
+def _achieved(labels, flagged) -> dict:
+    point = operating_point(labels, flagged)
+    return {key: float(point[key]) for key in ("f1", "recall", "false_alarm_rate")}
+
+
+def _labelled_thresholds(
+    scores, map_maxima, labels, pixels, objective: str, target, contamination
+) -> tuple[tuple[float, float], dict]:
+    """One part's (image, pixel) thresholds and what they achieve on its images.
+
+    ``pixels``: ``(masks, maps)`` of its images with masks, at input size, or None.
+    """
+    normal = labels == 0
+    if objective == "contamination":
+        image = contamination_threshold(scores[normal], contamination)
+    elif objective == "f1":
+        image = f1_threshold(labels, scores)
+    elif objective == "false_alarms":
+        image = false_alarm_threshold(scores[normal], target)
+    else:
+        image = recall_threshold(scores[~normal], target)
+    achieved = {"image": _achieved(labels, scores > image), "pixel": None}
+    if pixels is None or objective in ("contamination", "false_alarms"):
+        # the image-level rule on per-image map maxima: normal images keep empty masks
+        rule = {"false_alarms": lambda v: false_alarm_threshold(v, target)}.get(
+            objective, lambda v: contamination_threshold(v, contamination)
+        )
+        pixel = rule(map_maxima[normal])
+    else:
+        masks = np.concatenate([m.ravel() for m in pixels[0]])
+        maps = np.concatenate([m.ravel() for m in pixels[1]])
+        if objective == "f1":
+            pixel = f1_threshold(masks, maps)
+        else:
+            pixel = recall_threshold(maps[masks], target)
+    if pixels is not None:
+        masks, maps = pixels
+        flagged = [m > np.asarray(pixel, dtype=m.dtype) for m in maps]
+        achieved["pixel"] = _achieved(
+            np.concatenate([m.ravel() for m in masks]),
+            np.concatenate([f.ravel() for f in flagged]),
+        )
+    return (image, pixel), achieved
+
+
+def check_calibration_labels(y, n: int, objective: str) -> np.ndarray:
+    """``y`` as 0 / 1 labels (1 = anomalous); all normal when None and the objective allows."""
+    if y is None:
+        if objective in ("f1", "recall"):
+            raise ValueError(
+                f"objective={objective!r} needs labels y (1 or -1 = defective, 0 or +1 = normal) "
+                "for the calibration images"
+            )
+        return np.zeros(n, dtype=int)
+    labels = as_anomaly_labels(y)
+    if len(labels) != n:
+        raise ValueError(f"y has {len(labels)} labels but there are {n} images")
+    return labels
+
+
+def _check_class_counts(labels, objective: str, where: str) -> None:
+    needs = {"contamination": ("normal",), "false_alarms": ("normal",)}.get(
+        objective, ("normal", "defective")
+    )
+    for name in needs:
+        count = int(np.sum(labels == (name == "defective")))
+        if count < MIN_IMAGES:
+            raise ValueError(
+                f"{where} has {count} {name} calibration images; objective={objective!r} needs "
+                f"at least {MIN_IMAGES}"
+            )
+
+
+def calibrate_table(
+    scores,
+    map_maxima,
+    labels,
+    groups: np.ndarray | None,
+    *,
+    objective: str,
+    target=None,
+    contamination="auto",
+    pixels=None,
+    unknown_group: str = "error",
+) -> ThresholdTable:
+    """Thresholds chosen for ``objective`` on labelled calibration images, pooled and per group.
+
+    ``scores`` are anomaly scores, ``map_maxima`` each image's anomaly-map
+    maximum, ``labels`` 0 / 1 (1 = defective). ``pixels``: a list with, per
+    image, ``(mask, map)`` at input size, or None for an image without mask
+    (or None for no masks at all): with masks, the pixel threshold of ``"f1"``
+    and ``"recall"`` is chosen on the pooled pixels; otherwise it follows the
+    image rule on the normal images' map maxima. A group with too few images
+    of a class the objective needs raises, or with ``unknown_group="pooled"``
+    keeps the pooled thresholds, with a warning.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    map_maxima = np.asarray(map_maxima)
+    labels = np.asarray(labels)
+
+    def part(members: np.ndarray, where: str):
+        _check_class_counts(labels[members], objective, where)
+        chosen = None
+        if pixels is not None:
+            chosen = [pixels[i] for i in np.flatnonzero(members) if pixels[i] is not None]
+        masks_and_maps = ([mask for mask, _ in chosen], [m for _, m in chosen]) if chosen else None
+        return _labelled_thresholds(
+            scores[members],
+            map_maxima[members],
+            labels[members],
+            masks_and_maps,
+            objective,
+            target,
+            contamination,
+        )
+
+    pooled, pooled_achieved = part(np.ones(len(scores), dtype=bool), "the calibration set")
+    table, achieved = {}, []
+    for group in unique(groups) if groups is not None else []:
+        members = np.array([g == group for g in groups])
+        try:
+            table[group], group_achieved = part(members, f"group {group!r}")
+        except ValueError as exc:
+            if unknown_group != "pooled":
+                raise
+            warnings.warn(f"{exc}: it keeps the pooled thresholds", UserWarning, stacklevel=4)
+            continue
+        achieved.append([group, group_achieved])
+    calibration = {
+        "objective": objective,
+        "target": None if target is None else float(target),
+        "pooled": pooled_achieved,
+        "groups": achieved,
+    }
+    return ThresholdTable(*pooled, table, calibration)
+
+
+def check_calibration_inputs(
+    y, masks, groups, sizes: list[tuple[int, int]], objective: str, unknown_group: str
+) -> tuple[np.ndarray, list | None]:
+    """``calibrate``'s labels and masks, checked (with the class counts) before any work."""
+    labels = check_calibration_labels(y, len(sizes), objective)
+    check_calibration_set(labels, groups, objective, unknown_group)
+    return labels, check_calibration_masks(masks, sizes, labels)
+
+
+def check_calibration_set(labels, groups, objective: str, unknown_group: str) -> None:
+    """Enough images of each class the objective needs, pooled and (policy "error") per group."""
+    _check_class_counts(labels, objective, "the calibration set")
+    if groups is not None and unknown_group == "error":
+        for group in unique(groups):
+            members = np.array([g == group for g in groups])
+            _check_class_counts(labels[members], objective, f"group {group!r}")
+
+
+def check_calibration_masks(masks, sizes: list[tuple[int, int]], labels) -> list | None:
+    """``masks`` as a list of boolean arrays (None: no mask), each of its image's size."""
+    if masks is None:
+        return None
+    masks = list(masks)
+    if len(masks) != len(sizes):
+        raise ValueError(f"masks has {len(masks)} entries but there are {len(sizes)} images")
+    checked = []
+    for i, (mask, size, label) in enumerate(zip(masks, sizes, labels, strict=True)):
+        if mask is None:
+            checked.append(None)
+            continue
+        mask = np.asarray(mask)
+        if mask.shape != tuple(size):
+            raise ValueError(
+                f"mask {i} has shape {mask.shape} but image {i} is {size[0]} x {size[1]}: "
+                "masks must be in the order of the images, one per image, at its size"
+            )
+        mask = mask > 0
+        if mask.any() and not label:
+            raise ValueError(f"mask {i} marks defect pixels on an image labelled normal")
+        checked.append(mask)
+    return checked

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -14,40 +13,19 @@ from sklearn.exceptions import NotFittedError
 from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
-from skuniad import interop, persistence
+from skuniad import _inference, _thresholds, interop, persistence
 from skuniad._fitting import partition, train_networks
-from skuniad._inference import (
-    Scorer,
-    check_map_size,
-    chunk_result,
-    iter_chunks,
-    returns_array,
-    to_image_size,
-)
 from skuniad._spec import (
     PARAMETER_CONSTRAINTS,
     NetworkSpec,
     check_param_consistency,
     training_fingerprint,
 )
-from skuniad._thresholds import (
-    ThresholdTable,
-    check_groups,
-    decision_thresholds,
-    labels_above,
-    masks_above,
-)
-from skuniad.device import (
-    releasing_device_memory,
-    resolve_device,
-    resolve_precision,
-)
+from skuniad.device import releasing_device_memory, resolve_device, resolve_precision
 from skuniad.distributed import DistributedContext, gather_shards
-from skuniad.io import check_images
+from skuniad.io import check_images, image_size
 from skuniad.metrics import warn_on_anomalous_labels
-from skuniad.training import (
-    TrainingInterrupted,
-)
+from skuniad.training import TrainingInterrupted
 
 
 class UniADDetector(OutlierMixin, BaseEstimator):
@@ -389,7 +367,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             otherwise it is left as it was.
         """
         X = check_images(X)
-        groups = check_groups(groups, len(X))
+        groups = _thresholds.check_groups(groups, len(X))
         warn_on_anomalous_labels(y, len(X))
         params = self.get_params()
         check_param_consistency(params)
@@ -459,11 +437,13 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         scores, map_maxima = self._scorer().calibration_values(features)
         scores = gather_shards(scores, context)
         map_maxima = gather_shards(map_maxima, context)
-        self.thresholds_ = ThresholdTable.fit(scores, map_maxima, groups, self.contamination)
+        self.thresholds_ = _thresholds.ThresholdTable.fit(
+            scores, map_maxima, groups, self.contamination
+        )
 
-    def _scorer(self) -> Scorer:
+    def _scorer(self) -> _inference.Scorer:
         """The fitted networks, ready to score."""
-        return Scorer(
+        return _inference.Scorer(
             self.backbone_,
             self.model_,
             self.network_spec_,
@@ -516,7 +496,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         thresholds = self.thresholds_.image_for(groups, len(X), self.unknown_group)
         scores, _, _ = self._infer(X, keep_maps=False)
-        return labels_above(scores, thresholds)
+        return _thresholds.labels_above(scores, thresholds)
 
     def fit_predict(self, X, y=None, groups=None) -> np.ndarray:
         """``fit(X, groups=groups).predict(X, groups=groups)``."""
@@ -550,7 +530,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         groups = self._calibrated_table("group_pixel_thresholds_").groups
         return {group: pixel for group, (_, pixel) in groups.items()}
 
-    def _calibrated_table(self, name: str) -> ThresholdTable:
+    def _calibrated_table(self, name: str) -> _thresholds.ThresholdTable:
         # an AttributeError, as for any fitted attribute not set yet: hasattr() works
         if "thresholds_" not in self.__dict__:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
@@ -574,11 +554,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             paths, PIL images or arrays) a list, even when all sizes agree.
             ``size="model"`` always gives an array ``(n, image_size, image_size)``.
         """
-        check_map_size(size)
+        _inference.check_map_size(size)
         check_is_fitted(self, "model_")
-        stack = returns_array(X)
+        stack = _inference.returns_array(X)
         _, maps, sizes = self._infer(check_images(X), keep_maps=True)
-        return maps if size == "model" else to_image_size(maps, sizes, stack)
+        return maps if size == "model" else _inference.to_image_size(maps, sizes, stack)
 
     def predict_masks(self, X, threshold=None, groups=None):
         """Boolean defect masks at input size: ``anomaly_maps(X) > threshold``.
@@ -593,7 +573,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             self._check_calibrated()
         X = check_images(X)
         _, thresholds = self._decision_thresholds(groups, len(X), pixel_threshold=threshold)
-        return masks_above(self.anomaly_maps(X, size="input"), thresholds)
+        return _thresholds.masks_above(self.anomaly_maps(X, size="input"), thresholds)
 
     def predict_all(
         self, X, *, size="input", groups=None, threshold=None, pixel_threshold=None
@@ -629,10 +609,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             not calibrated) and none is given.
         """
         check_is_fitted(self, "model_")
-        check_map_size(size)
-        stack = returns_array(X)
+        _inference.check_map_size(size)
+        stack = _inference.returns_array(X)
         X = check_images(X)
-        groups = check_groups(groups, len(X))
+        groups = _thresholds.check_groups(groups, len(X))
         explicit = (threshold, pixel_threshold)
         (result,) = self._iter_results(X, len(X), size, stack, groups, explicit, skip_errors=False)
         del result["indices"], result["errors"], result["image_sizes"]
@@ -677,14 +657,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             image's own ``(height, width)``, None if unreadable).
         """
         check_is_fitted(self, "model_")
-        check_map_size(size)
-        if not isinstance(chunk_size, Integral) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
-        if errors not in ("raise", "skip"):
-            raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
-        stack = returns_array(X)
+        _inference.check_chunk_options(size, chunk_size, errors)
+        stack = _inference.returns_array(X)
         X = check_images(X)
-        groups = check_groups(groups, len(X))
+        groups = _thresholds.check_groups(groups, len(X))
         explicit = (threshold, pixel_threshold)
         self._decision_thresholds(groups, len(X), *explicit)  # an unknown group fails now
         return self._iter_results(
@@ -695,14 +671,16 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self, X, chunk_size, size, stack, groups, explicit, skip_errors
     ) -> Iterator[Bunch]:
         scored = self._scorer().iter_scored(X, keep_maps=True, skip_errors=skip_errors)
-        for begin, items in iter_chunks(scored, chunk_size):
+        for begin, items in _inference.iter_chunks(scored, chunk_size):
             part = None if groups is None else groups[begin : begin + len(items)]
             thresholds = self._decision_thresholds(part, len(items), *explicit)
-            yield chunk_result(items, begin, size, stack, *thresholds)
+            yield _inference.chunk_result(items, begin, size, stack, *thresholds)
 
     def _decision_thresholds(self, groups, n: int, threshold=None, pixel_threshold=None):
         table = getattr(self, "thresholds_", None)
-        return decision_thresholds(table, groups, n, self.unknown_group, threshold, pixel_threshold)
+        return _thresholds.decision_thresholds(
+            table, groups, n, self.unknown_group, threshold, pixel_threshold
+        )
 
     def score(self, X, y) -> float:
         """Image AUROC of the anomaly score against ``y``.
@@ -717,33 +695,69 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     # ------------------------------------ calibration, reference checkpoints, ONNX
     @releasing_device_memory
-    def calibrate(self, X_normal, groups=None) -> UniADDetector:
-        """Set the thresholds from normal images, without training.
+    def calibrate(
+        self, X, y=None, *, groups=None, masks=None, objective="contamination", target=None
+    ) -> UniADDetector:
+        """Set the thresholds without training, from normal or labelled images.
 
-        The rule is ``fit``'s (``contamination``), applied to ``X_normal``
-        instead of the training (or held-out) images: ``offset_`` and
-        ``pixel_threshold_`` from all of them and, with ``groups``, the
-        per-group thresholds from each group's images. Thresholds of an
-        earlier calibration are all replaced (without ``groups``, no group
-        thresholds remain). Needed once by models imported with
-        :meth:`from_reference_checkpoint`; on a fitted model it re-calibrates,
-        e.g. on normal images it has not trained on.
+        All earlier thresholds are replaced (without ``groups``, none per group
+        remain). Needed once by models imported with
+        :meth:`from_reference_checkpoint`.
 
         Parameters
         ----------
-        X_normal : images
-            Normal images only.
+        X : images
+        y : array-like of shape (n,), default=None
+            1 / -1 = defective, 0 / +1 = normal (either convention); None:
+            all normal.
         groups : array-like of shape (n,) of str or int, default=None
-            The category of each image.
+            The category of each image, for thresholds per category.
+        masks : list of (H, W) bool arrays or None, default=None
+            Ground truth of each image at its size (None or empty for normal
+            images): with ``"f1"`` and ``"recall"``, the pixel threshold is
+            chosen on these pixels; otherwise it follows the image rule on the
+            normal images' map maxima.
+        objective : {"contamination", "f1", "false_alarms", "recall"}
+            ``"contamination"``: ``fit``'s rule on the normal images.
+            ``"f1"``: the threshold of highest F1 (anomalib's default).
+            ``"false_alarms"``: the lowest threshold flagging at most
+            ``target`` of the normal images. ``"recall"``: the highest
+            threshold catching at least ``target`` of the defective ones.
+            With ``groups``, per group; a group with too few images of a
+            class needed (5) raises, or with ``unknown_group="pooled"`` keeps
+            the pooled thresholds with a warning. What was chosen and what it
+            achieved on these images: ``thresholds_.calibration``.
+        target : float in (0, 1), default=None
+            For ``"false_alarms"`` and ``"recall"``.
 
         Returns
         -------
         self : UniADDetector
         """
         check_is_fitted(self, "model_")
-        X = check_images(X_normal)
-        groups = check_groups(groups, len(X))
-        self._calibrate_features(self._scorer().extract(X), groups=groups)
+        X = check_images(X)
+        groups = _thresholds.check_groups(groups, len(X))
+        _thresholds.check_objective(objective, target)
+        if y is None and masks is None and objective == "contamination":
+            self._calibrate_features(self._scorer().extract(X), groups=groups)
+            return self
+        sizes = [image_size(x, i) for i, x in enumerate(X)]
+        labels, masks = _thresholds.check_calibration_inputs(
+            y, masks, groups, sizes, objective, self.unknown_group
+        )  # all before any work
+        scorer = self._scorer()
+        scores, map_maxima = scorer.calibration_values(scorer.extract(X))
+        self.thresholds_ = _thresholds.calibrate_table(
+            scores,
+            map_maxima,
+            labels,
+            groups,
+            objective=objective,
+            target=target,
+            contamination=self.contamination,
+            pixels=None if masks is None else scorer.masked_pixels(X, masks),
+            unknown_group=self.unknown_group,
+        )
         return self
 
     def _check_calibrated(self) -> None:

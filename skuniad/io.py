@@ -229,6 +229,19 @@ def read_image(
         raise ImageLoadError(index, f"cannot decode {path}: {exc}") from None
 
 
+def image_size(item, index: int) -> tuple[int, int]:
+    """``(height, width)`` of one checked input, reading only a file's header."""
+    if isinstance(item, np.ndarray):
+        return tuple(item.shape[:2])
+    if isinstance(item, Image.Image):
+        return item.height, item.width
+    try:
+        with Image.open(item) as img:
+            return img.height, img.width
+    except (OSError, SyntaxError, ValueError):
+        raise ImageLoadError(index, f"{item} is not a readable image file") from None
+
+
 def _pil_to_array(
     img: Image.Image, index: int, max_side: int | None, path: Path | None, as_uint8: bool = False
 ):
