@@ -365,3 +365,64 @@ def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_se
                 train, test_set, {**TINY, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
             )
     assert UniADDetector.load(tmp_path / "model.skuniad").n_epochs_ == 1
+
+
+@pytest.fixture(scope="module")
+def larger_root(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("synthetic14")
+    return write_synthetic(folder, categories=CATEGORIES, n_train=6, n_test=14, image_size=32)
+
+
+def test_calibrate_with_k_images_sets_thresholds_on_them_and_reports_the_rest(
+    larger_root, tmp_path
+):
+    from skuniad.evaluation._experiment import calibration_split
+
+    train, test = load_mvtec(larger_root, "train"), load_mvtec(larger_root, "test")
+    params = {**TINY, "max_epochs": 1}
+    results = run_experiment(
+        train, test, params, seeds=[3], calibrate_with=5, output_dir=tmp_path, objective="f1"
+    )
+    assert results["calibration"] == {"images_per_class": 5, "objective": "f1", "target": None}
+    calibration, reported = calibration_split(test, 5, 3)
+    assert len(calibration) == 20 and sorted(calibration.labels) == [0] * 10 + [1] * 10
+    scored = {row["path"] for row in results["runs"][0]["images"]}
+    assert scored == {str(p) for p in reported.paths}
+    assert not scored & {str(p) for p in calibration.paths}
+    assert results["n_images"] == 8 and results["categories"]["parts"]["n_images"] == 4
+    det = UniADDetector.load(tmp_path / "model.skuniad")
+    assert det.thresholds_.calibration["objective"] == "f1"
+    assert set(det.group_image_thresholds_) == set(CATEGORIES)
+    for category in CATEGORIES:
+        row = results["categories"][category]
+        assert 0 <= row["recall_at_1pct_false_alarms"] <= row["recall_at_5pct_false_alarms"] <= 1
+    markdown = (tmp_path / "results.md").read_text()
+    assert "calibrated per category on 5 defective and 5 good test images" in markdown
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (dict(calibrate_with=7), "category 'parts' has 7 defective test images"),
+        (dict(calibrate_with=3), "calibrate_with must be at least 5"),
+        (dict(calibrate_with=5, objective="recall"), r"needs a target in \(0, 1\)"),
+    ],
+)
+def test_calibration_options_are_checked_before_training(
+    larger_root, monkeypatch, options, message
+):
+    train, test = load_mvtec(larger_root, "train"), load_mvtec(larger_root, "test")
+    monkeypatch.setattr(UniADDetector, "fit", lambda *a, **k: pytest.fail("trained"))
+    with pytest.raises(ValueError, match=message):
+        run_experiment(train, test, TINY, **options)
+
+
+def test_recall_at_false_alarms_is_what_the_ranking_allows():
+    from skuniad.evaluation._evaluate import recall_at_false_alarms
+
+    labels = np.array([0] * 100 + [1] * 4)
+    scores = np.r_[np.arange(100.0), [98.5, 96.5, 94.5, 50.0]]
+    recall = recall_at_false_alarms(labels, scores)
+    # 1 % of 100 good images: one may be above the threshold (99 > 98): 98.5 is caught
+    assert recall["recall_at_1pct_false_alarms"] == 0.25
+    assert recall["recall_at_5pct_false_alarms"] == 0.75  # threshold 94: 98.5, 96.5, 94.5

@@ -108,6 +108,23 @@ def operating_point_metrics(
     }
 
 
+def recall_at_false_alarms(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Image recall at 1 % and 5 % false alarms: what the ranking allows at those rates.
+
+    The threshold at each rate is the lowest that flags at most that share of
+    the normal images (:func:`skuniad._thresholds.false_alarm_threshold`).
+    """
+    from skuniad._thresholds import false_alarm_threshold
+
+    normal, anomalous = scores[labels == 0], scores[labels == 1]
+    return {
+        f"recall_at_{rate}pct_false_alarms": float(
+            np.mean(anomalous > false_alarm_threshold(normal, rate / 100))
+        )
+        for rate in (1, 5)
+    }
+
+
 def _overlay_picks(labels: np.ndarray, n_overlays: int) -> list[int]:
     """One normal image and anomalous ones spread over the (type-sorted) list."""
     if n_overlays <= 0:
@@ -298,6 +315,8 @@ def evaluate_detector(
                     at_thresholds = {
                         k: None if k.startswith("pixel_") else v for k, v in at_thresholds.items()
                     }
+                if at_thresholds:  # next to the model's operating point, what the ranking allows
+                    at_thresholds.update(recall_at_false_alarms(subset.labels, scores))
                 row.update(at_thresholds)
             elif hasattr(det, "offset_"):
                 row.update({key: float("nan") for key in OPERATING_POINT_METRICS})

@@ -41,6 +41,9 @@ def run_experiment(
     checkpoint_every: int | None = None,
     init_model: str | os.PathLike[str] | None = None,
     run_details: dict[str, Any] | None = None,
+    calibrate_with: int | None = None,
+    objective: str = "f1",
+    target: float | None = None,
     verbose: int = 0,
 ) -> dict[str, Any]:
     """Train and evaluate as the paper's experiments do: a setting, several seeds, curves.
@@ -89,6 +92,16 @@ def run_experiment(
     run_details : dict, optional
         More entries for the results' ``run`` block (e.g. which data set),
         listed after the model's own.
+    calibrate_with : int, optional
+        After each fit, per category, that many defective and as many good
+        test images (drawn with the seed) calibrate the model's thresholds
+        per category (:meth:`~skuniad.UniADDetector.calibrate` with
+        ``objective`` and ``target``; masks, where the category has them,
+        choose the pixel threshold) and are left out of every reported
+        metric. At least 5; each category needs more images of each class.
+    objective : str, default="f1"
+    target : float, optional
+        The calibration objective and its target, with ``calibrate_with``.
     verbose : int, default=0
 
     Raises
@@ -135,6 +148,8 @@ def run_experiment(
         folder.mkdir(parents=True, exist_ok=True)
     if init_model is not None and (setting != "unified" or len(seeds) > 1):
         raise ValueError("init_model continues one model: the unified setting and one seed only")
+    if calibrate_with is not None:
+        check_calibration_split(test, calibrate_with, objective, target)
     groups = [None] if setting == "unified" else test.category_names
     runs = []
     for seed in seeds:
@@ -179,6 +194,9 @@ def run_experiment(
             run["n_epochs"] = det.n_epochs_
             if recorder is not None:
                 curves.append(recorder.curve)
+            if calibrate_with is not None:
+                calibration, test_part = calibration_split(test_part, calibrate_with, seed)
+                calibrate_on(det, calibration, objective, target)
             if folder is not None:
                 det.save(folder / name)
             overlay_dir = None
@@ -209,6 +227,8 @@ def run_experiment(
             run["curve"] = merge_curves(curves)
         runs.append(run)
     described = _requested_detector(params, init_model)
+    if calibrate_with is not None:  # the images reported (the same counts with any seed)
+        test = calibration_split(test, calibrate_with, seeds[0])[1]
     results = _summarise_runs(runs, test)
     results.update(
         image_level_only=runs[0]["image_level_only"],
@@ -226,11 +246,74 @@ def run_experiment(
         "seeds": seeds,
     }
     results.update(run_block(described, **facts))
+    if calibrate_with is not None:
+        results["calibration"] = {
+            "images_per_class": calibrate_with,
+            "objective": objective,
+            "target": target,
+        }
     if folder is not None:
         write_results(results, folder)
         if eval_every is not None:
             write_curves(results, folder, per_category=curve_categories)
     return results
+
+
+def check_calibration_split(
+    test: AnomalyDataset, images_per_class: int, objective: str, target: float | None
+) -> None:
+    """``run_experiment``'s calibration options, before any training."""
+    from skuniad._thresholds import MIN_IMAGES, check_objective
+
+    check_objective(objective, target)
+    if isinstance(images_per_class, bool) or images_per_class < MIN_IMAGES:
+        raise ValueError(
+            f"calibrate_with must be at least {MIN_IMAGES} images of each class, "
+            f"got {images_per_class!r}"
+        )
+    for category in test.category_names:
+        labels = test.subset(category).labels
+        for name, count in (("defective", int(labels.sum())), ("good", int((labels == 0).sum()))):
+            if count <= images_per_class:
+                raise ValueError(
+                    f"category {category!r} has {count} {name} test images: calibrating with "
+                    f"{images_per_class} of each class leaves none to report"
+                )
+
+
+def calibration_split(
+    test: AnomalyDataset, images_per_class: int, seed: int | None
+) -> tuple[AnomalyDataset, AnomalyDataset]:
+    """(calibration, reported): per category, that many defective and good images drawn."""
+    rng = np.random.RandomState(seed)
+    chosen = np.zeros(len(test), dtype=bool)
+    categories = np.asarray(test.categories)
+    for category in test.category_names:
+        for label in (1, 0):
+            members = np.flatnonzero((categories == category) & (test.labels == label))
+            chosen[rng.choice(members, images_per_class, replace=False)] = True
+    return test.select(chosen), test.select(~chosen)
+
+
+def calibrate_on(det: Any, images: AnomalyDataset, objective: str, target: float | None) -> None:
+    """Thresholds per category from labelled test images, masks included where there are any."""
+    from skuniad.datasets import load_mask
+    from skuniad.io import image_size
+
+    masks = None
+    if any(path is not None for path in images.mask_paths):
+        masks = [
+            load_mask(mask) if mask is not None else np.zeros(image_size(path, i), dtype=bool)
+            for i, (path, mask) in enumerate(zip(images.paths, images.mask_paths, strict=True))
+        ]
+    det.calibrate(
+        images.paths,
+        images.labels,
+        groups=images.categories,
+        masks=masks,
+        objective=objective,
+        target=target,
+    )
 
 
 def _requested_detector(params: dict[str, Any], init_model: str | os.PathLike[str] | None) -> Any:

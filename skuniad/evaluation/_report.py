@@ -37,9 +37,12 @@ OPERATING_POINT_METRICS: tuple[str, ...] = (
     "pixel_recall",
     "pixel_f1",
     "pixel_false_alarm_rate",
+    "recall_at_1pct_false_alarms",
+    "recall_at_5pct_false_alarms",
 )
 """What the model's own thresholds do (:func:`operating_point_metrics`): image level at
-the image threshold (``predict``), pixel level at the pixel threshold (``predict_masks``)."""
+the image threshold (``predict``), pixel level at the pixel threshold (``predict_masks``);
+then what the ranking allows: the image recall at 1 % and 5 % false alarms."""
 
 ALL_METRICS = (*METRICS, *IMAGE_SCORE_METRICS, *OPERATING_POINT_METRICS)
 """Every metric key a category's row may hold, in table order."""
@@ -71,6 +74,8 @@ TITLES: dict[str, Title] = {
     "pixel_recall": Title("Pixel recall", "P-recall"),
     "pixel_f1": Title("Pixel F1", "P-F1"),
     "pixel_false_alarm_rate": Title("Pixel false alarms", "P-false alarms"),
+    "recall_at_1pct_false_alarms": Title("Recall at 1 % false alarms", "R@1%FA"),
+    "recall_at_5pct_false_alarms": Title("Recall at 5 % false alarms", "R@5%FA"),
     "paper_image_auroc": Title("Paper image AUROC", "paper I"),
     "paper_pixel_auroc": Title("Paper pixel AUROC", "paper P"),
     "delta_image": Title("Δ image", "Δ I"),
@@ -208,7 +213,18 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
         notes.append(
             "At the model's own thresholds: images above the image threshold (their "
             "category's own when the model has one) and pixels above the pixel threshold "
-            "count as anomalous; false alarms = share of good images (normal pixels) flagged."
+            "count as anomalous; false alarms = share of good images (normal pixels) flagged. "
+            "Recall at 1 % / 5 % false alarms: the share of defective images above the lowest "
+            "threshold that flags at most that share of the good ones, on these images."
+        )
+    calibration = results.get("calibration")
+    if calibration:
+        target = "" if calibration["target"] is None else f", target {calibration['target']:g}"
+        notes.append(
+            f"Thresholds calibrated per category on {calibration['images_per_class']} defective "
+            f"and {calibration['images_per_class']} good test images drawn with the seed "
+            f"(objective {calibration['objective']}{target}); those images are left out of "
+            "every metric above."
         )
     if "setting" in results:
         notes.append(f"Setting: {results['setting']}; image score: {results['image_score']}.")
