@@ -21,7 +21,15 @@ from skuniad.evaluation._evaluate import (
     operating_point_metrics,
     scores_and_maps,
 )
-from skuniad.evaluation._experiment import SETTINGS, run_block, run_experiment, run_info
+from skuniad.evaluation._experiment import (
+    SETTINGS,
+    calibrate_on_test_images,
+    calibration_facts,
+    check_calibration_split,
+    run_block,
+    run_experiment,
+    run_info,
+)
 from skuniad.evaluation._report import (
     COLUMN_TITLES,
     IMAGE_SCORE_METRICS,
@@ -48,6 +56,9 @@ __all__ = [
     "SETTINGS",
     "TITLES",
     "CurveRecorder",
+    "calibrate_on_test_images",
+    "calibration_facts",
+    "check_calibration_split",
     "check_test_set",
     "evaluate_detector",
     "image_score_aurocs",

@@ -195,8 +195,9 @@ def run_experiment(
             if recorder is not None:
                 curves.append(recorder.curve)
             if calibrate_with is not None:
-                calibration, test_part = calibration_split(test_part, calibrate_with, seed)
-                calibrate_on(det, calibration, objective, target)
+                test_part = calibrate_on_test_images(
+                    det, test_part, calibrate_with, seed, objective, target
+                )
             if folder is not None:
                 det.save(folder / name)
             overlay_dir = None
@@ -247,16 +248,17 @@ def run_experiment(
     }
     results.update(run_block(described, **facts))
     if calibrate_with is not None:
-        results["calibration"] = {
-            "images_per_class": calibrate_with,
-            "objective": objective,
-            "target": target,
-        }
+        results["calibration"] = calibration_facts(calibrate_with, objective, target)
     if folder is not None:
         write_results(results, folder)
         if eval_every is not None:
             write_curves(results, folder, per_category=curve_categories)
     return results
+
+
+def calibration_facts(images_per_class: int, objective: str, target: float | None) -> dict:
+    """A report's ``calibration`` entry: how its thresholds were set (see the Markdown note)."""
+    return {"images_per_class": images_per_class, "objective": objective, "target": target}
 
 
 def check_calibration_split(
@@ -295,10 +297,27 @@ def calibration_split(
     return test.select(chosen), test.select(~chosen)
 
 
-def calibrate_on(det: Any, images: AnomalyDataset, objective: str, target: float | None) -> None:
-    """Thresholds per category from labelled test images, masks included where there are any."""
+def calibrate_on_test_images(
+    det: Any,
+    test: AnomalyDataset,
+    images_per_class: int,
+    seed: int | None,
+    objective: str = "f1",
+    target: float | None = None,
+) -> AnomalyDataset:
+    """Calibrate ``det`` per category on test images drawn with ``seed``; return the others.
+
+    Per category, ``images_per_class`` defective and as many good images
+    (:func:`calibration_split`) set the thresholds with ``objective`` and
+    ``target`` (:meth:`~skuniad.UniADDetector.calibrate`; their masks, where
+    there are any, choose the pixel threshold). Report metrics on the returned
+    images only.
+    """
     from skuniad.datasets import load_mask
     from skuniad.io import image_size
+
+    check_calibration_split(test, images_per_class, objective, target)
+    images, reported = calibration_split(test, images_per_class, seed)
 
     masks = None
     if any(path is not None for path in images.mask_paths):
@@ -314,6 +333,7 @@ def calibrate_on(det: Any, images: AnomalyDataset, objective: str, target: float
         objective=objective,
         target=target,
     )
+    return reported
 
 
 def _requested_detector(params: dict[str, Any], init_model: str | os.PathLike[str] | None) -> Any:
