@@ -20,3 +20,9 @@ LR_SCHEDULES = ("step", "cosine")
 PRECISIONS = ("auto", "bf16", "fp32")
 CACHE_DTYPES = ("float32", "float16", "bfloat16")
 UNKNOWN_GROUP_POLICIES = ("pooled", "error")
+
+SETTINGS = ("unified", "separate")
+"""UniAD's two settings: one model for all categories, or one model per category."""
+
+DATASET_FORMATS = ("mvtec", "visa", "uniad-json")
+"""Names accepted by ``skuniad.datasets.load_dataset`` and ``skuniad evaluate --dataset``."""

@@ -12,6 +12,15 @@ from typing import Annotated, Any
 
 import typer
 
+from skuniad._choices import (
+    DATASET_FORMATS,
+    IMAGE_SCORES,
+    LAYER_QUERIES,
+    LR_SCHEDULES,
+    PRECISIONS,
+    SETTINGS,
+)
+
 app = typer.Typer(
     name="skuniad",
     help="UniAD unified anomaly detection: train on normal images, score new ones.",
@@ -37,47 +46,18 @@ MODEL_SUFFIX = ".skuniad"
 _TRAIN = "Training options"
 
 
-class DataKind(str, Enum):
-    folder = "folder"
-    mvtec = "mvtec"
-    visa = "visa"
-    uniad_json = "uniad-json"
+def _choice_enum(name: str, values: tuple[str, ...]) -> Any:
+    """A ``str, Enum`` of a library tuple, for typer: member names are the values, "-" as "_"."""
+    return Enum(name, [(value.replace("-", "_"), value) for value in values], type=str)
 
 
-class DatasetFormat(str, Enum):
-    """The formats of skuniad.datasets.DATASET_FORMATS."""
-
-    mvtec = "mvtec"
-    visa = "visa"
-    uniad_json = "uniad-json"
-
-
-class Setting(str, Enum):
-    unified = "unified"
-    separate = "separate"
-
-
-class LayerQueries(str, Enum):
-    every = "every"
-    first = "first"
-    none = "none"
-
-
-class LrSchedule(str, Enum):
-    step = "step"
-    cosine = "cosine"
-
-
-class ImageScore(str, Enum):
-    max = "max"
-    mean = "mean"
-    std = "std"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    bf16 = "bf16"
-    fp32 = "fp32"
+DataKind = _choice_enum("DataKind", ("folder", *DATASET_FORMATS))
+DatasetFormat = _choice_enum("DatasetFormat", DATASET_FORMATS)
+Setting = _choice_enum("Setting", SETTINGS)
+LayerQueries = _choice_enum("LayerQueries", LAYER_QUERIES)
+LrSchedule = _choice_enum("LrSchedule", LR_SCHEDULES)
+ImageScore = _choice_enum("ImageScore", IMAGE_SCORES)
+Precision = _choice_enum("Precision", PRECISIONS)
 
 
 # Training options shared by `fit` and `evaluate`. The defaults are the
