@@ -7,12 +7,8 @@ from typing import Annotated
 
 import typer
 
-from skuniad.cli._common import (
-    MODEL_SUFFIX,
-    _domain_errors,
-    _load_detector,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, load_detector
+from skuniad.cli._errors import domain_errors
 
 
 @app.command()
@@ -30,7 +26,7 @@ def info(
     and the versions that wrote it.
     """
     if model is not None:
-        with _domain_errors():
+        with domain_errors():
             _model_info(model)
         return
     import platform
@@ -91,7 +87,7 @@ def _model_info(path: Path) -> None:
     from skuniad import UniADDetector, persistence
 
     metadata = persistence.read_metadata(path)
-    det = _load_detector(path, "cpu")
+    det = load_detector(path, "cpu")
     versions = metadata.get("versions", {})
     written = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
     typer.echo(f"{path}: skuniad model, format {metadata['format_version']} ({written})")

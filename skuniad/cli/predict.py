@@ -9,18 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from skuniad.cli import _common
-from skuniad.cli._common import (
-    MODEL_SUFFIX,
-    ChunkSize,
-    CliError,
-    Device,
-    Quiet,
-    ScoringBatchSize,
-    Threads,
-    _domain_errors,
-    _load_detector,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, load_detector
+from skuniad.cli._errors import CliError, domain_errors
+from skuniad.cli._options import ChunkSize, Device, Quiet, ScoringBatchSize, Threads
 
 
 def _overlay_names(images: list[Path], inputs: list[Path]) -> list[Path]:
@@ -129,14 +120,14 @@ def predict(
     0 to twice the model's pixel threshold, with the pixels above the
     image's pixel threshold outlined in green.
     """
-    with _domain_errors():
+    with domain_errors():
         if not model.is_file():
             raise CliError(f"model file not found: {model}")
         from skuniad.datasets import find_images, folder_categories
 
         paths = find_images(images, skip_masks=True)
         _common._tune_runtime(threads)
-        det = _load_detector(model, device)
+        det = load_detector(model, device)
         det.set_params(verbose=0)  # one progress bar, this command's
         if batch_size is not None:
             det.set_params(batch_size=batch_size)
