@@ -7,7 +7,9 @@ choice is added once.
 
 from __future__ import annotations
 
+import inspect
 import re
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any
@@ -201,6 +203,50 @@ TestMeta = Annotated[
         metavar="FILE", help="With --dataset uniad-json: the test list (one JSON object per line)."
     ),
 ]
+
+
+# The training options of `fit` and `evaluate`, declared once, in --help order: (type,
+# default). The defaults are the detector's (the paper's), spelled here because reading
+# them from UniADDetector would import torch for `skuniad --help`; tests/test_cli.py
+# checks that they stay in step.
+TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
+    "epochs": (Epochs, 1000),
+    "backbone": (Backbone, "tf_efficientnet_b4.aa_in1k"),
+    "backbone_weights": (BackboneWeights, "imagenet"),
+    "image_size": (ImageSize, 224),
+    "batch_size": (BatchSize, 8),
+    "lr": (LearningRate, 1e-4),
+    "lr_schedule": (LrScheduleOption, LrSchedule.step),
+    "hidden_dim": (HiddenDim, 256),
+    "num_heads": (NumHeads, 8),
+    "encoder_layers": (EncoderLayers, 4),
+    "decoder_layers": (DecoderLayers, 4),
+    "feedforward_dim": (FeedforwardDim, 1024),
+    "neighbor_size": (NeighborSize, 7),
+    "jitter_scale": (JitterScale, 20.0),
+    "layer_queries": (LayerQueriesOption, LayerQueries.every),
+    "image_score": (ImageScoreOption, ImageScore.max),
+    "contamination": (Contamination, "auto"),
+    "validation_fraction": (ValidationFraction, None),
+}
+
+
+def with_training_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Give ``command`` the :data:`TRAINING_OPTIONS`, listed just before its ``per_category``.
+
+    The command receives them in ``**training`` (option name -> value). Typer
+    reads the options from the signature set here, so ``--help`` shows them
+    as if the command spelled them out.
+    """
+    signature = inspect.signature(command, eval_str=True)
+    own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    at = [p.name for p in own].index("per_category")
+    training = [
+        inspect.Parameter(name, own[at].kind, annotation=kind, default=default)
+        for name, (kind, default) in TRAINING_OPTIONS.items()
+    ]
+    command.__signature__ = signature.replace(parameters=[*own[:at], *training, *own[at:]])
+    return command
 
 
 # CLI option name -> UniADDetector parameter

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -24,28 +24,8 @@ from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
     TRAIN_PANEL,
-    Backbone,
-    BackboneWeights,
-    BatchSize,
-    Contamination,
     DatasetFormat,
-    DecoderLayers,
     Device,
-    EncoderLayers,
-    Epochs,
-    FeedforwardDim,
-    HiddenDim,
-    ImageScore,
-    ImageScoreOption,
-    ImageSize,
-    JitterScale,
-    LayerQueries,
-    LayerQueriesOption,
-    LearningRate,
-    LrSchedule,
-    LrScheduleOption,
-    NeighborSize,
-    NumHeads,
     Precision,
     PrecisionOption,
     Quiet,
@@ -53,15 +33,16 @@ from skuniad.cli._options import (
     TestMeta,
     Threads,
     TrainMeta,
-    ValidationFraction,
     check_options,
     detector_params,
     given_options,
+    with_training_options,
 )
 from skuniad.cli._tables import print_results
 
 
 @app.command(name="evaluate")
+@with_training_options
 def evaluate_command(
     ctx: typer.Context,
     root: Annotated[
@@ -163,24 +144,6 @@ def evaluate_command(
     curve_categories: Annotated[
         bool, typer.Option(help="One line per category in curve.png.")
     ] = False,
-    epochs: Epochs = 1000,
-    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
-    backbone_weights: BackboneWeights = "imagenet",
-    image_size: ImageSize = 224,
-    batch_size: BatchSize = 8,
-    lr: LearningRate = 1e-4,
-    lr_schedule: LrScheduleOption = LrSchedule.step,
-    hidden_dim: HiddenDim = 256,
-    num_heads: NumHeads = 8,
-    encoder_layers: EncoderLayers = 4,
-    decoder_layers: DecoderLayers = 4,
-    feedforward_dim: FeedforwardDim = 1024,
-    neighbor_size: NeighborSize = 7,
-    jitter_scale: JitterScale = 20.0,
-    layer_queries: LayerQueriesOption = LayerQueries.every,
-    image_score: ImageScoreOption = ImageScore.max,
-    contamination: Contamination = "auto",
-    validation_fraction: ValidationFraction = None,
     per_category: Annotated[
         bool,
         typer.Option(
@@ -193,6 +156,7 @@ def evaluate_command(
     precision: PrecisionOption = Precision.auto,
     quiet: Quiet = False,
     threads: Threads = None,
+    **training: Any,
 ) -> None:
     """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
 
@@ -210,8 +174,7 @@ def evaluate_command(
     level (its pixel metrics read n/a). The data set is checked completely
     before any training: bad input fails in one line, with nothing written.
     """
-    options = dict(locals())
-    params = detector_params(options)
+    params = detector_params({**training, "device": device, "precision": precision})
     root = require_root(root, dataset)
     check_meta_options(dataset, train_meta, test_meta)
     if init_model is not None:
@@ -227,20 +190,17 @@ def evaluate_command(
                 param_hint="--init-model",
             )
     if model is None:
-        check_options({k: v for k, v in params.items() if k != "random_state"})
+        check_options(params)
     else:
-        given = [
-            name
-            for name in (*DETECTOR_PARAMS, "setting", "eval_every", "per_category")
-            if name not in ("device", "batch_size")
-            and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-        ]
+        refused = (*DETECTOR_PARAMS, "setting", "eval_every", "per_category")
+        given = given_options(ctx, [n for n in refused if n not in ("device", "batch_size")])
         if len(seed or []) > 1 or given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given or ["seed"])
+            flags = ", ".join(given or ["--seed"])
             raise typer.BadParameter(
                 f"{flags} cannot be combined with --model (it evaluates one trained model)",
                 param_hint="--model",
             )
+    epochs = training["epochs"]
     if eval_every is not None and not 1 <= eval_every <= epochs:
         raise typer.BadParameter(
             f"must be between 1 and --epochs ({epochs}), got {eval_every}",
@@ -269,7 +229,6 @@ def evaluate_command(
         described = _describe_dataset(dataset, root, train_meta, test_meta)
         _common._tune_runtime(threads)
         if model is None:
-            params.pop("random_state", None)  # one run per --seed
             if init_model is not None:  # the network is the model's
                 network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
                 params = {k: v for k, v in params.items() if k not in network}
@@ -310,7 +269,7 @@ def evaluate_command(
             det = load_detector(model, device)
             det.set_params(verbose=0 if quiet else 1)
             if given_options(ctx, ["batch_size"]):
-                det.set_params(batch_size=batch_size)
+                det.set_params(batch_size=training["batch_size"])
             typer.echo(
                 f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
             )

@@ -23,29 +23,9 @@ from skuniad.cli._errors import EXIT_INTERRUPTED, CliError, domain_errors
 from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
-    Backbone,
-    BackboneWeights,
-    BatchSize,
-    Contamination,
     DataKind,
     DatasetFormat,
-    DecoderLayers,
     Device,
-    EncoderLayers,
-    Epochs,
-    FeedforwardDim,
-    HiddenDim,
-    ImageScore,
-    ImageScoreOption,
-    ImageSize,
-    JitterScale,
-    LayerQueries,
-    LayerQueriesOption,
-    LearningRate,
-    LrSchedule,
-    LrScheduleOption,
-    NeighborSize,
-    NumHeads,
     PerCategory,
     Precision,
     PrecisionOption,
@@ -53,14 +33,15 @@ from skuniad.cli._options import (
     Seed,
     Threads,
     TrainMeta,
-    ValidationFraction,
     check_options,
     detector_params,
     given_options,
+    with_training_options,
 )
 
 
 @app.command()
+@with_training_options
 def fit(
     ctx: typer.Context,
     data_dirs: Annotated[
@@ -107,30 +88,13 @@ def fit(
         int,
         typer.Option(min=0, metavar="N", help="Epochs between checkpoints; 0: no checkpoint."),
     ] = 5,
-    epochs: Epochs = 1000,
-    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
-    backbone_weights: BackboneWeights = "imagenet",
-    image_size: ImageSize = 224,
-    batch_size: BatchSize = 8,
-    lr: LearningRate = 1e-4,
-    lr_schedule: LrScheduleOption = LrSchedule.step,
-    hidden_dim: HiddenDim = 256,
-    num_heads: NumHeads = 8,
-    encoder_layers: EncoderLayers = 4,
-    decoder_layers: DecoderLayers = 4,
-    feedforward_dim: FeedforwardDim = 1024,
-    neighbor_size: NeighborSize = 7,
-    jitter_scale: JitterScale = 20.0,
-    layer_queries: LayerQueriesOption = LayerQueries.every,
-    image_score: ImageScoreOption = ImageScore.max,
-    contamination: Contamination = "auto",
-    validation_fraction: ValidationFraction = None,
     per_category: PerCategory = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     seed: Seed = None,
     quiet: Quiet = False,
     threads: Threads = None,
+    **training: Any,
 ) -> None:
     """Train one model on the normal images of all categories together.
 
@@ -143,7 +107,7 @@ def fit(
     last finished epoch is still written, and the exit code is 130. A run
     that was killed instead resumes from its checkpoint when rerun.
     """
-    params = detector_params(locals())
+    params = detector_params({**training, "device": device, "precision": precision, "seed": seed})
     if init_model is not None:
         given = given_options(ctx, NETWORK_OPTIONS)
         if given:
