@@ -94,6 +94,46 @@ def load_detector(path: Path, device: str) -> Any:
     return UniADDetector.load(path, device=device)
 
 
+def echo_thresholds(det: Any, *, details: bool = False) -> None:
+    """The model's image and pixel thresholds, pooled then per category, one line each.
+
+    ``fit`` and ``calibrate`` print the short form; ``info`` (``details``) adds
+    where the thresholds were set, ``offset_`` and what other categories get.
+    """
+    if details:
+        typer.echo("Thresholds:")
+    if not hasattr(det, "offset_"):
+        typer.echo(
+            "  none: not calibrated (run 'skuniad calibrate MODEL DIR -o MODEL')"
+            if details
+            else "Thresholds: none (not calibrated; see 'skuniad calibrate')."
+        )
+        return
+    image, pixel = f"{det.image_threshold_:.6g}", f"{det.pixel_threshold_:.6g}"
+    if details:
+        source = (
+            f"a held-out share ({det.validation_fraction:g}) of the training images"
+            if det.validation_fraction is not None
+            else "the training images, or the images given to 'skuniad calibrate'"
+        )
+        typer.echo(f"  from {source}, contamination={det.contamination!r}")
+        typer.echo(
+            f"  image (anomaly_score): {image}   pixel (anomaly map): {pixel}   "
+            f"offset_: {det.offset_:.6g}"
+        )
+    else:
+        typer.echo(f"Thresholds: image {image} (anomaly score), pixel {pixel} (anomaly map)")
+    groups = getattr(det, "group_image_thresholds_", {})
+    for group, image_threshold in groups.items():
+        pixel_threshold = det.group_pixel_thresholds_[group]
+        typer.echo(
+            f"  {'category ' if details else ''}{group}: image {image_threshold:.6g}, "
+            f"pixel {pixel_threshold:.6g}"
+        )
+    if details and groups:
+        typer.echo(f"  other categories: unknown_group={det.unknown_group!r}")
+
+
 def format_seconds(seconds: float) -> str:
     if seconds < 59.95:  # would print as 60.0 s
         return f"{seconds:.1f} s"

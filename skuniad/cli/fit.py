@@ -14,6 +14,7 @@ from skuniad.cli._common import (
     check_meta_options,
     check_output_file,
     check_weights,
+    echo_thresholds,
     fit_detector,
     format_seconds,
     load_detector,
@@ -159,24 +160,10 @@ def fit(
                 f"Trained {det.n_epochs_} epochs in {format_seconds(seconds)}; model written to "
                 f"{output}"
             )
-            _echo_thresholds(det)
+            echo_thresholds(det)
         distributed.finish()
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
-
-
-def _echo_thresholds(det: Any) -> None:
-    """The model's image and pixel thresholds, pooled and per category, one line each."""
-    if not hasattr(det, "offset_"):
-        typer.echo("Thresholds: none (not calibrated; see 'skuniad calibrate').")
-        return
-    typer.echo(
-        f"Thresholds: image {det.image_threshold_:.6g} (anomaly score), pixel "
-        f"{det.pixel_threshold_:.6g} (anomaly map)"
-    )
-    for group, image in getattr(det, "group_image_thresholds_", {}).items():
-        pixel = det.group_pixel_thresholds_[group]
-        typer.echo(f"  {group}: image {image:.6g}, pixel {pixel:.6g}")
 
 
 def _training_images(
@@ -304,4 +291,4 @@ def calibrate(
         det.calibrate(images, groups=groups)
         det.save(output)
         typer.echo(f"Calibrated on {len(images)} normal images; model written to {output}")
-        _echo_thresholds(det)
+        echo_thresholds(det)
