@@ -52,8 +52,8 @@ def check_weights(params: dict[str, Any]) -> None:
 
 def fit_detector(
     det: Any, images: list[Path], groups: list[str] | None = None
-) -> tuple[Any, bool, float]:
-    """Fit; return (det, interrupted, seconds).
+) -> tuple[bool, float]:
+    """Fit ``det``; return (interrupted, seconds).
 
     Ctrl-C during training keeps the last finished epoch: the library fits
     the detector with it and raises TrainingInterrupted, which the commands
@@ -71,7 +71,7 @@ def fit_detector(
         if not exc.loss_curve:
             raise
         interrupted = True
-    return det, interrupted, time.perf_counter() - start
+    return interrupted, time.perf_counter() - start
 
 
 # underscored and called as _common._tune_runtime: tests replace it to keep their process settings

@@ -91,7 +91,7 @@ def demo(
             f"({DEMO_BACKBONE}, {epochs} epochs, {det.image_size} px, learning rate "
             f"{det.learning_rate:g}, CPU threads: {torch.get_num_threads()})."
         )
-        det, interrupted, fit_seconds = fit_detector(det, train.paths)
+        interrupted, fit_seconds = fit_detector(det, train.paths)
         model_path = output / f"model{MODEL_SUFFIX}"
         det.save(model_path)
         if interrupted:

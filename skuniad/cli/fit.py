@@ -153,7 +153,7 @@ def fit(
             typer.echo(f"Training on {len(images)} images.")
         if training["checkpoint_path"] is not None and checkpoint.exists():
             typer.echo(f"Resuming from the checkpoint {checkpoint}.")
-        det, interrupted, seconds = fit_detector(det, images, groups)
+        interrupted, seconds = fit_detector(det, images, groups)
         if distributed.is_main_process():  # under torchrun every rank has the same weights
             det.save(output)
             typer.echo(
