@@ -43,8 +43,7 @@ ImageScore = _choice_enum("ImageScore", IMAGE_SCORES)
 Precision = _choice_enum("Precision", PRECISIONS)
 
 
-# Training options shared by `fit` and `evaluate`. The defaults are the
-# detector's (the paper's); tests check they stay in step.
+# The option types; TRAINING_OPTIONS below gives the training ones their defaults.
 Epochs = Annotated[
     int,
     typer.Option(

@@ -131,7 +131,7 @@ def fit(
         _common._tune_runtime(threads)
         from skuniad import UniADDetector, distributed
 
-        training = dict(
+        fit_settings = dict(
             verbose=0 if quiet else 1,
             # torchrun trainings cannot checkpoint (see skuniad.training)
             checkpoint_path=checkpoint
@@ -144,14 +144,14 @@ def fit(
             network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
             det.set_params(
                 **{k: v for k, v in params.items() if k not in network},
-                **training,
+                **fit_settings,
                 warm_start=True,
             )
             typer.echo(f"Continuing {init_model} ({det.n_epochs_} epochs) on {len(images)} images.")
         else:
-            det = UniADDetector(**params, **training)
+            det = UniADDetector(**params, **fit_settings)
             typer.echo(f"Training on {len(images)} images.")
-        if training["checkpoint_path"] is not None and checkpoint.exists():
+        if fit_settings["checkpoint_path"] is not None and checkpoint.exists():
             typer.echo(f"Resuming from the checkpoint {checkpoint}.")
         interrupted, seconds = fit_detector(det, images, groups)
         if distributed.is_main_process():  # under torchrun every rank has the same weights
