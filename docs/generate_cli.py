@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from skuniad import cli
-from skuniad.cli import _common
+from skuniad.cli._errors import EXIT_ERROR, EXIT_INTERRUPTED
 
 TARGET = Path(__file__).with_name("cli.md")
 _PROGRAM = "skuniad"
@@ -34,9 +34,9 @@ def render() -> str:
         "",
         f"`{_PROGRAM}` and `python -m {_PROGRAM}` are the same program. Every command takes "
         "`--help`. Exit codes: 0 success; "
-        f"{_common.EXIT_ERROR} a domain error (missing files, bad data set or model file, "
+        f"{EXIT_ERROR} a domain error (missing files, bad data set or model file, "
         "invalid parameter), explained in one line; 2 a usage error; "
-        f"{_common.EXIT_INTERRUPTED} interrupted with Ctrl-C.",
+        f"{EXIT_INTERRUPTED} interrupted with Ctrl-C.",
         "",
         "| Command | What it does |",
         "|---|---|",

@@ -23,3 +23,9 @@ UNKNOWN_GROUP_POLICIES = ("pooled", "error")
 
 CALIBRATION_OBJECTIVES = ("contamination", "f1", "false_alarms", "recall")
 """What ``calibrate`` chooses thresholds for: the normal-images rule, then three labelled ones."""
+
+SETTINGS = ("unified", "separate")
+"""UniAD's two settings: one model for all categories, or one model per category."""
+
+DATASET_FORMATS = ("mvtec", "visa", "uniad-json")
+"""Names accepted by ``skuniad.datasets.load_dataset`` and ``skuniad evaluate --dataset``."""

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from skuniad import UniADDetector
 from skuniad import cli as cli_module
 from skuniad._spec import json_safe_params
-from skuniad.cli import _common, app, demo, evaluate, fit, predict
+from skuniad.cli import _common, _errors, _options, app, demo, evaluate, fit, predict
 from skuniad.datasets import write_synthetic
 from skuniad.device import resolve_precision
 
@@ -109,7 +109,7 @@ def test_predict_leaves_labels_empty_without_thresholds(
 ):
     det = UniADDetector.load(model_file, device="cpu")
     del det.thresholds_  # as after importing an uncalibrated checkpoint
-    monkeypatch.setattr(predict, "_load_detector", lambda path, device: det)
+    monkeypatch.setattr(predict, "load_detector", lambda path, device: det)
     image = data_root / "parts" / "test" / "good" / "000.png"
     result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
@@ -279,8 +279,8 @@ def test_cli_defaults_are_the_detector_defaults():
     defaults = UniADDetector().get_params()
     for command in (fit.fit, evaluate.evaluate_command):
         parameters = inspect.signature(command).parameters
-        cli_defaults = {name: parameters[name].default for name in _common._DETECTOR_PARAMS}
-        for name, value in _common._detector_params(cli_defaults).items():
+        cli_defaults = {name: parameters[name].default for name in _options.DETECTOR_PARAMS}
+        for name, value in _options.detector_params(cli_defaults).items():
             assert value == defaults[name], name
 
 
@@ -373,9 +373,9 @@ def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):
     ],
 )
 def test_durations_are_printed_without_a_60th_second(seconds, text):
-    from skuniad.cli._common import _format_seconds
+    from skuniad.cli._common import format_seconds
 
-    assert _format_seconds(seconds) == text
+    assert format_seconds(seconds) == text
 
 
 def _plain(output: str) -> str:
@@ -503,7 +503,7 @@ def test_only_the_librarys_own_type_errors_are_one_line(
 
     with pytest.raises(TypeError) as own:
         check_images(5)
-    assert _common._is_domain_error(own.value)
+    assert _errors.is_domain_error(own.value)
     monkeypatch.setattr(predict, "_display_image", lambda path: None + 1)  # a bug
     image = data_root / "parts" / "test" / "good" / "000.png"
     result = runner.invoke(app, ["predict", str(model_file), str(image), "-o", str(tmp_path)])
@@ -518,7 +518,7 @@ def test_out_of_memory_advice_names_the_option():
         "(now 8; try batch_size=4)."
     )
     assert "pass a smaller --batch-size (now 8; try --batch-size 4)" in (
-        _common._one_line_message(exc)
+        _errors.one_line_message(exc)
     )
 
 

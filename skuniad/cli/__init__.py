@@ -1,4 +1,5 @@
-"""The ``skuniad`` command line: fit, predict, evaluate, demo, info, import-reference, export.
+"""The ``skuniad`` command line: fit, calibrate, predict, evaluate, demo, info, import-reference,
+export, export-json.
 
 torch, timm, scikit-learn and the detector are imported inside the commands,
 so that ``skuniad --help`` answers at once. Domain errors (missing files, bad
@@ -7,8 +8,11 @@ code 1; usage errors, out-of-range option values included, exit with 2
 (click's convention) before any work starts; Ctrl-C exits with 130, and
 ``skuniad fit`` still saves the model of the last finished epoch.
 
-Each command lives in its own module, registered on the shared Typer ``app``
-(``_common``) when imported; the import order is the order ``--help`` lists.
+Each command lives in its own module (``fit`` holds ``calibrate`` too,
+``interop`` holds ``import-reference`` and ``export``), registered on the
+shared Typer ``app`` (``_common``) when imported; the import order is the
+order ``--help`` lists. ``_options`` declares the shared options and their
+choices, ``_errors`` how commands fail, ``_tables`` the printed tables.
 """
 
 from __future__ import annotations

@@ -9,18 +9,10 @@ from typing import Annotated
 import typer
 
 from skuniad.cli import _common
-from skuniad.cli._common import (
-    EXIT_INTERRUPTED,
-    MODEL_SUFFIX,
-    CliError,
-    Device,
-    Quiet,
-    _domain_errors,
-    _fit_detector,
-    _format_seconds,
-    _print_results,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, fit_detector, format_seconds
+from skuniad.cli._errors import EXIT_INTERRUPTED, CliError, domain_errors
+from skuniad.cli._options import Device, Quiet
+from skuniad.cli._tables import print_results
 
 DEMO_BACKBONE = "tf_efficientnet_lite0"
 # The demo trains the paper's transformer at 128 px with a 10x learning rate
@@ -65,7 +57,7 @@ def demo(
     OUTPUT/results.md, results.json, model.skuniad and overlays/. Files of an
     earlier demo in OUTPUT are replaced.
     """
-    with _domain_errors():
+    with domain_errors():
         start = time.perf_counter()
         import torch
 
@@ -99,7 +91,7 @@ def demo(
             f"({DEMO_BACKBONE}, {epochs} epochs, {det.image_size} px, learning rate "
             f"{det.learning_rate:g}, CPU threads: {torch.get_num_threads()})."
         )
-        det, interrupted, fit_seconds = _fit_detector(det, train.paths)
+        interrupted, fit_seconds = fit_detector(det, train.paths)
         model_path = output / f"model{MODEL_SUFFIX}"
         det.save(model_path)
         if interrupted:
@@ -118,12 +110,12 @@ def demo(
                 evaluate_seconds=round(seconds, 1),
             )
         )
-        _print_results(results)
+        print_results(results)
         json_path, md_path = write_results(results, output)
         typer.echo(
-            f"Wall time: fit {_format_seconds(fit_seconds)}, evaluation "
-            f"{_format_seconds(seconds)}, total "
-            f"{_format_seconds(time.perf_counter() - start)}"
+            f"Wall time: fit {format_seconds(fit_seconds)}, evaluation "
+            f"{format_seconds(seconds)}, total "
+            f"{format_seconds(time.perf_counter() - start)}"
         )
         typer.echo(f"Data:     {data}")
         typer.echo(f"Model:    {model_path}")

@@ -4,38 +4,28 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from skuniad.cli import _common
 from skuniad.cli._common import (
-    _DETECTOR_PARAMS,
-    _NETWORK_OPTIONS,
-    _TRAIN,
     MODEL_SUFFIX,
-    Backbone,
-    BackboneWeights,
-    BatchSize,
-    Contamination,
+    app,
+    check_meta_options,
+    check_weights,
+    format_seconds,
+    load_detector,
+    read_split,
+    require_root,
+)
+from skuniad.cli._errors import domain_errors
+from skuniad.cli._options import (
+    DETECTOR_PARAMS,
+    NETWORK_OPTIONS,
+    TRAIN_PANEL,
     DatasetFormat,
-    DecoderLayers,
     Device,
-    EncoderLayers,
-    Epochs,
-    FeedforwardDim,
-    HiddenDim,
-    ImageScore,
-    ImageScoreOption,
-    ImageSize,
-    JitterScale,
-    LayerQueries,
-    LayerQueriesOption,
-    LearningRate,
-    LrSchedule,
-    LrScheduleOption,
-    NeighborSize,
-    NumHeads,
     Precision,
     PrecisionOption,
     Quiet,
@@ -43,24 +33,16 @@ from skuniad.cli._common import (
     TestMeta,
     Threads,
     TrainMeta,
-    ValidationFraction,
-    _check_meta_options,
-    _check_options,
-    _check_weights,
-    _describe_dataset,
-    _detector_params,
-    _domain_errors,
-    _format_seconds,
-    _given_options,
-    _load_detector,
-    _print_results,
-    _read_split,
-    _require_root,
-    app,
+    check_options,
+    detector_params,
+    given_options,
+    with_training_options,
 )
+from skuniad.cli._tables import print_results
 
 
 @app.command(name="evaluate")
+@with_training_options
 def evaluate_command(
     ctx: typer.Context,
     root: Annotated[
@@ -148,7 +130,7 @@ def evaluate_command(
             "--seed",
             metavar="SEED",
             help="Random seed; repeat it to run the experiment once per seed (mean ± std).",
-            rich_help_panel=_TRAIN,
+            rich_help_panel=TRAIN_PANEL,
         ),
     ] = None,
     eval_every: Annotated[
@@ -162,36 +144,19 @@ def evaluate_command(
     curve_categories: Annotated[
         bool, typer.Option(help="One line per category in curve.png.")
     ] = False,
-    epochs: Epochs = 1000,
-    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
-    backbone_weights: BackboneWeights = "imagenet",
-    image_size: ImageSize = 224,
-    batch_size: BatchSize = 8,
-    lr: LearningRate = 1e-4,
-    lr_schedule: LrScheduleOption = LrSchedule.step,
-    hidden_dim: HiddenDim = 256,
-    num_heads: NumHeads = 8,
-    encoder_layers: EncoderLayers = 4,
-    decoder_layers: DecoderLayers = 4,
-    feedforward_dim: FeedforwardDim = 1024,
-    neighbor_size: NeighborSize = 7,
-    jitter_scale: JitterScale = 20.0,
-    layer_queries: LayerQueriesOption = LayerQueries.every,
-    image_score: ImageScoreOption = ImageScore.max,
-    contamination: Contamination = "auto",
-    validation_fraction: ValidationFraction = None,
     per_category: Annotated[
         bool,
         typer.Option(
             "--per-category",
             help="Also set thresholds per category when training, and apply them.",
-            rich_help_panel=_TRAIN,
+            rich_help_panel=TRAIN_PANEL,
         ),
     ] = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     quiet: Quiet = False,
     threads: Threads = None,
+    **training: Any,
 ) -> None:
     """Per-category and mean image AUROC, pixel AUROC, AUPRO, AP and F1-max.
 
@@ -209,12 +174,11 @@ def evaluate_command(
     level (its pixel metrics read n/a). The data set is checked completely
     before any training: bad input fails in one line, with nothing written.
     """
-    options = dict(locals())
-    params = _detector_params(options)
-    root = _require_root(root, dataset)
-    _check_meta_options(dataset, train_meta, test_meta)
+    params = detector_params({**training, "device": device, "precision": precision})
+    root = require_root(root, dataset)
+    check_meta_options(dataset, train_meta, test_meta)
     if init_model is not None:
-        refused = _given_options(ctx, _NETWORK_OPTIONS) + (["--model"] if model else [])
+        refused = given_options(ctx, NETWORK_OPTIONS) + (["--model"] if model else [])
         if refused:
             raise typer.BadParameter(
                 f"{', '.join(refused)} cannot be combined with --init-model",
@@ -226,20 +190,17 @@ def evaluate_command(
                 param_hint="--init-model",
             )
     if model is None:
-        _check_options({k: v for k, v in params.items() if k != "random_state"})
+        check_options(params)
     else:
-        given = [
-            name
-            for name in (*_DETECTOR_PARAMS, "setting", "eval_every", "per_category")
-            if name not in ("device", "batch_size")
-            and getattr(ctx.get_parameter_source(name), "name", None) == "COMMANDLINE"
-        ]
+        refused = (*DETECTOR_PARAMS, "setting", "eval_every", "per_category")
+        given = given_options(ctx, [n for n in refused if n not in ("device", "batch_size")])
         if len(seed or []) > 1 or given:
-            flags = ", ".join("--" + name.replace("_", "-") for name in given or ["seed"])
+            flags = ", ".join(given or ["--seed"])
             raise typer.BadParameter(
                 f"{flags} cannot be combined with --model (it evaluates one trained model)",
                 param_hint="--model",
             )
+    epochs = training["epochs"]
     if eval_every is not None and not 1 <= eval_every <= epochs:
         raise typer.BadParameter(
             f"must be between 1 and --epochs ({epochs}), got {eval_every}",
@@ -249,7 +210,7 @@ def evaluate_command(
         raise typer.BadParameter("--eval-every needs --output", param_hint="--eval-every")
     if overlays and output is None:
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
-    with _domain_errors():
+    with domain_errors():
         from skuniad.evaluation import (
             check_test_set,
             evaluate_detector,
@@ -259,18 +220,17 @@ def evaluate_command(
         )
 
         # Everything that can be wrong with the data fails here, before any training.
-        test = _read_split(dataset, root, "test", category, test_meta)
+        test = read_split(dataset, root, "test", category, test_meta)
         check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
         if model is None:
-            train = _read_split(dataset, root, "train", category, train_meta)
+            train = read_split(dataset, root, "train", category, train_meta)
             if init_model is None:  # a saved model carries its backbone's weights
-                _check_weights(params)
+                check_weights(params)
         described = _describe_dataset(dataset, root, train_meta, test_meta)
         _common._tune_runtime(threads)
         if model is None:
-            params.pop("random_state", None)  # one run per --seed
             if init_model is not None:  # the network is the model's
-                network = {_DETECTOR_PARAMS[name] for name in _NETWORK_OPTIONS}
+                network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
                 params = {k: v for k, v in params.items() if k not in network}
             seed_list = list(dict.fromkeys(seed)) if seed else [None]
             models = 1 if setting is Setting.unified else len(train.category_names)
@@ -298,18 +258,18 @@ def evaluate_command(
                 verbose=0 if quiet else 1,
             )
             run = results["run"]
-            typer.echo(f"Wall time: {_format_seconds(time.perf_counter() - start)}, ", nl=False)
+            typer.echo(f"Wall time: {format_seconds(time.perf_counter() - start)}, ", nl=False)
             typer.echo(
-                f"of which fitting {_format_seconds(run['fit_seconds'])}, "
-                f"evaluation {_format_seconds(run['evaluate_seconds'])}"
+                f"of which fitting {format_seconds(run['fit_seconds'])}, "
+                f"evaluation {format_seconds(run['evaluate_seconds'])}"
             )
             if len(results["runs"]) == 1:  # the run block has the times already
                 del results["runs"][0]["fit_seconds"], results["runs"][0]["seconds"]
         else:
-            det = _load_detector(model, device)
+            det = load_detector(model, device)
             det.set_params(verbose=0 if quiet else 1)
-            if _given_options(ctx, ["batch_size"]):
-                det.set_params(batch_size=batch_size)
+            if given_options(ctx, ["batch_size"]):
+                det.set_params(batch_size=training["batch_size"])
             typer.echo(
                 f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
             )
@@ -327,8 +287,8 @@ def evaluate_command(
                     det, dataset=described, model=str(model), evaluate_seconds=round(seconds, 1)
                 )
             )
-            typer.echo(f"Wall time: evaluation {_format_seconds(seconds)}")
-        _print_results(results)
+            typer.echo(f"Wall time: evaluation {format_seconds(seconds)}")
+        print_results(results)
         if output is not None:
             json_path, md_path = write_results(results, output)
             typer.echo(f"Results: {json_path}, {md_path}")
@@ -336,3 +296,13 @@ def evaluate_command(
                 typer.echo(f"Learning curves: {output / 'curve.json'}, {output / 'curve.png'}")
             if model is None:
                 typer.echo(f"Models: {output}/model*{MODEL_SUFFIX}")
+
+
+def _describe_dataset(
+    dataset: DatasetFormat, root: Path, train_meta: Path | None, test_meta: Path | None
+) -> str:
+    """The data set as the report's run details name it."""
+    text = f"{root} ({dataset.value})"
+    if dataset is DatasetFormat.uniad_json:
+        text += f", train list {train_meta}, test list {test_meta}"
+    return text

@@ -7,16 +7,9 @@ from typing import Annotated
 
 import typer
 
-from skuniad.cli._common import (
-    DatasetFormat,
-    TestMeta,
-    TrainMeta,
-    _check_meta_options,
-    _domain_errors,
-    _read_split,
-    _require_root,
-    app,
-)
+from skuniad.cli._common import app, check_meta_options, read_split, require_root
+from skuniad.cli._errors import domain_errors
+from skuniad.cli._options import DatasetFormat, TestMeta, TrainMeta
 
 
 @app.command(name="export-json")
@@ -49,16 +42,16 @@ def export_json(
     --root ROOT --train-meta OUTPUT/train.json --test-meta OUTPUT/test.json'
     sees the same images in the same order. label_name is the defect type.
     """
-    root = _require_root(root, dataset)
-    _check_meta_options(dataset, train_meta, test_meta)
-    with _domain_errors():
+    root = require_root(root, dataset)
+    check_meta_options(dataset, train_meta, test_meta)
+    with domain_errors():
         from skuniad.datasets import write_uniad_json
 
         splits = {}
         for split, meta in (("train", train_meta), ("test", test_meta)):
             if dataset is DatasetFormat.uniad_json and meta is None:
                 continue  # converting a single list is fine
-            splits[split] = _read_split(dataset, root, split, category, meta)
+            splits[split] = read_split(dataset, root, split, category, meta)
         if not splits:
             raise typer.BadParameter(
                 "--dataset uniad-json needs --train-meta or --test-meta", param_hint="--train-meta"

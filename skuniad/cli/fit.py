@@ -9,32 +9,24 @@ import typer
 
 from skuniad.cli import _common
 from skuniad.cli._common import (
-    _DETECTOR_PARAMS,
-    _NETWORK_OPTIONS,
-    EXIT_INTERRUPTED,
     MODEL_SUFFIX,
-    Backbone,
-    BackboneWeights,
-    BatchSize,
-    Contamination,
+    app,
+    check_meta_options,
+    check_output_file,
+    check_weights,
+    echo_thresholds,
+    fit_detector,
+    format_seconds,
+    load_detector,
+    read_split,
+)
+from skuniad.cli._errors import EXIT_INTERRUPTED, CliError, domain_errors
+from skuniad.cli._options import (
+    DETECTOR_PARAMS,
+    NETWORK_OPTIONS,
     DataKind,
-    DecoderLayers,
+    DatasetFormat,
     Device,
-    EncoderLayers,
-    Epochs,
-    FeedforwardDim,
-    HiddenDim,
-    ImageScore,
-    ImageScoreOption,
-    ImageSize,
-    JitterScale,
-    LayerQueries,
-    LayerQueriesOption,
-    LearningRate,
-    LrSchedule,
-    LrScheduleOption,
-    NeighborSize,
-    NumHeads,
     PerCategory,
     Precision,
     PrecisionOption,
@@ -42,23 +34,15 @@ from skuniad.cli._common import (
     Seed,
     Threads,
     TrainMeta,
-    ValidationFraction,
-    _check_options,
-    _check_output_file,
-    _check_weights,
-    _detector_params,
-    _domain_errors,
-    _fit_detector,
-    _format_seconds,
-    _given_options,
-    _images_and_categories,
-    _load_detector,
-    _training_images,
-    app,
+    check_options,
+    detector_params,
+    given_options,
+    with_training_options,
 )
 
 
 @app.command()
+@with_training_options
 def fit(
     ctx: typer.Context,
     data_dirs: Annotated[
@@ -105,30 +89,13 @@ def fit(
         int,
         typer.Option(min=0, metavar="N", help="Epochs between checkpoints; 0: no checkpoint."),
     ] = 5,
-    epochs: Epochs = 1000,
-    backbone: Backbone = "tf_efficientnet_b4.aa_in1k",
-    backbone_weights: BackboneWeights = "imagenet",
-    image_size: ImageSize = 224,
-    batch_size: BatchSize = 8,
-    lr: LearningRate = 1e-4,
-    lr_schedule: LrScheduleOption = LrSchedule.step,
-    hidden_dim: HiddenDim = 256,
-    num_heads: NumHeads = 8,
-    encoder_layers: EncoderLayers = 4,
-    decoder_layers: DecoderLayers = 4,
-    feedforward_dim: FeedforwardDim = 1024,
-    neighbor_size: NeighborSize = 7,
-    jitter_scale: JitterScale = 20.0,
-    layer_queries: LayerQueriesOption = LayerQueries.every,
-    image_score: ImageScoreOption = ImageScore.max,
-    contamination: Contamination = "auto",
-    validation_fraction: ValidationFraction = None,
     per_category: PerCategory = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
     seed: Seed = None,
     quiet: Quiet = False,
     threads: Threads = None,
+    **training: Any,
 ) -> None:
     """Train one model on the normal images of all categories together.
 
@@ -141,30 +108,30 @@ def fit(
     last finished epoch is still written, and the exit code is 130. A run
     that was killed instead resumes from its checkpoint when rerun.
     """
-    params = _detector_params(locals())
+    params = detector_params({**training, "device": device, "precision": precision, "seed": seed})
     if init_model is not None:
-        given = _given_options(ctx, _NETWORK_OPTIONS)
+        given = given_options(ctx, NETWORK_OPTIONS)
         if given:
             raise typer.BadParameter(
                 f"{', '.join(given)} cannot be combined with --init-model: the network is the "
                 "model's",
                 param_hint="--init-model",
             )
-    _check_options(params)
+    check_options(params)
     if checkpoint is None:
         checkpoint = output.with_name(output.name + ".ckpt")
-    with _domain_errors():
+    with domain_errors():
         if per_category:
             images, groups = _images_and_categories(data_dirs, dataset, category, train_meta)
         else:
             images, groups = _training_images(data_dirs, dataset, category, train_meta), None
         if init_model is None:  # a saved model carries its backbone's weights
-            _check_weights(params)
-        _check_output_file(output)
+            check_weights(params)
+        check_output_file(output)
         _common._tune_runtime(threads)
         from skuniad import UniADDetector, distributed
 
-        training = dict(
+        fit_settings = dict(
             verbose=0 if quiet else 1,
             # torchrun trainings cannot checkpoint (see skuniad.training)
             checkpoint_path=checkpoint
@@ -173,44 +140,101 @@ def fit(
             checkpoint_every=max(checkpoint_every, 1),
         )
         if init_model is not None:
-            det = _load_detector(init_model, device)
-            network = {_DETECTOR_PARAMS[name] for name in _NETWORK_OPTIONS}
+            det = load_detector(init_model, device)
+            network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
             det.set_params(
                 **{k: v for k, v in params.items() if k not in network},
-                **training,
+                **fit_settings,
                 warm_start=True,
             )
             typer.echo(f"Continuing {init_model} ({det.n_epochs_} epochs) on {len(images)} images.")
         else:
-            det = UniADDetector(**params, **training)
+            det = UniADDetector(**params, **fit_settings)
             typer.echo(f"Training on {len(images)} images.")
-        if training["checkpoint_path"] is not None and checkpoint.exists():
+        if fit_settings["checkpoint_path"] is not None and checkpoint.exists():
             typer.echo(f"Resuming from the checkpoint {checkpoint}.")
-        det, interrupted, seconds = _fit_detector(det, images, groups)
+        interrupted, seconds = fit_detector(det, images, groups)
         if distributed.is_main_process():  # under torchrun every rank has the same weights
             det.save(output)
             typer.echo(
-                f"Trained {det.n_epochs_} epochs in {_format_seconds(seconds)}; model written to "
+                f"Trained {det.n_epochs_} epochs in {format_seconds(seconds)}; model written to "
                 f"{output}"
             )
-            _echo_thresholds(det)
+            echo_thresholds(det)
         distributed.finish()
         if interrupted:
             raise typer.Exit(EXIT_INTERRUPTED)
 
 
-def _echo_thresholds(det: Any) -> None:
-    """The model's image and pixel thresholds, pooled and per category, one line each."""
-    if not hasattr(det, "offset_"):
-        typer.echo("Thresholds: none (not calibrated; see 'skuniad calibrate').")
-        return
-    typer.echo(
-        f"Thresholds: image {det.image_threshold_:.6g} (anomaly score), pixel "
-        f"{det.pixel_threshold_:.6g} (anomaly map)"
-    )
-    for group, image in getattr(det, "group_image_thresholds_", {}).items():
-        pixel = det.group_pixel_thresholds_[group]
-        typer.echo(f"  {group}: image {image:.6g}, pixel {pixel:.6g}")
+def _training_images(
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
+) -> list[Path]:
+    from skuniad.datasets import find_images
+
+    if dataset is not DataKind.folder:
+        data_format = DatasetFormat(dataset.value)
+        check_meta_options(data_format, train_meta, None)
+        if dataset is DataKind.uniad_json and len(data_dirs) != 1:
+            raise typer.BadParameter(
+                "--dataset uniad-json takes one DATA_DIR, the image folder of --train-meta",
+                param_hint="DATA_DIR",
+            )
+        paths: list[Path] = []
+        for root in data_dirs:
+            paths += read_split(data_format, root, "train", categories, train_meta).paths
+        return paths
+    _check_plain_folders(data_dirs, categories, train_meta)
+    return find_images(data_dirs)
+
+
+def _check_plain_folders(
+    data_dirs: list[Path], categories: list[str] | None, train_meta: Path | None
+) -> None:
+    """Refuse data set options, and data sets, given as plain folders of images."""
+    from skuniad.datasets import list_categories
+
+    if categories or train_meta:
+        flag = "--category" if categories else "--train-meta"
+        raise typer.BadParameter(
+            f"{flag} needs --dataset mvtec, visa or uniad-json", param_hint=flag
+        )
+    for root in data_dirs:
+        if root.is_dir() and list_categories(root):
+            raise CliError(
+                f"{root} looks like an MVTec-style data set (it has train/ or test/ folders); "
+                "pass --dataset mvtec to train on its train/good images only"
+            )
+
+
+def _images_and_categories(
+    data_dirs: list[Path],
+    dataset: DataKind,
+    categories: list[str] | None,
+    train_meta: Path | None = None,
+) -> tuple[list[Path], list[str]]:
+    """Normal images and the category of each: the data set's categories, else each
+    DATA_DIR's name."""
+    from skuniad.datasets import DuplicateFolderNameError, images_and_categories
+
+    if dataset is not DataKind.folder:
+        paths: list[Path] = []
+        names: list[str] = []
+        for root in data_dirs:
+            data = read_split(DatasetFormat(dataset.value), root, "train", categories, train_meta)
+            paths += data.paths
+            names += data.categories
+        return paths, names
+    _check_plain_folders(data_dirs, categories, None)
+    try:
+        return images_and_categories(data_dirs)
+    except DuplicateFolderNameError as exc:
+        raise CliError(
+            f"{exc.first} and {exc.second} are both named {exc.name!r}: with --per-category "
+            "each DATA_DIR is one category named after its folder, so the names must differ"
+        ) from None
 
 
 # ---------------------------------------------------------------- calibrate
@@ -255,16 +279,16 @@ def calibrate(
     every threshold is replaced, per category too with --per-category (else
     no per-category thresholds remain). The weights are unchanged.
     """
-    with _domain_errors():
+    with domain_errors():
         if per_category:
             images, groups = _images_and_categories(data_dirs, dataset, category)
         else:
             images, groups = _training_images(data_dirs, dataset, category), None
-        _check_output_file(output)
+        check_output_file(output)
         _common._tune_runtime(threads)
-        det = _load_detector(model, device)
+        det = load_detector(model, device)
         det.set_params(verbose=0 if quiet else 1)
         det.calibrate(images, groups=groups)
         det.save(output)
         typer.echo(f"Calibrated on {len(images)} normal images; model written to {output}")
-        _echo_thresholds(det)
+        echo_thresholds(det)

@@ -7,12 +7,8 @@ from typing import Annotated
 
 import typer
 
-from skuniad.cli._common import (
-    MODEL_SUFFIX,
-    _domain_errors,
-    _load_detector,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, echo_thresholds, load_detector
+from skuniad.cli._errors import domain_errors
 
 
 @app.command()
@@ -30,7 +26,7 @@ def info(
     and the versions that wrote it.
     """
     if model is not None:
-        with _domain_errors():
+        with domain_errors():
             _model_info(model)
         return
     import platform
@@ -91,7 +87,7 @@ def _model_info(path: Path) -> None:
     from skuniad import UniADDetector, persistence
 
     metadata = persistence.read_metadata(path)
-    det = _load_detector(path, "cpu")
+    det = load_detector(path, "cpu")
     versions = metadata.get("versions", {})
     written = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
     typer.echo(f"{path}: skuniad model, format {metadata['format_version']} ({written})")
@@ -99,25 +95,7 @@ def _model_info(path: Path) -> None:
         f"Trained: {det.n_epochs_} epochs"
         + (f", final loss {det.loss_curve_[-1]:.6g}" if det.loss_curve_ else "")
     )
-    typer.echo("Thresholds:")
-    if not hasattr(det, "offset_"):
-        typer.echo("  none: not calibrated (run 'skuniad calibrate MODEL DIR -o MODEL')")
-    else:
-        source = (
-            f"a held-out share ({det.validation_fraction:g}) of the training images"
-            if det.validation_fraction is not None
-            else "the training images, or the images given to 'skuniad calibrate'"
-        )
-        typer.echo(f"  from {source}, contamination={det.contamination!r}")
-        typer.echo(
-            f"  image (anomaly_score): {det.image_threshold_:.6g}   pixel (anomaly map): "
-            f"{det.pixel_threshold_:.6g}   offset_: {det.offset_:.6g}"
-        )
-        for group, image in det.group_image_thresholds_.items():
-            pixel = det.group_pixel_thresholds_[group]
-            typer.echo(f"  category {group}: image {image:.6g}, pixel {pixel:.6g}")
-        if det.group_image_thresholds_:
-            typer.echo(f"  other categories: unknown_group={det.unknown_group!r}")
+    echo_thresholds(det, details=True)
     defaults = UniADDetector().get_params()
     typer.echo("Parameters (* = not the default):")
     for name, value in det.get_params().items():

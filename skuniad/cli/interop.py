@@ -9,18 +9,9 @@ from typing import Annotated
 import typer
 
 from skuniad.cli import _common
-from skuniad.cli._common import (
-    MODEL_SUFFIX,
-    CliError,
-    Device,
-    Quiet,
-    ScoringBatchSize,
-    _check_output_file,
-    _domain_errors,
-    _load_detector,
-    _run_info,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, check_output_file, load_detector
+from skuniad.cli._errors import CliError, domain_errors
+from skuniad.cli._options import Device, Quiet, ScoringBatchSize
 
 
 class ExportFormat(str, Enum):
@@ -63,20 +54,21 @@ def import_reference(
     images. Without it the model scores images and evaluates ('skuniad
     evaluate --model'), but cannot label them +1/-1 ('skuniad predict').
     """
-    with _domain_errors():
+    with domain_errors():
         if not checkpoint.is_file():
             raise CliError(f"checkpoint not found: {checkpoint}")
         from skuniad.datasets import find_images
 
         images = find_images([calibrate]) if calibrate is not None else None
-        _check_output_file(output)
+        check_output_file(output)
         _common._tune_runtime()
         from skuniad import UniADDetector
+        from skuniad.evaluation import run_info
 
         det = UniADDetector.from_reference_checkpoint(
             checkpoint, device=device, reference_padding=reference_padding
         )
-        info = _run_info(det)
+        info = run_info(det)
         typer.echo(
             f"Imported {checkpoint}: {info['backbone']} at {info['image_size']} px, "
             f"{info['transformer']}, epoch {info['epochs']}."
@@ -121,9 +113,9 @@ def export(
     'anomaly_map' (batch, S, S) and 'image_score' (batch,), higher = more
     anomalous, computed in fp32.
     """
-    with _domain_errors():
-        det = _load_detector(model, "cpu")
-        _check_output_file(output)
+    with domain_errors():
+        det = load_detector(model, "cpu")
+        check_output_file(output)
         if format_ is ExportFormat.onnx:
             det.export_onnx(output, opset=opset)
             size = det.image_size

@@ -9,18 +9,9 @@ from typing import Annotated, Any
 import typer
 
 from skuniad.cli import _common
-from skuniad.cli._common import (
-    MODEL_SUFFIX,
-    ChunkSize,
-    CliError,
-    Device,
-    Quiet,
-    ScoringBatchSize,
-    Threads,
-    _domain_errors,
-    _load_detector,
-    app,
-)
+from skuniad.cli._common import MODEL_SUFFIX, app, load_detector
+from skuniad.cli._errors import CliError, domain_errors
+from skuniad.cli._options import ChunkSize, Device, Quiet, ScoringBatchSize, Threads
 
 
 def _overlay_names(images: list[Path], inputs: list[Path]) -> list[Path]:
@@ -43,13 +34,17 @@ def _overlay_names(images: list[Path], inputs: list[Path]) -> list[Path]:
 
 def _display_image(path: Path, max_side: int = 768):
     """The image at its own size, shrunk (aspect kept) when larger than ``max_side``."""
+    import numpy as np
+    from PIL import Image
+
     from skuniad.datasets import load_image
 
     image = load_image(path)
     height, width = image.shape[:2]
     scale = max_side / max(height, width)
-    if scale < 1:
-        image = load_image(path, size=(max(1, round(height * scale)), max(1, round(width * scale))))
+    if scale < 1:  # Pillow's bilinear filter, as load_image(size=...) resizes
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        image = np.array(Image.fromarray(image).resize(size, Image.Resampling.BILINEAR))
     return image
 
 
@@ -129,14 +124,12 @@ def predict(
     0 to twice the model's pixel threshold, with the pixels above the
     image's pixel threshold outlined in green.
     """
-    with _domain_errors():
-        if not model.is_file():
-            raise CliError(f"model file not found: {model}")
+    with domain_errors():
         from skuniad.datasets import find_images, folder_categories
 
-        paths = find_images(images, skip_masks=True)
         _common._tune_runtime(threads)
-        det = _load_detector(model, device)
+        det = load_detector(model, device)
+        paths = find_images(images, skip_masks=True)
         det.set_params(verbose=0)  # one progress bar, this command's
         if batch_size is not None:
             det.set_params(batch_size=batch_size)

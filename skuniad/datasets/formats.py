@@ -12,15 +12,13 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 
+from skuniad._choices import DATASET_FORMATS
 from skuniad.datasets._base import AnomalyDataset
 from skuniad.datasets.mvtec import load_mvtec
 from skuniad.datasets.uniad_json import load_uniad_json
 from skuniad.datasets.visa import load_visa
 
 __all__ = ["DATASET_FORMATS", "describe_format", "load_dataset"]
-
-DATASET_FORMATS: tuple[str, ...] = ("mvtec", "visa", "uniad-json")
-"""Names accepted by :func:`load_dataset` and ``skuniad evaluate --dataset``."""
 
 _OFFLINE = """\
 No network needed with --backbone tf_efficientnet_lite0: its ImageNet weights are

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from skuniad._choices import SETTINGS
 from skuniad.datasets import AnomalyDataset
 from skuniad.evaluation._curves import CurveRecorder, merge_curves, write_curves
 from skuniad.evaluation._evaluate import (
@@ -20,9 +21,6 @@ from skuniad.evaluation._evaluate import (
     mean_over_categories,
 )
 from skuniad.evaluation._report import ALL_METRICS, write_results
-
-SETTINGS = ("unified", "separate")
-"""UniAD's two settings: one model for all categories, or one model per category."""
 
 
 def run_experiment(
