@@ -464,8 +464,8 @@ def check_calibration_masks(masks, sizes: list[tuple[int, int]], labels) -> list
         raise ValueError(f"masks has {len(masks)} entries but there are {len(sizes)} images")
     checked = []
     for i, (mask, size, label) in enumerate(zip(masks, sizes, labels, strict=True)):
-        if mask is None:
-            checked.append(None)
+        if mask is None:  # a normal image has no defect pixel; a defective one is left out
+            checked.append(None if label else np.zeros(size, dtype=bool))
             continue
         mask = np.asarray(mask)
         if mask.shape != tuple(size):

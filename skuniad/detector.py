@@ -713,10 +713,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         groups : array-like of shape (n,) of str or int, default=None
             The category of each image, for thresholds per category.
         masks : list of (H, W) bool arrays or None, default=None
-            Ground truth of each image at its size (None or empty for normal
-            images): with ``"f1"`` and ``"recall"``, the pixel threshold is
-            chosen on these pixels; otherwise it follows the image rule on the
-            normal images' map maxima.
+            Ground truth of each image at its size (None: empty for a normal
+            image, unknown for a defective one): with ``"f1"`` and
+            ``"recall"``, the pixel threshold is chosen on these pixels;
+            otherwise it follows the image rule on the normal images' maps.
         objective : {"contamination", "f1", "false_alarms", "recall"}
             ``"contamination"``: ``fit``'s rule on the normal images.
             ``"f1"``: the threshold of highest F1 (anomalib's default).

@@ -132,6 +132,26 @@ def echo_thresholds(det: Any, *, details: bool = False) -> None:
         )
     if details and groups:
         typer.echo(f"  other categories: unknown_group={det.unknown_group!r}")
+    echo_calibration(det.thresholds_.calibration)
+
+
+def echo_calibration(calibration: dict | None) -> None:
+    """What labelled calibration chose and achieved on its images (nothing for fit's rule)."""
+    if calibration is None:
+        return
+    target = "" if calibration["target"] is None else f", target {calibration['target']:g}"
+    typer.echo(f"Calibrated for {calibration['objective']}{target}; on the calibration images:")
+    parts = [(None, calibration["pooled"]), *calibration["groups"]]
+    for group, achieved in parts:
+        for level in ("image", "pixel"):
+            if achieved[level] is None:
+                continue
+            values = achieved[level]
+            typer.echo(
+                f"  {'all' if group is None else group} {level}s: "
+                f"recall {100 * values['recall']:.1f} %, false alarms "
+                f"{100 * values['false_alarm_rate']:.1f} %, F1 {100 * values['f1']:.1f} %"
+            )
 
 
 def format_seconds(seconds: float) -> str:

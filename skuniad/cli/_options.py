@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import typer
 
 from skuniad._choices import (
+    CALIBRATION_OBJECTIVES,
     DATASET_FORMATS,
     IMAGE_SCORES,
     LAYER_QUERIES,
@@ -41,6 +42,22 @@ LayerQueries = _choice_enum("LayerQueries", LAYER_QUERIES)
 LrSchedule = _choice_enum("LrSchedule", LR_SCHEDULES)
 ImageScore = _choice_enum("ImageScore", IMAGE_SCORES)
 Precision = _choice_enum("Precision", PRECISIONS)
+Objective = _choice_enum("Objective", tuple(o.replace("_", "-") for o in CALIBRATION_OBJECTIVES))
+
+ObjectiveOption = Annotated[
+    Objective,
+    typer.Option(
+        help="How the thresholds are chosen: contamination (the model's rule on the good "
+        "images), f1 (the best F1 on the labelled images), false-alarms (flag at most "
+        "--target of the good images) or recall (catch at least --target of the defective ones)."
+    ),
+]
+TargetOption = Annotated[
+    float | None,
+    typer.Option(
+        metavar="X", help="With --objective false-alarms or recall: the share, in (0, 1)."
+    ),
+]
 
 
 # The option types; TRAINING_OPTIONS below gives the training ones their defaults.

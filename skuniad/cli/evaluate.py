@@ -26,10 +26,13 @@ from skuniad.cli._options import (
     TRAIN_PANEL,
     DatasetFormat,
     Device,
+    Objective,
+    ObjectiveOption,
     Precision,
     PrecisionOption,
     Quiet,
     Setting,
+    TargetOption,
     TestMeta,
     Threads,
     TrainMeta,
@@ -144,6 +147,18 @@ def evaluate_command(
     curve_categories: Annotated[
         bool, typer.Option(help="One line per category in curve.png.")
     ] = False,
+    calibrate_with: Annotated[
+        int | None,
+        typer.Option(
+            metavar="K",
+            min=5,
+            help="Per category, K defective and K good test images (drawn with the seed) set "
+            "the thresholds with --objective (their masks choose the pixel threshold) and are "
+            "left out of every reported metric.",
+        ),
+    ] = None,
+    objective: ObjectiveOption = Objective.f1,
+    target: TargetOption = None,
     per_category: Annotated[
         bool,
         typer.Option(
@@ -212,6 +227,9 @@ def evaluate_command(
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with domain_errors():
         from skuniad.evaluation import (
+            calibrate_on_test_images,
+            calibration_facts,
+            check_calibration_split,
             check_test_set,
             evaluate_detector,
             run_block,
@@ -222,6 +240,12 @@ def evaluate_command(
         # Everything that can be wrong with the data fails here, before any training.
         test = read_split(dataset, root, "test", category, test_meta)
         check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
+        calibration = None
+        if calibrate_with is not None:
+            calibration = calibration_facts(
+                calibrate_with, objective.value.replace("-", "_"), target
+            )
+            check_calibration_split(test, calibrate_with, calibration["objective"], target)
         if model is None:
             train = read_split(dataset, root, "train", category, train_meta)
             if init_model is None:  # a saved model carries its backbone's weights
@@ -255,6 +279,9 @@ def evaluate_command(
                 checkpoint_every=checkpoint_every or None,
                 init_model=init_model,
                 run_details={"dataset": described, "model": "trained by this command"},
+                calibrate_with=calibrate_with,
+                objective=calibration["objective"] if calibration else "f1",
+                target=target,
                 verbose=0 if quiet else 1,
             )
             run = results["run"]
@@ -270,6 +297,15 @@ def evaluate_command(
             det.set_params(verbose=0 if quiet else 1)
             if given_options(ctx, ["batch_size"]):
                 det.set_params(batch_size=training["batch_size"])
+            if calibration is not None:
+                test = calibrate_on_test_images(
+                    det,
+                    test,
+                    calibrate_with,
+                    seed[0] if seed else None,
+                    calibration["objective"],
+                    target,
+                )
             typer.echo(
                 f"Evaluating {len(test)} test images of {len(test.category_names)} categories."
             )
@@ -288,6 +324,8 @@ def evaluate_command(
                 )
             )
             typer.echo(f"Wall time: evaluation {format_seconds(seconds)}")
+            if calibration is not None:
+                results["calibration"] = calibration
         print_results(results)
         if output is not None:
             json_path, md_path = write_results(results, output)

@@ -27,11 +27,14 @@ from skuniad.cli._options import (
     DataKind,
     DatasetFormat,
     Device,
+    Objective,
+    ObjectiveOption,
     PerCategory,
     Precision,
     PrecisionOption,
     Quiet,
     Seed,
+    TargetOption,
     Threads,
     TrainMeta,
     check_options,
@@ -245,13 +248,13 @@ def calibrate(
         typer.Argument(metavar="MODEL", help=f"A model written by 'skuniad fit' ({MODEL_SUFFIX})."),
     ],
     data_dirs: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Argument(
             metavar="DATA_DIR",
             help="Normal images (folders searched recursively, or files); with --dataset "
             "mvtec, MVTec-style roots (CATEGORY/train/good is used).",
         ),
-    ],
+    ] = None,
     output: Annotated[
         Path,
         typer.Option(
@@ -260,7 +263,30 @@ def calibrate(
             metavar="FILE",
             help=f"Model file to write ({MODEL_SUFFIX}); may be MODEL.",
         ),
-    ],
+    ] = ...,
+    normal: Annotated[
+        list[Path] | None,
+        typer.Option(metavar="DIR", help="More normal images (folders or files); repeatable."),
+    ] = None,
+    defects: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="DIR",
+            help="Defective images (folders or files; an MVTec test folder may be given whole: "
+            "its 'good' images count as normal); repeatable.",
+        ),
+    ] = None,
+    masks: Annotated[
+        list[Path] | None,
+        typer.Option(
+            metavar="DIR",
+            help="Ground truth of the images of each --defects, in the same order, laid out "
+            "as they are (DIR/TYPE/STEM_mask.png for DEFECTS/TYPE/STEM.png, as MVTec's "
+            "ground_truth): the pixel threshold of f1 and recall is chosen on these pixels.",
+        ),
+    ] = None,
+    objective: ObjectiveOption = Objective.contamination,
+    target: TargetOption = None,
     dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
     category: Annotated[
         list[str] | None,
@@ -273,22 +299,87 @@ def calibrate(
     quiet: Quiet = False,
     threads: Threads = None,
 ) -> None:
-    """Set a model's thresholds from normal images it has not trained on.
+    """Set a model's thresholds from images it has not trained on, normal or labelled.
 
-    The rule is fit's (the model's contamination), applied to these images:
-    every threshold is replaced, per category too with --per-category (else
-    no per-category thresholds remain). The weights are unchanged.
+    With normal images only (DATA_DIR, --normal) the rule is fit's (the
+    model's contamination). With --defects, --objective chooses: f1 (the
+    best F1), false-alarms --target X (at most that share of the good images
+    flagged) or recall --target X (at least that share of the defective ones
+    caught); the recall, false alarms and F1 this gives on these images are
+    printed and kept in the model ('skuniad info'). Every threshold is
+    replaced, per category too with --per-category (categories from the
+    folders: the one above train/test in an MVTec layout, else each DATA_DIR's
+    name). The weights are unchanged.
     """
     with domain_errors():
-        if per_category:
-            images, groups = _images_and_categories(data_dirs, dataset, category)
-        else:
-            images, groups = _training_images(data_dirs, dataset, category), None
+        images, labels, groups, mask_list = _calibration_images(
+            data_dirs or [],
+            normal or [],
+            defects or [],
+            masks or [],
+            dataset,
+            category,
+            per_category,
+        )
         check_output_file(output)
         _common._tune_runtime(threads)
         det = load_detector(model, device)
         det.set_params(verbose=0 if quiet else 1)
-        det.calibrate(images, groups=groups)
+        det.calibrate(
+            images,
+            labels if defects else None,
+            groups=groups,
+            masks=mask_list,
+            objective=objective.value.replace("-", "_"),
+            target=target,
+        )
         det.save(output)
-        typer.echo(f"Calibrated on {len(images)} normal images; model written to {output}")
+        n_defects = sum(labels)
+        what = f"{len(images) - n_defects} normal" + (
+            f" and {n_defects} defective" if defects else ""
+        )
+        typer.echo(f"Calibrated on {what} images; model written to {output}")
         echo_thresholds(det)
+
+
+def _calibration_images(
+    data_dirs: list[Path],
+    normal: list[Path],
+    defects: list[Path],
+    masks: list[Path],
+    dataset: DataKind,
+    category: list[str] | None,
+    per_category: bool,
+) -> tuple[list[Path], list[int], list[str] | None, list | None]:
+    """Images, labels (1 = defective), categories and masks for 'skuniad calibrate'."""
+    from skuniad.datasets import find_masks, labelled_images, layout_categories, load_mask
+
+    if not (data_dirs or normal or defects):
+        raise typer.BadParameter("give normal images (DATA_DIR or --normal) or --defects")
+    if masks and len(masks) != len(defects):
+        raise typer.BadParameter(
+            f"one --masks per --defects, in the same order: got {len(masks)} for {len(defects)}",
+            param_hint="--masks",
+        )
+    images: list[Path] = []
+    groups: list[str] | None = None
+    if data_dirs:
+        if per_category:
+            images, groups = _images_and_categories(data_dirs, dataset, category)
+        else:
+            images = _training_images(data_dirs, dataset, category)
+    more, labels, roots = labelled_images(normal, defects)
+    if per_category and more:
+        groups = (groups or []) + layout_categories(more)
+    labels = [0] * len(images) + labels
+    mask_list = None
+    if masks:
+        mask_list = [None] * (len(images) + len(more))
+        for defect_root, mask_root in zip(defects, masks, strict=True):
+            marked = [
+                i for i, root in enumerate(roots) if root == defect_root and labels[len(images) + i]
+            ]
+            found = find_masks([more[i] for i in marked], [roots[i] for i in marked], mask_root)
+            for i, mask in zip(marked, found, strict=True):
+                mask_list[len(images) + i] = load_mask(mask)
+    return images + more, labels, groups, mask_list

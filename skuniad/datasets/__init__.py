@@ -12,8 +12,11 @@ from skuniad.datasets._base import (
 from skuniad.datasets.folders import (
     DuplicateFolderNameError,
     find_images,
+    find_masks,
     folder_categories,
     images_and_categories,
+    labelled_images,
+    layout_categories,
 )
 from skuniad.datasets.formats import DATASET_FORMATS, describe_format, load_dataset
 from skuniad.datasets.mvtec import list_categories, load_mvtec
@@ -40,8 +43,11 @@ __all__ = [
     "SyntheticSet",
     "describe_format",
     "find_images",
+    "find_masks",
     "folder_categories",
     "images_and_categories",
+    "labelled_images",
+    "layout_categories",
     "list_categories",
     "load_dataset",
     "load_image",

@@ -17,8 +17,11 @@ from skuniad.errors import SkuniadError
 __all__ = [
     "DuplicateFolderNameError",
     "find_images",
+    "find_masks",
     "folder_categories",
     "images_and_categories",
+    "labelled_images",
+    "layout_categories",
 ]
 
 _MASK_FOLDER = "ground_truth"
@@ -156,3 +159,77 @@ def folder_categories(
         match = next((part for part in reversed(parts) if part in named), None)
         found.append(named[match] if match is not None else (parts[-1] if parts else ""))
     return found
+
+
+def labelled_images(
+    normal: Iterable[str | os.PathLike[str]], defective: Iterable[str | os.PathLike[str]]
+) -> tuple[list[Path], list[int], list[Path]]:
+    """Images with labels (1 = defective): those of ``normal``, then those of ``defective``.
+
+    Folders are searched as :func:`find_images` does, masks (``ground_truth``
+    folders) left out. Under ``defective``, an image inside a folder named
+    ``good`` is normal (an MVTec-style ``test`` folder can be given whole).
+    Returns the paths, the labels and, for each image, the input it was
+    found under (to find its mask, see :func:`find_masks`).
+    """
+    paths: list[Path] = []
+    labels: list[int] = []
+    roots: list[Path] = []
+    for inputs, label in ((list(normal), 0), (list(defective), 1)):
+        for root in inputs:
+            for path in find_images([root], skip_masks=True):
+                paths.append(path)
+                inside = path.relative_to(root).parts[:-1] if Path(root).is_dir() else ()
+                labels.append(0 if label == 0 or "good" in inside else 1)
+                roots.append(Path(root))
+    return paths, labels, roots
+
+
+def find_masks(
+    paths: Sequence[Path], roots: Sequence[Path], mask_root: str | os.PathLike[str]
+) -> list[Path]:
+    """The mask of each defective image, in ``mask_root`` as MVTec lays them out.
+
+    An image at ``ROOT/a/b/000.png`` (``ROOT`` the folder it was found under)
+    has its mask at ``MASKS/a/b/000_mask.png``, else ``MASKS/a/b/000.png`` (any
+    extension of :data:`IMAGE_EXTENSIONS`): give ``--masks CATEGORY/ground_truth``
+    with ``CATEGORY/test``.
+
+    Raises
+    ------
+    FileNotFoundError
+        For the first image without a mask, naming where it was looked for.
+    """
+    mask_root = Path(mask_root)
+    found = []
+    for path, root in zip(paths, roots, strict=True):
+        relative = path.relative_to(root) if root.is_dir() else Path(path.name)
+        folder = mask_root / relative.parent
+        candidates = [
+            folder / f"{relative.stem}{suffix}{extension}"
+            for suffix in ("_mask", "")
+            for extension in IMAGE_EXTENSIONS
+        ]
+        mask = next((c for c in candidates if c.is_file()), None)
+        if mask is None:
+            raise FileNotFoundError(
+                f"no mask for {path}: looked for {folder / relative.stem}_mask.png (or .png, "
+                f"another image extension) under --masks {mask_root}"
+            )
+        found.append(mask)
+    return found
+
+
+def layout_categories(paths: Iterable[str | os.PathLike[str]]) -> list[str]:
+    """Each image's category in an MVTec-style layout: the folder above ``train`` or ``test``.
+
+    Images outside such a layout get the name of the folder holding them.
+    """
+    categories = []
+    for path in paths:
+        parts = Path(path).resolve().parts[:-1]
+        split = next(
+            (i for i in range(len(parts) - 1, 0, -1) if parts[i] in ("train", "test")), None
+        )
+        categories.append(parts[split - 1] if split is not None else parts[-1])
+    return categories

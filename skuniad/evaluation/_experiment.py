@@ -312,17 +312,13 @@ def calibrate_on_test_images(
     images only.
     """
     from skuniad.datasets import load_mask
-    from skuniad.io import image_size
 
     check_calibration_split(test, images_per_class, objective, target)
     images, reported = calibration_split(test, images_per_class, seed)
 
     masks = None
     if any(path is not None for path in images.mask_paths):
-        masks = [
-            load_mask(mask) if mask is not None else np.zeros(image_size(path, i), dtype=bool)
-            for i, (path, mask) in enumerate(zip(images.paths, images.mask_paths, strict=True))
-        ]
+        masks = [None if mask is None else load_mask(mask) for mask in images.mask_paths]
     det.calibrate(
         images.paths,
         images.labels,
