@@ -1,6 +1,11 @@
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 torch.set_num_threads(2)
 
@@ -22,14 +27,39 @@ TINY = dict(
 
 @pytest.fixture
 def tiny_params() -> dict:
-    """A detector small enough to fit in about a second on a CPU."""
+    """A detector small enough to fit in about a second on a CPU (a copy: change it freely)."""
     return dict(TINY)
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> Mapping:
+    """``tiny_params`` read-only, for fixtures shared by a module or the session."""
+    return MappingProxyType(TINY)
+
+
+@pytest.fixture(scope="session")
+def fast_params(tiny_settings) -> Mapping:
+    """The smallest model worth fitting: one epoch at 32 px (a 2 x 2 token grid); read-only."""
+    return MappingProxyType({**tiny_settings, "image_size": 32, "max_epochs": 1})
 
 
 @pytest.fixture
 def images() -> np.ndarray:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, size=(6, 40, 48, 3), dtype=np.uint8)
+
+
+@pytest.fixture
+def image_files(tmp_path) -> Callable[[np.ndarray], list[Path]]:
+    """Saves images as ``tmp_path/0.png``, ``1.png``, ... and returns their paths."""
+
+    def save(X) -> list[Path]:
+        paths = [tmp_path / f"{i}.png" for i in range(len(X))]
+        for path, image in zip(paths, X, strict=True):
+            Image.fromarray(image).save(path)
+        return paths
+
+    return save
 
 
 @pytest.fixture(scope="session")

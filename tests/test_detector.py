@@ -151,12 +151,9 @@ def test_maps_and_masks_at_input_and_model_size(fitted_tiny):
         det.anomaly_maps(X, size="huge")
 
 
-def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, tmp_path):
+def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, image_files):
     det, X = fitted_tiny
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image).save(paths[-1])
+    paths = image_files(X)
     expected = det.score_samples(X)
     np.testing.assert_allclose(det.score_samples(list(X)), expected, rtol=1e-6)
     np.testing.assert_allclose(
@@ -476,12 +473,9 @@ def test_predict_all_runs_the_networks_once_and_equals_each_method(fitted_tiny, 
     np.testing.assert_array_equal(model_size.anomaly_maps, det.anomaly_maps(X, size="model"))
 
 
-def test_predict_chunks_bounds_memory_and_skips_unreadable_files(fitted_tiny, tmp_path):
+def test_predict_chunks_bounds_memory_and_skips_unreadable_files(fitted_tiny, image_files):
     det, X = fitted_tiny
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image).save(paths[-1])
+    paths = image_files(X)
     whole = det.predict_all(paths)
     chunks = list(det.predict_chunks(paths, chunk_size=4))
     assert [list(c.indices) for c in chunks] == [[0, 1, 2, 3], [4, 5]]

@@ -3,7 +3,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,13 +10,11 @@ import pytest
 from skuniad.distributed import DistributedContext, gather_shards
 
 SCRIPT = """
-import hashlib, json, os, sys
+import hashlib, json, os
 import numpy as np
-sys.path.insert(0, {tests!r})
-from conftest import TINY
 from skuniad import UniADDetector
 X = np.random.default_rng(0).integers(0, 256, (7, 40, 40, 3), dtype=np.uint8)
-det = UniADDetector(**TINY).fit(X)
+det = UniADDetector(**{params!r}).fit(X)
 state = det.model_.state_dict()
 digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
 out = {{"digest": digest, "offset": det.offset_, "threshold": det.pixel_threshold_,
@@ -29,10 +26,9 @@ finish()
 """
 
 
-def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path):
+def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path, tiny_params):
     script = tmp_path / "fit.py"
-    tests = str(Path(__file__).parent)
-    script.write_text(SCRIPT.format(tests=tests, out=str(tmp_path)))
+    script.write_text(SCRIPT.format(params=tiny_params, out=str(tmp_path)))
     command = [
         sys.executable,
         "-m",
