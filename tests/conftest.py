@@ -43,6 +43,33 @@ def fast_params(tiny_settings) -> Mapping:
     return MappingProxyType({**tiny_settings, "image_size": 32, "max_epochs": 1})
 
 
+# the command-line option for each tiny parameter; max_epochs is left to each test's --epochs
+_CLI_OPTIONS = {
+    "backbone": "--backbone",
+    "backbone_weights": "--backbone-weights",
+    "image_size": "--image-size",
+    "hidden_dim": "--hidden-dim",
+    "num_heads": "--num-heads",
+    "num_encoder_layers": "--encoder-layers",
+    "num_decoder_layers": "--decoder-layers",
+    "dim_feedforward": "--feedforward-dim",
+    "neighbor_size": "--neighbor-size",
+    "batch_size": "--batch-size",
+    "random_state": "--seed",
+}
+
+
+@pytest.fixture(scope="module")
+def tiny_args(tiny_settings) -> list[str]:
+    """The tiny detector as ``skuniad fit`` options (all but the epochs), then ``--quiet``."""
+    assert set(tiny_settings) - set(_CLI_OPTIONS) == {"max_epochs"}
+    args = []
+    for name, option in _CLI_OPTIONS.items():
+        value = tiny_settings[name]
+        args += [option, "none" if value is None else str(value)]
+    return [*args, "--quiet"]
+
+
 @pytest.fixture
 def images() -> np.ndarray:
     rng = np.random.default_rng(0)
@@ -70,3 +97,4 @@ def fitted_tiny():
     rng = np.random.default_rng(1)
     X = rng.integers(0, 256, size=(6, 40, 48, 3), dtype=np.uint8)
     return UniADDetector(**TINY).fit(X), X
+
