@@ -98,3 +98,37 @@ def fitted_tiny():
     X = rng.integers(0, 256, size=(6, 40, 48, 3), dtype=np.uint8)
     return UniADDetector(**TINY).fit(X), X
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """(path, backbone state, reconstruction module) of a synthetic reference checkpoint."""
+    from reference_checkpoint import (
+        ReferenceReconstruction,
+        lukemelas_b0_state,
+        randomized,
+        save_reference_checkpoint,
+    )
+
+    backbone = lukemelas_b0_state()
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        reconstruction = randomized(ReferenceReconstruction(), seed=2).eval()
+    state = {f"module.backbone.{k}": v for k, v in backbone.items()}
+    state.update({f"module.reconstruction.{k}": v for k, v in reconstruction.state_dict().items()})
+    path = tmp_path_factory.mktemp("reference") / "ckpt.pth.tar"
+    save_reference_checkpoint(path, state)
+    return path, backbone, reconstruction
+
+
+@pytest.fixture(scope="module")
+def imported(reference):
+    from skuniad import UniADDetector
+
+    return UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
+
+
+@pytest.fixture
+def reference_images():
+    """Three 50 x 60 images: not the model's size, so the reference's resize runs."""
+    return np.random.default_rng(0).integers(0, 256, size=(3, 50, 60, 3), dtype=np.uint8)
+
