@@ -132,3 +132,81 @@ def reference_images():
     """Three 50 x 60 images: not the model's size, so the reference's resize runs."""
     return np.random.default_rng(0).integers(0, 256, size=(3, 50, 60, 3), dtype=np.uint8)
 
+
+# ------------------------------------------------- CUDA-only code paths, on a CPU
+# No GPU runs the tests: torch.cuda queries are monkeypatched (gpus), the "meta" device
+# stands in for an accelerator (a tensor there has no values, so code that reads one
+# back fails), and distributed training runs in a one-process gloo group or under
+# torchrun with two CPU processes.
+class Calls(list):
+    """A stand-in function that records its calls and returns ``result``."""
+
+    def __init__(self, result=None):
+        super().__init__()
+        self.result = result
+
+    def __call__(self, *args, **kwargs):
+        self.append((args, kwargs))
+        return self.result
+
+
+@pytest.fixture
+def recorder():
+    """Makes stand-in functions: ``f = recorder(result)``; ``f`` lists its (args, kwargs)."""
+    return Calls
+
+
+@pytest.fixture
+def cuda_oom_message() -> str:
+    return "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 16 GiB"
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    """Pretend this machine has GPUs; returns a setter for their count and capabilities."""
+
+    def setup(count=1, capabilities=((8, 0),), current=0):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: current)
+
+        def capability(device=None):
+            index = device if isinstance(device, int) else torch.device(device).index
+            return capabilities[index]
+
+        monkeypatch.setattr(torch.cuda, "get_device_capability", capability)
+        # emulated bf16 counts here: precision="auto" must not ask it
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+
+    return setup
+
+
+@pytest.fixture
+def train_tiny_model():
+    """Trains a fresh 8-channel UniADReconstruction on ``features`` (N, 8, 3, 3), on the CPU."""
+    from skuniad.nn.transformer import UniADReconstruction
+    from skuniad.training import train_reconstruction
+
+    def train(features, **options):
+        model = UniADReconstruction(
+            8,
+            (3, 3),
+            hidden_dim=8,
+            num_heads=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            dim_feedforward=16,
+            neighbor_size=1,
+        )
+        settings = dict(
+            max_epochs=1,
+            batch_size=4,
+            learning_rate=1e-3,
+            weight_decay=0.0,
+            grad_clip=0.1,
+            device=torch.device("cpu"),
+            amp_dtype=None,
+        )
+        return train_reconstruction(model, features, **{**settings, **options})
+
+    return train

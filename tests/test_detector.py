@@ -521,3 +521,19 @@ def test_verbose_scoring_shows_progress(fitted_tiny, capsys):
     det.set_params(verbose=0)
     det.score_samples(X)
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------- CUDA paths (faked)
+def test_fit_forks_the_rng_of_the_gpu_in_use(gpus, monkeypatch, tiny_params, images, recorder):
+    gpus(count=2, capabilities=[(8, 0)] * 2, current=1)
+    forked = recorder()
+
+    def fork_rng(*args, **kwargs):
+        forked.append(kwargs)
+        raise RuntimeError("stop here: the rest needs a real GPU")
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    det = UniADDetector(**{**tiny_params, "device": "cuda", "precision": "fp32"})
+    with pytest.raises(RuntimeError, match="stop here"):
+        det.fit(images)
+    assert forked[0]["devices"] == [1]

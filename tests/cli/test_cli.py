@@ -508,3 +508,17 @@ def test_evaluate_continues_a_saved_model_with_init_model(model_file, data_root,
     refused = runner.invoke(app, [*args, "--init-model", str(model_file), "--hidden-dim", "8"])
     assert refused.exit_code == 2
 
+
+# ---------------------------------------------------------- CUDA paths (faked)
+def test_info_reports_bf16_from_compute_capability(gpus, monkeypatch):
+    from typer.testing import CliRunner
+
+    from skuniad.cli import app
+
+    gpus(count=2, capabilities=[(7, 0), (9, 0)])
+    names = ["Tesla V100-SXM2-16GB", "NVIDIA H100"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: names[i])
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "cuda:0 Tesla V100-SXM2-16GB (compute capability 7.0, bf16: no)" in result.output
+    assert "cuda:1 NVIDIA H100 (compute capability 9.0, bf16: yes)" in result.output
