@@ -13,21 +13,11 @@ from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.transformer import UniADReconstruction
 
 
-def test_bf16_and_fp32_anomaly_maps_agree_closely(images):
+def test_bf16_and_fp32_anomaly_maps_agree_closely(tiny_params, images):
     """bf16 autocast changes a map by at most 3 % of its range (Pearson r > 0.99)."""
-    det = UniADDetector(
-        backbone="tf_efficientnet_lite0",
-        image_size=64,
-        hidden_dim=32,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-        dim_feedforward=64,
-        neighbor_size=1,
-        max_epochs=2,
-        precision="fp32",
-        random_state=0,
-    ).fit(images)
+    # ImageNet weights and the default batch size: maps of a trained backbone
+    params = {**tiny_params, "backbone_weights": "imagenet", "batch_size": 8}
+    det = UniADDetector(**params, precision="fp32").fit(images)
     fp32 = det.anomaly_maps(images, size="model")
     det.set_params(precision="bf16")
     bf16 = det.anomaly_maps(images, size="model")
