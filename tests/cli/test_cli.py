@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ def test_fit_on_a_folder_of_images(data_root, tmp_path, tiny_args):
     assert result.exit_code == 0, result.output
     assert "Training on 6 images" in result.output
     assert output.is_file()
+    assert UniADDetector.load(output, device="cpu").n_epochs_ == 1
 
 
 def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
@@ -274,19 +274,17 @@ def test_cli_module_imports_no_heavy_library():
 
 
 def test_help_is_fast():
-    start = time.perf_counter()
+    # fast because nothing heavy is imported: asserted as such, not as a wall-clock limit
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "skuniad", "--help"],
         capture_output=True,
         text=True,
         env=_env(),
     )
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0
     assert "Usage: skuniad" in result.stdout and "evaluate" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert not imported & {"torch", "timm", "sklearn"}
-    assert elapsed < 1.0
 
 
 def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path, tiny_args):

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from skuniad import UniADDetector
 from skuniad.cli import app
 from skuniad.datasets import load_mvtec, load_uniad_json
 
@@ -259,5 +260,7 @@ def test_fit_reads_every_format(data_root, lists, tmp_path, one_epoch_args):
     result = runner.invoke(app, args + tiny)
     assert result.exit_code == 0, result.output
     assert "Training on 3 images." in result.output
+    for model in ("a.skuniad", "b.skuniad"):
+        assert UniADDetector.load(tmp_path / model, device="cpu").n_epochs_ == 1
     result = runner.invoke(app, ["fit", str(data_root), "--dataset", "uniad-json", "-o", "m"])
     assert result.exit_code == 2 and "--train-meta" in result.output
