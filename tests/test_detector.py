@@ -14,6 +14,7 @@ from sklearn.base import clone, is_outlier_detector
 from sklearn.exceptions import NotFittedError
 
 from skuniad import UniADDetector
+from skuniad._thresholds import contamination_threshold
 
 
 def test_constructor_stores_arguments_verbatim(tiny_params):
@@ -129,9 +130,14 @@ def test_float_contamination_flags_that_fraction_of_training_images(tiny_params,
 
 
 def test_auto_thresholds_accept_typical_training_images(fitted_tiny):
-    det, X = fitted_tiny
-    assert np.mean(det.predict(X) == 1) >= 0.5
+    det, X = fitted_tiny  # fitted on X, contamination="auto": calibrated on X
+    assert det.contamination == "auto" and det.validation_fraction is None
+    # the rule itself: median + 3 robust standard deviations of the training values
+    assert -det.offset_ == contamination_threshold(-det.score_samples(X), "auto")
     per_image_max = det.anomaly_maps(X, size="model").reshape(len(X), -1).max(1)
+    assert det.pixel_threshold_ == contamination_threshold(per_image_max, "auto")
+    assert det.thresholds_.image == -det.offset_ and det.thresholds_.groups == {}
+    assert np.mean(det.predict(X) == 1) >= 0.5
     assert np.mean(per_image_max <= det.pixel_threshold_) >= 0.5
 
 
