@@ -99,6 +99,11 @@ def test_methods_before_fit_raise_not_fitted(images):
 
 
 def test_outlier_semantics(fitted_tiny):
+    """How the score is made (the pooled map) and what fit leaves.
+
+    sklearn's outlier-detector contract on held-out images:
+    test_sklearn.py::test_outlier_semantics_and_contamination_fraction.
+    """
     det, X = fitted_tiny
     scores = det.score_samples(X)
     assert scores.shape == (len(X),) and scores.dtype == np.float64
@@ -123,6 +128,9 @@ def test_fit_predict_equals_fit_then_predict(tiny_params, images):
 
 @pytest.mark.parametrize("contamination", [0.1, 0.25, 0.5])
 def test_float_contamination_flags_that_fraction_of_training_images(tiny_params, contamination):
+    """Over several fractions; fit_predict on the training images, as sklearn's
+    check_outliers_fit_predict: test_sklearn.py::test_outlier_semantics_and_contamination_fraction.
+    """
     X = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     det = UniADDetector(**tiny_params, contamination=contamination).fit(X)
     flagged = np.mean(det.predict(X) == -1)
@@ -158,6 +166,8 @@ def test_maps_and_masks_at_input_and_model_size(fitted_tiny):
 
 
 def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, image_files):
+    """Kinds of image (PIL, files, floats, grey); kinds of container and memory layout:
+    test_sklearn.py::test_containers_and_memory_layouts_score_the_same."""
     det, X = fitted_tiny
     paths = image_files(X)
     expected = det.score_samples(X)
@@ -260,6 +270,8 @@ def test_fit_does_not_disturb_the_global_torch_rng(tiny_params, images):
 
 
 def test_pickle_round_trip_keeps_scores(fitted_tiny, tmp_path):
+    """pickle and joblib files keep scores and masks; sklearn's check_estimators_pickle (with a
+    read-only memmap): test_sklearn.py::test_pickle_round_trip_including_read_only_memmap."""
     det, X = fitted_tiny
     restored = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(restored.score_samples(X), det.score_samples(X))

@@ -343,7 +343,9 @@ def test_fit_returns_self_keeps_parameters_and_ignores_y(fitted, normal, fast_pa
 
 
 def test_outlier_semantics_and_contamination_fraction(fitted, normal, validation, fast_params):
-    """Stands for check_outliers_train and check_outliers_fit_predict."""
+    """Stands for check_outliers_train and check_outliers_fit_predict. How the score is made:
+    test_detector.py::test_outlier_semantics; other fractions:
+    test_detector.py::test_float_contamination_flags_that_fraction_of_training_images."""
     images, _ = validation
     labels = fitted.predict(images)
     decision = fitted.decision_function(images)
@@ -377,7 +379,8 @@ def test_fit_on_read_only_memmap_is_idempotent(fitted, normal, fast_params):
 
 
 def test_pickle_round_trip_including_read_only_memmap(fitted, validation):
-    """Stands for check_estimators_pickle (plain and readonly_memmap=True)."""
+    """Stands for check_estimators_pickle (plain and readonly_memmap=True). joblib files and
+    masks: test_detector.py::test_pickle_round_trip_keeps_scores."""
     images, _ = validation
     for restored in (pickle.loads(pickle.dumps(fitted)), create_memmap_backed_data(fitted)):
         np.testing.assert_array_equal(restored.predict(images), fitted.predict(images))
@@ -403,7 +406,9 @@ def test_dtypes_of_the_same_images_score_the_same(fitted, validation):
 
 def test_containers_and_memory_layouts_score_the_same(fitted, validation):
     """Stands for check_dtype_object, check_f_contiguous_array_estimator and
-    check_classifier_data_not_an_array: the container does not change the scores."""
+    check_classifier_data_not_an_array: the container does not change the scores. PIL images,
+    files, float and grey images:
+    test_detector.py::test_arrays_pil_images_and_paths_give_the_same_scores."""
     images, _ = validation
     expected = fitted.score_samples(images)
     objects = np.empty(len(images), dtype=object)
