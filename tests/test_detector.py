@@ -216,6 +216,7 @@ print(model, hashlib.sha256(det.score_samples(X).tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_fits_across_processes(tiny_params, tmp_path):
     script = _FIT_SAVE_AND_HASH.format(params=tiny_params)
     runs = [

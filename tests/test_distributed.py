@@ -34,6 +34,7 @@ finish()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path, tiny_params):
     script = tmp_path / "fit.py"
     script.write_text(SCRIPT.format(params=tiny_params, out=str(tmp_path)))
@@ -63,6 +64,7 @@ def test_shards_cover_every_image_once_and_gather_in_order(world):
     assert gather_shards(np.arange(4.0), None).tolist() == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_torchrun_cli_fit_writes_one_model_from_rank_zero(tmp_path):
     from PIL import Image
 
@@ -267,6 +269,7 @@ finish()
 """
 
 
+@pytest.mark.slow
 def test_torchrun_ctrl_c_on_one_rank_stops_every_rank_after_the_same_epoch(tmp_path, tiny_params):
     script = tmp_path / "stop.py"
     params = {**tiny_params, "max_epochs": 3}

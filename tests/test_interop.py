@@ -163,6 +163,7 @@ def test_documented_b4_reconstruction_layout_loads_exactly():
 
 
 # ------------------------------------------------------------- calibration
+@pytest.mark.slow
 def test_imported_model_needs_calibration_for_decisions(reference, reference_images, tmp_path):
     det = UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
     scores = det.score_samples(reference_images)
@@ -273,6 +274,7 @@ def test_exported_checkpoint_has_the_reference_layout(reference, imported, tmp_p
     assert all(torch.equal(state[f"module.backbone.{k}"], reference[1][k]) for k in backbone)
 
 
+@pytest.mark.slow
 def test_fitted_detector_round_trips_with_its_own_padding(
     tiny_params, reference_images, tmp_path, fitted_tiny
 ):

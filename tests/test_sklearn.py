@@ -190,6 +190,7 @@ def test_loader_at_model_size_scores_like_the_detector(fitted):
 
 
 # --------------------------------------------------------- model selection
+@pytest.mark.slow
 def test_grid_search_fits_normal_images_and_selects_by_image_auroc(
     fitted, normal, selection, fast_params
 ):
@@ -227,6 +228,7 @@ def test_cross_val_score_understands_sklearn_outlier_labels(fitted, normal, sele
     np.testing.assert_array_equal(scores, [fitted.score(X[len(normal) :], y[len(normal) :])])
 
 
+@pytest.mark.slow
 def test_parallel_model_selection_with_joblib(normal, selection, fast_params):
     X, y, cv = selection
     search = GridSearchCV(UniADDetector(**fast_params), {"max_epochs": [1, 2]}, cv=cv, refit=False)

@@ -38,6 +38,7 @@ def _fit_interrupted(params, images, monkeypatch, step):
     return det
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr_schedule", ["step", "cosine"])
 def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path, lr_schedule):
     params = {**tiny_params, "max_epochs": 4, "lr_schedule": lr_schedule}
@@ -107,6 +108,7 @@ def test_unreadable_checkpoint_is_refused_without_running_code(tiny_params, imag
     assert not sentinel.exists()
 
 
+@pytest.mark.slow
 def test_fused_adamw_trains_as_the_plain_for_loop_adamw(monkeypatch):
     def model():
         torch.manual_seed(0)
@@ -169,6 +171,7 @@ def test_learning_rate_drops_as_the_reference_steplr(max_epochs):
         assert decay_at == 801
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("lr_schedule", ["step", "cosine"])
 def test_every_step_trains_at_the_schedules_rate(tiny_params, images, monkeypatch, lr_schedule):
     rates = []
@@ -199,6 +202,7 @@ def test_cosine_schedule_warms_up_then_decays_to_zero():
         training.lr_factor("linear", 20, 50)
 
 
+@pytest.mark.slow
 def test_scoring_after_every_epoch_leaves_the_fit_unchanged(tiny_params, images):
     params = {**tiny_params, "max_epochs": 3, "dropout": 0.1, "jitter_prob": 0.5}
     plain = UniADDetector(**params).fit(images)
@@ -218,6 +222,7 @@ def test_scoring_after_every_epoch_leaves_the_fit_unchanged(tiny_params, images)
     assert not any(training_mode for *_, training_mode in seen)
 
 
+@pytest.mark.slow
 def test_a_long_training_prints_its_estimated_duration_after_the_first_epoch(
     tiny_params, images, monkeypatch, capsys
 ):

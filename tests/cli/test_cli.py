@@ -114,6 +114,7 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert not (tmp_path / "model.skuniad").exists()
 
 
+@pytest.mark.slow
 def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_path, tiny_args):
     result = runner.invoke(
         app,
@@ -128,6 +129,7 @@ def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_pa
     assert UniADDetector.load(tmp_path / "model.skuniad", device="cpu").n_epochs_ == 2
 
 
+@pytest.mark.slow
 def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tmp_path, tiny_args):
     args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2"]
     args += ["--setting", "separate", "--seed", "1", "--eval-every", "1", "--curve-categories"]
@@ -165,6 +167,7 @@ def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_p
     assert "I-AUROC std" in result.output
 
 
+@pytest.mark.slow
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
     monkeypatch.setattr(
@@ -287,6 +290,7 @@ def test_help_is_fast():
     assert not imported & {"torch", "timm", "sklearn"}
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path, tiny_args):
     output = tmp_path / "interrupted.skuniad"
     args = [str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "100000"]
@@ -349,6 +353,7 @@ def _weights(path):
     return UniADDetector.load(path, device="cpu").model_.state_dict()
 
 
+@pytest.mark.slow
 def test_a_killed_fit_resumes_to_the_same_weights(data_root, tmp_path, tiny_args):
     extra = ["--epochs", "4", "--checkpoint-every", "1"]
     whole = tmp_path / "whole.skuniad"

@@ -110,6 +110,7 @@ def _metrics(folder: Path) -> dict:
     return {"categories": results["categories"], "mean": results["mean"]}
 
 
+@pytest.mark.slow
 def test_evaluate_through_json_lists_gives_the_mvtec_numbers(
     data_root, lists, tmp_path, one_epoch_args
 ):

@@ -16,6 +16,7 @@ def cli():
     return lambda *args: runner.invoke(app, [str(a) for a in args])
 
 
+@pytest.mark.slow
 def test_cli_imports_calibrates_and_exports(cli, reference, imported, reference_images, tmp_path):
     from PIL import Image
 

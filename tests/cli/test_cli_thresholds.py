@@ -44,6 +44,7 @@ def test_fit_holds_out_a_share_per_category_and_saves_per_category_thresholds(gr
     assert set(det.group_image_thresholds_) == {"grain", "parts"}
 
 
+@pytest.mark.slow
 def test_predict_applies_the_category_of_each_folder_and_counts_flagged_per_category(
     grouped_model, data_root, tmp_path
 ):
