@@ -1,9 +1,10 @@
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skuniad.nn.attention import MaskedMultiheadAttention, neighbor_mask
+from skuniad.nn.attention import MaskedMultiheadAttention, attention_bias, neighbor_mask
 
 grids = st.tuples(st.integers(1, 12), st.integers(1, 12), st.sampled_from([1, 3, 5, 7, 9]))
 
@@ -123,3 +124,28 @@ def test_module_takes_the_cpu_path_in_bf16_and_with_dropout(monkeypatch):
             attention(x, x, x)
         attention.train()(x, x, x)
     assert calls == [torch.bfloat16, torch.float32]
+
+
+# ------------------------------------------------ off the CPU (the meta device)
+def test_attention_bias_is_built_on_the_masks_device():
+    mask = neighbor_mask(3, 3, 1).to("meta")
+    assert attention_bias(mask).device.type == "meta"
+
+
+def test_shared_queries_reach_fused_attention_contiguous_off_the_cpu(monkeypatch):
+    seen = []
+    sdpa = F.scaled_dot_product_attention
+
+    def recording(q, k, v, **kwargs):
+        seen.append((q.device.type, q.stride()))
+        return sdpa(q, k, v, **kwargs) if q.device.type == "cpu" else torch.empty_like(q)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    attention = MaskedMultiheadAttention(8, 2).eval()
+    for device in ("cpu", "meta"):
+        attention.to(device)
+        query, memory = torch.randn(1, 9, 8, device=device), torch.randn(3, 9, 8, device=device)
+        attention(query, memory, memory)
+    (cpu, cpu_strides), (meta, meta_strides) = seen
+    assert cpu_strides[0] == 0  # on the CPU the shared query is still not copied
+    assert meta == "meta" and 0 not in meta_strides

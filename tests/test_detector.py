@@ -14,6 +14,7 @@ from sklearn.base import clone, is_outlier_detector
 from sklearn.exceptions import NotFittedError
 
 from skuniad import UniADDetector
+from skuniad._thresholds import contamination_threshold
 
 
 def test_constructor_stores_arguments_verbatim(tiny_params):
@@ -98,6 +99,11 @@ def test_methods_before_fit_raise_not_fitted(images):
 
 
 def test_outlier_semantics(fitted_tiny):
+    """How the score is made (the pooled map) and what fit leaves.
+
+    sklearn's outlier-detector contract on held-out images:
+    test_sklearn.py::test_outlier_semantics_and_contamination_fraction.
+    """
     det, X = fitted_tiny
     scores = det.score_samples(X)
     assert scores.shape == (len(X),) and scores.dtype == np.float64
@@ -122,6 +128,9 @@ def test_fit_predict_equals_fit_then_predict(tiny_params, images):
 
 @pytest.mark.parametrize("contamination", [0.1, 0.25, 0.5])
 def test_float_contamination_flags_that_fraction_of_training_images(tiny_params, contamination):
+    """Over several fractions; fit_predict on the training images, as sklearn's
+    check_outliers_fit_predict: test_sklearn.py::test_outlier_semantics_and_contamination_fraction.
+    """
     X = np.random.default_rng(0).integers(0, 256, (12, 32, 32, 3), dtype=np.uint8)
     det = UniADDetector(**tiny_params, contamination=contamination).fit(X)
     flagged = np.mean(det.predict(X) == -1)
@@ -129,9 +138,14 @@ def test_float_contamination_flags_that_fraction_of_training_images(tiny_params,
 
 
 def test_auto_thresholds_accept_typical_training_images(fitted_tiny):
-    det, X = fitted_tiny
-    assert np.mean(det.predict(X) == 1) >= 0.5
+    det, X = fitted_tiny  # fitted on X, contamination="auto": calibrated on X
+    assert det.contamination == "auto" and det.validation_fraction is None
+    # the rule itself: median + 3 robust standard deviations of the training values
+    assert -det.offset_ == contamination_threshold(-det.score_samples(X), "auto")
     per_image_max = det.anomaly_maps(X, size="model").reshape(len(X), -1).max(1)
+    assert det.pixel_threshold_ == contamination_threshold(per_image_max, "auto")
+    assert det.thresholds_.image == -det.offset_ and det.thresholds_.groups == {}
+    assert np.mean(det.predict(X) == 1) >= 0.5
     assert np.mean(per_image_max <= det.pixel_threshold_) >= 0.5
 
 
@@ -151,12 +165,11 @@ def test_maps_and_masks_at_input_and_model_size(fitted_tiny):
         det.anomaly_maps(X, size="huge")
 
 
-def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, tmp_path):
+def test_arrays_pil_images_and_paths_give_the_same_scores(fitted_tiny, image_files):
+    """Kinds of image (PIL, files, floats, grey); kinds of container and memory layout:
+    test_sklearn.py::test_containers_and_memory_layouts_score_the_same."""
     det, X = fitted_tiny
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image).save(paths[-1])
+    paths = image_files(X)
     expected = det.score_samples(X)
     np.testing.assert_allclose(det.score_samples(list(X)), expected, rtol=1e-6)
     np.testing.assert_allclose(
@@ -203,6 +216,7 @@ print(model, hashlib.sha256(det.score_samples(X).tobytes()).hexdigest())
 """
 
 
+@pytest.mark.slow
 def test_same_seed_gives_bit_identical_fits_across_processes(tiny_params, tmp_path):
     script = _FIT_SAVE_AND_HASH.format(params=tiny_params)
     runs = [
@@ -257,6 +271,8 @@ def test_fit_does_not_disturb_the_global_torch_rng(tiny_params, images):
 
 
 def test_pickle_round_trip_keeps_scores(fitted_tiny, tmp_path):
+    """pickle and joblib files keep scores and masks; sklearn's check_estimators_pickle (with a
+    read-only memmap): test_sklearn.py::test_pickle_round_trip_including_read_only_memmap."""
     det, X = fitted_tiny
     restored = pickle.loads(pickle.dumps(det))
     np.testing.assert_array_equal(restored.score_samples(X), det.score_samples(X))
@@ -476,12 +492,9 @@ def test_predict_all_runs_the_networks_once_and_equals_each_method(fitted_tiny, 
     np.testing.assert_array_equal(model_size.anomaly_maps, det.anomaly_maps(X, size="model"))
 
 
-def test_predict_chunks_bounds_memory_and_skips_unreadable_files(fitted_tiny, tmp_path):
+def test_predict_chunks_bounds_memory_and_skips_unreadable_files(fitted_tiny, image_files):
     det, X = fitted_tiny
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image).save(paths[-1])
+    paths = image_files(X)
     whole = det.predict_all(paths)
     chunks = list(det.predict_chunks(paths, chunk_size=4))
     assert [list(c.indices) for c in chunks] == [[0, 1, 2, 3], [4, 5]]
@@ -527,3 +540,19 @@ def test_verbose_scoring_shows_progress(fitted_tiny, capsys):
     det.set_params(verbose=0)
     det.score_samples(X)
     assert capsys.readouterr().out == ""
+
+
+# ---------------------------------------------------------- CUDA paths (faked)
+def test_fit_forks_the_rng_of_the_gpu_in_use(gpus, monkeypatch, tiny_params, images, recorder):
+    gpus(count=2, capabilities=[(8, 0)] * 2, current=1)
+    forked = recorder()
+
+    def fork_rng(*args, **kwargs):
+        forked.append(kwargs)
+        raise RuntimeError("stop here: the rest needs a real GPU")
+
+    monkeypatch.setattr(torch.random, "fork_rng", fork_rng)
+    det = UniADDetector(**{**tiny_params, "device": "cuda", "precision": "fp32"})
+    with pytest.raises(RuntimeError, match="stop here"):
+        det.fit(images)
+    assert forked[0]["devices"] == [1]

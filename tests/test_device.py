@@ -3,24 +3,21 @@ import pytest
 import torch
 
 from skuniad import UniADDetector, device
-from skuniad.device import resolve_precision
+from skuniad.device import (
+    DeviceOutOfMemoryError,
+    explain_out_of_memory,
+    resolve_device,
+    resolve_precision,
+)
+from skuniad.nn.backbone import FrozenBackbone
+from skuniad.nn.transformer import UniADReconstruction
 
 
-def test_bf16_and_fp32_anomaly_maps_agree_closely(images):
+def test_bf16_and_fp32_anomaly_maps_agree_closely(tiny_params, images):
     """bf16 autocast changes a map by at most 3 % of its range (Pearson r > 0.99)."""
-    det = UniADDetector(
-        backbone="tf_efficientnet_lite0",
-        image_size=64,
-        hidden_dim=32,
-        num_heads=2,
-        num_encoder_layers=1,
-        num_decoder_layers=1,
-        dim_feedforward=64,
-        neighbor_size=1,
-        max_epochs=2,
-        precision="fp32",
-        random_state=0,
-    ).fit(images)
+    # ImageNet weights and the default batch size: maps of a trained backbone
+    params = {**tiny_params, "backbone_weights": "imagenet", "batch_size": 8}
+    det = UniADDetector(**params, precision="fp32").fit(images)
     fp32 = det.anomaly_maps(images, size="model")
     det.set_params(precision="bf16")
     bf16 = det.anomaly_maps(images, size="model")
@@ -41,3 +38,58 @@ def test_explicit_precision_ignores_the_hardware(monkeypatch):
 def test_auto_precision_on_a_cpu_follows_its_bf16_instructions(monkeypatch, fast_bf16, expected):
     monkeypatch.setattr(device, "cpu_has_fast_bf16", lambda: fast_bf16)
     assert resolve_precision("auto", torch.device("cpu")) is expected
+
+
+# ------------------------------------------------------------- out of memory
+@pytest.mark.parametrize(
+    ("module", "task"),
+    [(FrozenBackbone, "extracting features"), (UniADReconstruction, "training")],
+)
+def test_out_of_memory_in_fit_names_batch_size(tiny_params, images, monkeypatch, module, task):
+    def out_of_memory(self, *args):
+        raise torch.cuda.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 8 GiB"
+        )
+
+    monkeypatch.setattr(module, "forward", out_of_memory)
+    with pytest.raises(DeviceOutOfMemoryError, match=f"while {task}.*batch_size") as caught:
+        UniADDetector(**tiny_params).fit(images)
+    assert isinstance(caught.value, MemoryError)
+    assert "CUDA out of memory" in str(caught.value)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__
+
+
+@pytest.mark.parametrize(
+    ("batch_size", "inference", "images", "advice"),
+    [
+        (8, False, 8, "try batch_size=4"),
+        (1, False, 1, "even batch_size=1 does not fit"),
+        (8, True, 32, "try batch_size=4"),  # 16 images per batch
+        (64, True, 32, "try batch_size=4"),
+        (4, True, 16, "try batch_size=2"),  # 8 images per batch
+        (1, True, 4, "even batch_size=1 does not fit"),
+    ],
+)
+def test_out_of_memory_advice_halves_the_images_per_batch(batch_size, inference, images, advice):
+    with pytest.raises(DeviceOutOfMemoryError) as caught:
+        with explain_out_of_memory("working", batch_size, inference=inference):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+    assert f"({images} images per batch)" in str(caught.value)
+    assert advice in str(caught.value)
+
+
+# ------------------------------------------------------- CUDA devices (faked)
+def test_auto_precision_uses_the_chosen_gpus_compute_capability(gpus):
+    gpus(count=2, capabilities=[(9, 0), (7, 0)])  # an H100 and a V100
+    assert resolve_precision("auto", torch.device("cuda", 0)) is torch.bfloat16
+    assert resolve_precision("auto", torch.device("cuda", 1)) is None  # emulated bf16: fp32
+    assert resolve_precision("bf16", torch.device("cuda", 1)) is torch.bfloat16
+
+
+def test_cuda_devices_resolve_to_an_index(gpus):
+    gpus(count=3, capabilities=[(8, 0)] * 3, current=2)
+    assert resolve_device("cuda") == torch.device("cuda", 2)
+    assert resolve_device("auto") == torch.device("cuda", 2)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)
+    with pytest.raises(ValueError, match="has 3 CUDA device"):
+        resolve_device("cuda:3")

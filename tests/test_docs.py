@@ -109,6 +109,7 @@ def test_every_example_is_run_here():
     assert {p.name for p in EXAMPLES.iterdir() if p.suffix in (".py", ".sh")} == tested
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("example", PYTHON_EXAMPLES)
 def test_python_example_runs_with_tiny_settings(example, tmp_path):
     args = [sys.executable, str(EXAMPLES / example)]
@@ -126,6 +127,7 @@ def test_python_example_runs_with_tiny_settings(example, tmp_path):
         assert len(overlays) == 16  # 4 categories x 4 test images
 
 
+@pytest.mark.slow
 def test_evaluate_mvtec_script_runs_with_tiny_settings(tmp_path):
     root = write_synthetic(tmp_path / "data", categories=("stripes", "dots"), n_train=4, n_test=4)
     out = _run(["bash", str(EXAMPLES / "evaluate_mvtec.sh"), str(root), "out"], tmp_path)

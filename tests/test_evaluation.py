@@ -4,7 +4,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from conftest import TINY
 from PIL import Image
 
 from skuniad import UniADDetector
@@ -39,9 +38,9 @@ def test_set(root):
 
 
 @pytest.fixture(scope="module")
-def fitted(root):
+def fitted(root, tiny_settings):
     train = load_mvtec(root, "train")
-    return UniADDetector(**{**TINY, "max_epochs": 1}).fit(train.paths)
+    return UniADDetector(**{**tiny_settings, "max_epochs": 1}).fit(train.paths)
 
 
 class OracleDetector:
@@ -128,11 +127,11 @@ def test_category_without_anomalies_is_reported_as_undefined(test_set):
     assert "| nan |" in results_markdown(results)
 
 
-def test_curves_of_a_category_without_anomalies_are_undefined(root, test_set):
+def test_curves_of_a_category_without_anomalies_are_undefined(root, test_set, tiny_params):
     keep = (test_set.labels == 0) | (np.array(test_set.categories) == "stripes")
     with pytest.warns(UserWarning, match="category 'parts' has no anomalous test image"):
         results = run_experiment(
-            load_mvtec(root, "train"), test_set.select(keep), {**TINY, "max_epochs": 1},
+            load_mvtec(root, "train"), test_set.select(keep), {**tiny_params, "max_epochs": 1},
             eval_every=1,
         )  # fmt: skip
     curve = results["runs"][0]["curve"]
@@ -164,12 +163,14 @@ def test_markdown_and_json_reports(test_set, tmp_path):
     assert "| 100.0 |" in rows[1]
 
 
-def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(root, test_set, tmp_path):
+def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(
+    root, test_set, tmp_path, tiny_params
+):
     from skuniad.evaluation import CurveRecorder
 
     train = load_mvtec(root, "train")
     recorder = CurveRecorder(test_set, every=2, last=3, path=tmp_path / "curve.json")
-    det = UniADDetector(**{**TINY, "max_epochs": 3, "precision": "fp32"})
+    det = UniADDetector(**{**tiny_params, "max_epochs": 3, "precision": "fp32"})
     det.fit(train.paths, on_epoch_end=recorder)
     curve = recorder.curve
     assert curve["epoch"] == [2, 3] and len(curve["loss_curve"]) == 3
@@ -202,11 +203,11 @@ def test_read_curves_reads_a_finished_experiment_a_running_fit_and_the_old_bare_
     assert read_curves(tmp_path / "old") == [curve]
 
 
-def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set):
+def test_experiment_over_seeds_reports_mean_and_sample_std(root, test_set, tiny_params):
     from skuniad.evaluation import run_experiment
 
     train = load_mvtec(root, "train")
-    params = {**TINY, "max_epochs": 1}
+    params = {**tiny_params, "max_epochs": 1}
     results = run_experiment(train, test_set, params, seeds=[0, 1])
     assert [run["seed"] for run in results["runs"]] == [0, 1]
     per_seed = [run["mean"]["pixel_auroc"] for run in results["runs"]]
@@ -315,13 +316,15 @@ def test_some_masks_missing_is_an_error_naming_them_unless_ignored(test_set):
     assert check_test_set(partial, ignore_pixel_metrics=True) == []
 
 
-def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(root, tmp_path):
+def test_experiment_on_an_image_level_only_set_checks_first_and_draws_curves(
+    root, tmp_path, tiny_params
+):
     train = load_mvtec(root, "train")
     test = _without_masks(load_mvtec(root, "test"))
     with pytest.raises(ValueError, match="no ground-truth mask"):
         run_experiment(train, _without_masks(load_mvtec(root, "test"), "parts", keep=1), {})
     results = run_experiment(
-        train, test, {**TINY, "max_epochs": 1}, eval_every=1, output_dir=tmp_path,
+        train, test, {**tiny_params, "max_epochs": 1}, eval_every=1, output_dir=tmp_path,
         run_details={"dataset": "synthetic"},
     )  # fmt: skip
     run = ["skuniad", "dataset", "fit_seconds", "evaluate_seconds", "seeds"]
@@ -345,7 +348,9 @@ def test_evaluation_records_precision_and_thresholds(fitted, test_set):
     np.testing.assert_allclose(scores, -fitted.score_samples(test_set.subset("parts").paths))
 
 
-def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_set, tmp_path):
+def test_an_interrupted_experiment_keeps_the_model_it_was_training(
+    root, test_set, tmp_path, tiny_params
+):
     import skuniad.training as training
     from skuniad.evaluation import run_experiment
 
@@ -362,7 +367,7 @@ def test_an_interrupted_experiment_keeps_the_model_it_was_training(root, test_se
         patch.setattr(training.F, "mse_loss", interrupt_in_second_epoch)
         with pytest.raises(KeyboardInterrupt, match="after 1 of 3 epochs.*model.skuniad"):
             run_experiment(
-                train, test_set, {**TINY, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
+                train, test_set, {**tiny_params, "max_epochs": 3}, seeds=[0], output_dir=tmp_path
             )
     assert UniADDetector.load(tmp_path / "model.skuniad").n_epochs_ == 1
 
@@ -374,14 +379,19 @@ def larger_root(tmp_path_factory):
 
 
 def test_calibrate_with_k_images_sets_thresholds_on_them_and_reports_the_rest(
-    larger_root, tmp_path
+    larger_root, fast_params, tmp_path
 ):
     from skuniad.evaluation._experiment import calibration_split
 
     train, test = load_mvtec(larger_root, "train"), load_mvtec(larger_root, "test")
-    params = {**TINY, "max_epochs": 1}
     results = run_experiment(
-        train, test, params, seeds=[3], calibrate_with=5, output_dir=tmp_path, objective="f1"
+        train,
+        test,
+        dict(fast_params),
+        seeds=[3],
+        calibrate_with=5,
+        output_dir=tmp_path,
+        objective="f1",
     )
     assert results["calibration"] == {"images_per_class": 5, "objective": "f1", "target": None}
     calibration, reported = calibration_split(test, 5, 3)
@@ -409,12 +419,12 @@ def test_calibrate_with_k_images_sets_thresholds_on_them_and_reports_the_rest(
     ],
 )
 def test_calibration_options_are_checked_before_training(
-    larger_root, monkeypatch, options, message
+    larger_root, tiny_params, monkeypatch, options, message
 ):
     train, test = load_mvtec(larger_root, "train"), load_mvtec(larger_root, "test")
     monkeypatch.setattr(UniADDetector, "fit", lambda *a, **k: pytest.fail("trained"))
     with pytest.raises(ValueError, match=message):
-        run_experiment(train, test, TINY, **options)
+        run_experiment(train, test, tiny_params, **options)
 
 
 def test_recall_at_false_alarms_is_what_the_ranking_allows():

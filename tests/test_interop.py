@@ -1,244 +1,35 @@
 """Reference checkpoints (import, export, round trip, refusal), static padding, ONNX."""
 
-import contextlib
 import copy
 import dataclasses
 import os
 import pickle
 import sys
-import types
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
+from reference_checkpoint import (
+    B0_CHANNELS,
+    DECODERS,
+    ENCODERS,
+    FFN,
+    GRID,
+    HEADS,
+    HIDDEN,
+    WINDOW,
+    ReferenceReconstruction,
+    fake_easydict,
+    randomized,
+    reference_arch,
+    save_reference_checkpoint,
+)
 from sklearn.exceptions import NotFittedError
-from torch import nn
 
 from skuniad import UniADDetector, interop
 from skuniad.nn import UniADReconstruction
 from skuniad.nn.padding import StaticSamePadConv2d
 from skuniad.weights import timm_block_names
-
-GRID = 4  # 64 px at stride 16
-HIDDEN, HEADS, FFN, ENCODERS, DECODERS, WINDOW = 32, 2, 64, 1, 2, 3
-B0_CHANNELS = 16 + 24 + 40 + 112
-
-
-# ------------------------------------------------- a reference-format checkpoint
-@contextlib.contextmanager
-def fake_easydict():
-    """A module ``easydict`` whose ``EasyDict`` behaves (and pickles) like the real one."""
-
-    class EasyDict(dict):
-        def __init__(self, d=None, **kwargs):
-            for key, value in {**(d or {}), **kwargs}.items():
-                setattr(self, key, value)
-
-        def __setattr__(self, name, value):
-            if isinstance(value, (list, tuple)):
-                value = type(value)(EasyDict(x) if isinstance(x, dict) else x for x in value)
-            elif isinstance(value, dict) and not isinstance(value, EasyDict):
-                value = EasyDict(value)
-            super().__setattr__(name, value)
-            super().__setitem__(name, value)
-
-        __setitem__ = __setattr__
-
-    module = types.ModuleType("easydict")
-    EasyDict.__module__, EasyDict.__qualname__ = "easydict", "EasyDict"
-    module.EasyDict = EasyDict
-    sys.modules["easydict"] = module
-    try:
-        yield EasyDict
-    finally:
-        del sys.modules["easydict"]
-
-
-def reference_arch(EasyDict, **reconstruction):
-    """The arch the reference saves for b0, 64 px, after update_config and ModelHelper."""
-    kwargs = dict(
-        pos_embed_type="learned",
-        hidden_dim=HIDDEN,
-        nhead=HEADS,
-        num_encoder_layers=ENCODERS,
-        num_decoder_layers=DECODERS,
-        dim_feedforward=FFN,
-        dropout=0.1,
-        activation="relu",
-        normalize_before=False,
-        feature_jitter={"scale": 20.0, "prob": 1.0},
-        neighbor_mask={"neighbor_size": [WINDOW, WINDOW], "mask": [True, True, True]},
-        save_recon={"save_dir": "result_recon"},
-        initializer={"method": "xavier_uniform"},
-        inplanes=[B0_CHANNELS],
-        instrides=[16],
-        feature_size=[GRID, GRID],
-    )
-    kwargs.update(reconstruction)
-    return [
-        EasyDict(
-            name="backbone",
-            type="models.backbones.efficientnet_b0",
-            frozen=True,
-            kwargs={"pretrained": True, "outblocks": [0, 2, 4, 10], "outstrides": [2, 4, 8, 16]},
-        ),
-        EasyDict(
-            name="neck",
-            prev="backbone",
-            type="models.necks.MFCN",
-            kwargs={
-                "outstrides": [16],
-                "outplanes": [B0_CHANNELS],
-                "inplanes": [16, 24, 40, 112],
-                "instrides": [2, 4, 8, 16],
-            },
-        ),
-        EasyDict(
-            name="reconstruction", prev="neck", type="models.reconstructions.UniAD", kwargs=kwargs
-        ),
-    ]
-
-
-class _RefEncoderLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.self_attn = nn.MultiheadAttention(HIDDEN, HEADS)
-        self.linear1, self.linear2 = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
-        self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
-
-    def forward(self, src, mask, pos):
-        q = k = src + pos
-        src = self.norm1(src + self.self_attn(q, k, value=src, attn_mask=mask)[0])
-        return self.norm2(src + self.linear2(F.relu(self.linear1(src))))
-
-
-class _RefDecoderLayer(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.learned_embed = nn.Embedding(GRID * GRID, HIDDEN)
-        self.self_attn = nn.MultiheadAttention(HIDDEN, HEADS)
-        self.multihead_attn = nn.MultiheadAttention(HIDDEN, HEADS)
-        self.linear1, self.linear2 = nn.Linear(HIDDEN, FFN), nn.Linear(FFN, HIDDEN)
-        self.norm1, self.norm2 = nn.LayerNorm(HIDDEN), nn.LayerNorm(HIDDEN)
-        self.norm3 = nn.LayerNorm(HIDDEN)
-
-    def forward(self, out, memory, mask, pos):
-        tgt = self.learned_embed.weight.unsqueeze(1).repeat(1, memory.shape[1], 1)
-        tgt2 = self.self_attn(tgt + pos, memory + pos, value=memory, attn_mask=mask)[0]
-        tgt = self.norm1(tgt + tgt2)
-        tgt2 = self.multihead_attn(tgt + pos, out + pos, value=out, attn_mask=mask)[0]
-        tgt = self.norm2(tgt + tgt2)
-        return self.norm3(tgt + self.linear2(F.relu(self.linear1(tgt))))
-
-
-class ReferenceReconstruction(nn.Module):
-    """The reference's UniAD reconstruction at inference, with its module names.
-
-    Written from the authors' ``models/reconstructions/uniad.py`` (post-norm,
-    sequence-first ``nn.MultiheadAttention``, float -inf mask), independently
-    of skuniad's modules.
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.pos_embed = nn.Module()
-        self.pos_embed.row_embed = nn.Embedding(GRID, HIDDEN // 2)
-        self.pos_embed.col_embed = nn.Embedding(GRID, HIDDEN // 2)
-        self.transformer = nn.Module()
-        self.transformer.encoder = nn.Module()
-        self.transformer.encoder.layers = nn.ModuleList(_RefEncoderLayer() for _ in range(ENCODERS))
-        self.transformer.decoder = nn.Module()
-        self.transformer.decoder.layers = nn.ModuleList(_RefDecoderLayer() for _ in range(DECODERS))
-        self.transformer.decoder.norm = nn.LayerNorm(HIDDEN)
-        self.input_proj = nn.Linear(B0_CHANNELS, HIDDEN)
-        self.output_proj = nn.Linear(HIDDEN, B0_CHANNELS)
-
-    def forward(self, feature_align):
-        b, c, h, w = feature_align.shape
-        tokens = self.input_proj(feature_align.flatten(2).permute(2, 0, 1))
-        x_emb, y_emb = self.pos_embed.col_embed.weight, self.pos_embed.row_embed.weight
-        pos = torch.cat(
-            [x_emb.unsqueeze(0).repeat(h, 1, 1), y_emb.unsqueeze(1).repeat(1, w, 1)], dim=-1
-        ).flatten(0, 1)
-        pos = pos.unsqueeze(1).repeat(1, b, 1)
-        mask = torch.ones(h, w, h, w)
-        for i in range(h):
-            for j in range(w):
-                mask[
-                    i,
-                    j,
-                    max(i - WINDOW // 2, 0) : i + WINDOW // 2 + 1,
-                    max(j - WINDOW // 2, 0) : j + WINDOW // 2 + 1,
-                ] = 0
-        mask = mask.view(h * w, h * w)
-        mask = mask.masked_fill(mask == 0, float("-inf")).masked_fill(mask == 1, 0.0)
-        memory = tokens
-        for layer in self.transformer.encoder.layers:
-            memory = layer(memory, mask, pos)
-        out = memory
-        for layer in self.transformer.decoder.layers:
-            out = layer(out, memory, mask, pos)
-        out = self.output_proj(self.transformer.decoder.norm(out))
-        return out.permute(1, 2, 0).reshape(b, c, h, w)
-
-
-def randomized(module: nn.Module, seed: int) -> nn.Module:
-    """Every floating tensor random (variances positive), so misplaced weights show."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, tensor in module.state_dict().items():
-            if tensor.is_floating_point():
-                values = torch.rand(tensor.shape, generator=generator)
-                tensor.copy_(values + 0.5 if name.endswith("running_var") else values - 0.5)
-    return module
-
-
-def lukemelas_b0_state() -> dict:
-    """A whole lukemelas EfficientNet-B0 state dict (head included), random values."""
-    import timm
-
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = randomized(timm.create_model("tf_efficientnet_b0"), seed=1)
-    return interop.backbone_to_reference(model.state_dict(), timm_block_names(model))
-
-
-def save_reference_checkpoint(path, state_dict, **arch_changes):
-    with fake_easydict() as EasyDict:
-        checkpoint = {
-            "epoch": 7,
-            "arch": reference_arch(EasyDict, **arch_changes),
-            "state_dict": OrderedDict(state_dict),
-            "best_metric": 0.93,
-            "optimizer": {"state": {}, "param_groups": [{"lr": 1e-4, "betas": (0.9, 0.999)}]},
-        }
-        torch.save(checkpoint, path)
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """(path, backbone state, reconstruction module) of a synthetic reference checkpoint."""
-    backbone = lukemelas_b0_state()
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        reconstruction = randomized(ReferenceReconstruction(), seed=2).eval()
-    state = {f"module.backbone.{k}": v for k, v in backbone.items()}
-    state.update({f"module.reconstruction.{k}": v for k, v in reconstruction.state_dict().items()})
-    path = tmp_path_factory.mktemp("reference") / "ckpt.pth.tar"
-    save_reference_checkpoint(path, state)
-    return path, backbone, reconstruction
-
-
-@pytest.fixture(scope="module")
-def imported(reference):
-    return UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
-
-
-@pytest.fixture
-def images():
-    return np.random.default_rng(0).integers(0, 256, size=(3, 50, 60, 3), dtype=np.uint8)
 
 
 # ------------------------------------------------------------------ import
@@ -372,22 +163,23 @@ def test_documented_b4_reconstruction_layout_loads_exactly():
 
 
 # ------------------------------------------------------------- calibration
-def test_imported_model_needs_calibration_for_decisions(reference, images, tmp_path):
+@pytest.mark.slow
+def test_imported_model_needs_calibration_for_decisions(reference, reference_images, tmp_path):
     det = UniADDetector.from_reference_checkpoint(reference[0], device="cpu")
-    scores = det.score_samples(images)
-    assert np.isfinite(scores).all() and det.anomaly_maps(images).shape == (3, 50, 60)
+    scores = det.score_samples(reference_images)
+    assert np.isfinite(scores).all() and det.anomaly_maps(reference_images).shape == (3, 50, 60)
     for call in (det.predict, det.decision_function, det.predict_masks):
         with pytest.raises(NotFittedError, match=r"calibrate\(X_normal\)"):
-            call(images)
-    assert det.predict_masks(images, threshold=1.0).shape == (3, 50, 60)
+            call(reference_images)
+    assert det.predict_masks(reference_images, threshold=1.0).shape == (3, 50, 60)
     det.save(tmp_path / "uncalibrated.skuniad")
     assert not hasattr(UniADDetector.load(tmp_path / "uncalibrated.skuniad"), "offset_")
-    assert det.calibrate(images) is det
+    assert det.calibrate(reference_images) is det
     assert np.isfinite(det.offset_) and np.isfinite(det.pixel_threshold_)
-    assert set(det.predict(images)) <= {-1, 1}
-    np.testing.assert_array_equal(det.score_samples(images), scores)
+    assert set(det.predict(reference_images)) <= {-1, 1}
+    np.testing.assert_array_equal(det.score_samples(reference_images), scores)
     at_import = UniADDetector.from_reference_checkpoint(
-        reference[0], device="cpu", calibration_images=images
+        reference[0], device="cpu", calibration_images=reference_images
     )
     assert (at_import.offset_, at_import.pixel_threshold_) == (det.offset_, det.pixel_threshold_)
 
@@ -444,13 +236,17 @@ def test_imported_model_reads_files_as_the_reference_does(tmp_path):
 
 
 # -------------------------------------------------------------- round trip
-def test_export_then_import_gives_identical_outputs(imported, images, tmp_path):
+def test_export_then_import_gives_identical_outputs(imported, reference_images, tmp_path):
     path = tmp_path / "exported.pth.tar"
     imported.export_reference_checkpoint(path)
     again = UniADDetector.from_reference_checkpoint(path, device="cpu")
     assert again.get_params() == imported.get_params()
-    np.testing.assert_array_equal(again.score_samples(images), imported.score_samples(images))
-    np.testing.assert_array_equal(again.anomaly_maps(images), imported.anomaly_maps(images))
+    np.testing.assert_array_equal(
+        again.score_samples(reference_images), imported.score_samples(reference_images)
+    )
+    np.testing.assert_array_equal(
+        again.anomaly_maps(reference_images), imported.anomaly_maps(reference_images)
+    )
 
 
 def test_exported_checkpoint_has_the_reference_layout(reference, imported, tmp_path):
@@ -478,8 +274,9 @@ def test_exported_checkpoint_has_the_reference_layout(reference, imported, tmp_p
     assert all(torch.equal(state[f"module.backbone.{k}"], reference[1][k]) for k in backbone)
 
 
+@pytest.mark.slow
 def test_fitted_detector_round_trips_with_its_own_padding(
-    tiny_params, images, tmp_path, fitted_tiny
+    tiny_params, reference_images, tmp_path, fitted_tiny
 ):
     params = {
         **tiny_params,
@@ -488,20 +285,24 @@ def test_fitted_detector_round_trips_with_its_own_padding(
         "max_epochs": 1,
     }
     # the defaults build the reference's network: a fit round trips with the default import
-    det = UniADDetector(**params, precision="fp32").fit(images)
+    det = UniADDetector(**params, precision="fp32").fit(reference_images)
     assert det.static_padding_size == "auto" and det.resize == "pil-uint8"
     det.export_reference_checkpoint(tmp_path / "ckpt.pth.tar")
     again = UniADDetector.from_reference_checkpoint(tmp_path / "ckpt.pth.tar", device="cpu")
     assert again.static_padding_size == 224
-    np.testing.assert_array_equal(again.anomaly_maps(images), det.anomaly_maps(images))
+    np.testing.assert_array_equal(
+        again.anomaly_maps(reference_images), det.anomaly_maps(reference_images)
+    )
     # timm's per-input padding round trips with reference_padding=False
-    det = UniADDetector(**params, static_padding_size=None, precision="fp32").fit(images)
+    det = UniADDetector(**params, static_padding_size=None, precision="fp32").fit(reference_images)
     det.export_reference_checkpoint(tmp_path / "ckpt.pth.tar")
     again = UniADDetector.from_reference_checkpoint(
         tmp_path / "ckpt.pth.tar", device="cpu", reference_padding=False
     )
     assert again.static_padding_size is None
-    np.testing.assert_array_equal(again.anomaly_maps(images), det.anomaly_maps(images))
+    np.testing.assert_array_equal(
+        again.anomaly_maps(reference_images), det.anomaly_maps(reference_images)
+    )
     with pytest.raises(ValueError, match="no reference checkpoint layout"):
         fitted_tiny[0].export_reference_checkpoint(tmp_path / "lite0.pth.tar")
 
@@ -598,18 +399,22 @@ def test_arch_without_mask_or_jitter_disables_them():
 
 
 # ---------------------------------------------------------- static padding
-def test_static_padding_survives_save_and_pickle(imported, images, tmp_path):
+def test_static_padding_survives_save_and_pickle(imported, reference_images, tmp_path):
     imported.save(tmp_path / "model.skuniad")
     loaded = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
     assert loaded.static_padding_size == 224 and loaded.resize == "pil-uint8"
     assert any(isinstance(m, StaticSamePadConv2d) for m in loaded.backbone_.modules())
-    np.testing.assert_array_equal(loaded.anomaly_maps(images), imported.anomaly_maps(images))
+    np.testing.assert_array_equal(
+        loaded.anomaly_maps(reference_images), imported.anomaly_maps(reference_images)
+    )
     clone = pickle.loads(pickle.dumps(imported))
-    np.testing.assert_array_equal(clone.score_samples(images), imported.score_samples(images))
+    np.testing.assert_array_equal(
+        clone.score_samples(reference_images), imported.score_samples(reference_images)
+    )
 
 
 # ------------------------------------------------------------------- ONNX
-def test_onnx_graph_matches_pytorch(imported, images, tmp_path):
+def test_onnx_graph_matches_pytorch(imported, reference_images, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import onnx
 
@@ -620,78 +425,15 @@ def test_onnx_graph_matches_pytorch(imported, images, tmp_path):
     graph = onnx.load(str(path))
     assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
     assert graph.graph.input[0].type.tensor_type.shape.dim[0].dim_param == "batch"
-    batch, _ = next(iter_batches(images, 64, imported.backbone_.mean, imported.backbone_.std, 8))
+    batch, _ = next(
+        iter_batches(reference_images, 64, imported.backbone_.mean, imported.backbone_.std, 8)
+    )
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     maps, scores = session.run(None, {"images": batch.numpy()})  # batch of 3; exported with 2
-    expected_maps = imported.anomaly_maps(images, size="model")
+    expected_maps = imported.anomaly_maps(reference_images, size="model")
     # fp32 on both sides; different kernels (fused attention, conv algorithms)
     scale = float(np.abs(expected_maps).max())
     np.testing.assert_allclose(maps, expected_maps, rtol=1e-4, atol=1e-4 * scale)
     np.testing.assert_allclose(
-        scores, -imported.score_samples(images), rtol=1e-4, atol=1e-4 * scale
+        scores, -imported.score_samples(reference_images), rtol=1e-4, atol=1e-4 * scale
     )
-
-
-# --------------------------------------------------------------------- CLI
-@pytest.fixture
-def cli(monkeypatch):
-    from typer.testing import CliRunner
-
-    from skuniad import cli
-    from skuniad.cli import _common
-
-    # in-process runs leave the denormal and malloc settings alone
-    monkeypatch.setattr(_common, "_tune_runtime", lambda threads=None: None)
-    runner = CliRunner()
-    return lambda *args: runner.invoke(cli.app, [str(a) for a in args])
-
-
-def test_cli_imports_calibrates_and_exports(cli, reference, imported, images, tmp_path):
-    from PIL import Image
-
-    folder = tmp_path / "normal"
-    folder.mkdir()
-    for i, image in enumerate(images):
-        Image.fromarray(image).save(folder / f"{i}.png")
-    model = tmp_path / "imported.skuniad"
-    result = cli("import-reference", reference[0], "-o", model, "--calibrate", folder, "--quiet")
-    assert result.exit_code == 0, result.output
-    assert "epoch 7" in result.output and "on 3 normal images" in result.output
-    det = UniADDetector.load(model, device="cpu")
-    expected = copy.deepcopy(imported).calibrate(images)
-    assert (det.offset_, det.pixel_threshold_) == (expected.offset_, expected.pixel_threshold_)
-    np.testing.assert_array_equal(det.anomaly_maps(images), expected.anomaly_maps(images))
-
-    result = cli("export", model, "--format", "onnx", "--output", tmp_path / "uniad.onnx")
-    assert result.exit_code == 0, result.output
-    assert "opset 17" in result.output and "(batch, 3, 64, 64)" in result.output
-    assert "mean (0.485, 0.456, 0.406)" in result.output
-    assert (tmp_path / "uniad.onnx").stat().st_size > 0
-
-    result = cli("export", model, "-f", "reference", "-o", tmp_path / "ckpt.pth.tar")
-    assert result.exit_code == 0, result.output
-    again = UniADDetector.from_reference_checkpoint(tmp_path / "ckpt.pth.tar", device="cpu")
-    np.testing.assert_array_equal(again.score_samples(images), det.score_samples(images))
-
-
-def test_cli_import_without_calibration_says_so(cli, reference, tmp_path):
-    model = tmp_path / "imported.skuniad"
-    result = cli("import-reference", reference[0], "--output", model, "--no-reference-padding")
-    assert result.exit_code == 0, result.output
-    assert "Not calibrated" in result.output and "--calibrate DIR" in result.output
-    det = UniADDetector.load(model, device="cpu")
-    assert not hasattr(det, "offset_") and det.static_padding_size is None
-
-
-def test_cli_refuses_bad_input(cli, tmp_path, fitted_tiny):
-    text = tmp_path / "notes.txt"
-    text.write_text("hello")
-    result = cli("import-reference", text, "-o", tmp_path / "m.skuniad")
-    assert result.exit_code == 1 and "UniAD reference checkpoint" in result.output
-    result = cli("import-reference", tmp_path / "missing.pth.tar", "-o", tmp_path / "m.skuniad")
-    assert result.exit_code == 1 and "checkpoint not found" in result.output
-    fitted_tiny[0].save(tmp_path / "lite0.skuniad")
-    result = cli("export", tmp_path / "lite0.skuniad", "-f", "reference", "-o", tmp_path / "c")
-    assert result.exit_code == 1 and "no reference checkpoint layout" in result.output
-    result = cli("export", tmp_path / "lite0.skuniad", "--opset", "13", "-o", tmp_path / "m.onnx")
-    assert result.exit_code == 2

@@ -1,3 +1,5 @@
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -6,6 +8,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
+from skuniad import io
 from skuniad.io import ImageLoadError, check_images, iter_batches, read_image, to_float_rgb
 
 
@@ -244,3 +247,33 @@ def test_unreadable_files_are_reported_with_their_index_in_the_whole_input(tmp_p
     assert sizes == [(16, 16)] * 3 + [None, (16, 16)]
     assert [e is None for e in errors] == [True, True, True, False, True]
     assert errors[3].index == 3 and errors[3].reason.endswith("3.png is not a readable image file")
+
+
+# ------------------------------------------------------ decoding for a GPU (faked)
+def test_decoded_images_are_pinned_for_a_gpu(monkeypatch):
+    made = []
+
+    class Loader(torch.utils.data.DataLoader):
+        def __init__(self, *args, pin_memory=False, **kwargs):
+            made.append(pin_memory)
+            super().__init__(*args, pin_memory=False, **kwargs)  # no GPU to pin for here
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Loader)
+    X = np.zeros((2, 16, 16, 3), dtype=np.uint8)
+    for device in ("cuda", "cpu"):
+        list(io.iter_batches(X, 16, (0.5,) * 3, (0.5,) * 3, 2, torch.device(device)))
+    assert made == [True, False]
+
+
+def test_torchrun_ranks_decode_on_their_own_cores(monkeypatch, recorder):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert io.decoding_cores() == [4, 5, 6, 7]
+    assert io.decoding_workers("cuda") == 3  # 4 cores, one for the rank's own process
+    pinned = recorder()
+    monkeypatch.setattr(os, "sched_setaffinity", pinned, raising=False)
+    io._keep_worker_on([4, 5, 6, 7], worker_id=0)
+    assert pinned == [((0, [4, 5, 6, 7]), {})]
+    monkeypatch.delenv("LOCAL_WORLD_SIZE")
+    assert io.decoding_cores() == list(range(16))

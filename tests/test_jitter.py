@@ -65,3 +65,22 @@ def test_model_jitters_in_training_only():
     assert not torch.equal(model(x), model(x))
     model.jitter_scale = 0.0
     assert torch.equal(model(x), model(x))
+
+
+# ------------------------------------------------ off the CPU (the meta device)
+def test_jitter_never_reads_back_from_the_device():
+    tokens = torch.randn(2, 9, 8, device="meta")  # .item() on meta raises
+    torch.manual_seed(0)
+    results = [feature_jitter(tokens, 20.0, 0.5) for _ in range(8)]
+    assert all(r.device.type == "meta" for r in results)
+    assert any(r is tokens for r in results) and any(r is not tokens for r in results)
+
+
+def test_jitter_accepts_a_cpu_generator_for_device_tokens():
+    tokens = torch.randn(2, 9, 8, device="meta")
+    generator = torch.Generator().manual_seed(0)
+    assert feature_jitter(tokens, 20.0, 1.0, generator).device.type == "meta"
+    cpu = torch.randn(2, 9, 8)
+    first = feature_jitter(cpu, 20.0, 0.5, torch.Generator().manual_seed(3))
+    again = feature_jitter(cpu, 20.0, 0.5, torch.Generator().manual_seed(3))
+    assert torch.equal(first, again)

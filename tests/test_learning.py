@@ -1,6 +1,7 @@
 """A short fit on synthetic images with planted defects must find and localise them."""
 
 import numpy as np
+import pytest
 from scipy.ndimage import binary_dilation
 
 from skuniad import UniADDetector
@@ -8,6 +9,7 @@ from skuniad.datasets import make_synthetic
 from skuniad.metrics import image_auroc, pixel_auroc
 
 
+@pytest.mark.slow
 def test_short_fit_detects_and_localises_planted_defects():
     train = make_synthetic("train", n_per_category=16, image_size=64, seed=0)
     test = make_synthetic("test", n_per_category=12, image_size=64, seed=0)

@@ -29,12 +29,19 @@ def test_paths_pil_images_and_arrays_load_to_the_same_uint8_rgb(tmp_path):
 def test_grayscale_alpha_and_palette_become_rgb(tmp_path):
     gray = np.arange(200, dtype=np.uint8).reshape(10, 20)
     rgba = np.dstack([np.full((10, 20, 3), 7, np.uint8), np.zeros((10, 20), np.uint8)])
-    palette = Image.fromarray(gray).convert("P")
     out = ImageLoader().transform([gray, rgba])
     np.testing.assert_array_equal(out[0], np.repeat(gray[..., None], 3, axis=-1))
     np.testing.assert_array_equal(out[1], np.full((10, 20, 3), 7, np.uint8))  # alpha dropped
-    (loaded,) = ImageLoader().transform([_write_png(tmp_path / "p.png", np.asarray(palette))])
+    colours = np.array([[255, 0, 0], [0, 128, 0], [20, 40, 250]], dtype=np.uint8)
+    indices = (np.arange(200) % 3).astype(np.uint8).reshape(10, 20)
+    palette = Image.new("P", (20, 10))
+    palette.putdata(indices.ravel().tolist())
+    palette.putpalette(colours.ravel().tolist())
+    palette.save(tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").mode == "P"
+    (loaded,) = ImageLoader().transform([tmp_path / "p.png"])
     assert loaded.shape == (10, 20, 3)
+    np.testing.assert_array_equal(loaded, colours[indices])  # each index looked up
 
 
 @settings(max_examples=25, deadline=None)

@@ -23,7 +23,6 @@ import joblib
 import numpy as np
 import pytest
 import torch
-from conftest import TINY
 from PIL import Image
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError, SkipTestWarning
@@ -54,8 +53,6 @@ from skuniad.metrics import (
 )
 from skuniad.preprocessing import ImageLoader
 
-# the smallest model worth fitting: one epoch at 32 px (a 2 x 2 token grid)
-FAST = {**TINY, "image_size": 32, "max_epochs": 1}
 CATEGORIES = ("stripes", "dots")
 
 RUN_AS_IS = [
@@ -140,8 +137,8 @@ def validation() -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def fitted(normal) -> UniADDetector:
-    return UniADDetector(**FAST).fit(normal)
+def fitted(normal, fast_params) -> UniADDetector:
+    return UniADDetector(**fast_params).fit(normal)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +153,9 @@ def selection(normal, validation):
 
 
 # --------------------------------------------------------------- pipelines
-def test_pipeline_of_paths_scores_like_the_detector(fitted, normal, validation, tmp_path):
+def test_pipeline_of_paths_scores_like_the_detector(
+    fitted, normal, validation, tmp_path, fast_params
+):
     """Stands for check_pipeline_consistency: a pipeline scores as its detector does."""
     images, labels = validation
     train = [tmp_path / f"train_{i}.png" for i in range(len(normal))]
@@ -164,7 +163,7 @@ def test_pipeline_of_paths_scores_like_the_detector(fitted, normal, validation, 
     for path, image in zip(train + test, [*normal, *images], strict=True):
         Image.fromarray(image).save(path)
 
-    pipe = make_pipeline(ImageLoader(), UniADDetector(**FAST))
+    pipe = make_pipeline(ImageLoader(), UniADDetector(**fast_params))
     np.testing.assert_array_equal(pipe.fit_predict(train), fitted.predict(normal))
     np.testing.assert_array_equal(pipe.score_samples(test), fitted.score_samples(images))
     np.testing.assert_array_equal(pipe.decision_function(test), fitted.decision_function(images))
@@ -191,26 +190,29 @@ def test_loader_at_model_size_scores_like_the_detector(fitted):
 
 
 # --------------------------------------------------------- model selection
-def test_grid_search_fits_normal_images_and_selects_by_image_auroc(fitted, normal, selection):
+@pytest.mark.slow
+def test_grid_search_fits_normal_images_and_selects_by_image_auroc(
+    fitted, normal, selection, fast_params
+):
     X, y, cv = selection
     for train, _ in cv.split(X, y):
         assert (y[train] == 0).all()
     grid = {"max_epochs": [1, 2]}
-    search = GridSearchCV(UniADDetector(**FAST), grid, cv=cv, refit=False).fit(X, y)
+    search = GridSearchCV(UniADDetector(**fast_params), grid, cv=cv, refit=False).fit(X, y)
 
     held_out = X[len(normal) :], y[len(normal) :]
     expected = [
-        fitted.score(*held_out),  # FAST has max_epochs=1
-        UniADDetector(**{**FAST, "max_epochs": 2}).fit(normal).score(*held_out),
+        fitted.score(*held_out),  # fast_params has max_epochs=1
+        UniADDetector(**{**fast_params, "max_epochs": 2}).fit(normal).score(*held_out),
     ]
     np.testing.assert_array_equal(search.cv_results_["mean_test_score"], expected)
     assert search.best_params_ == {"max_epochs": 1 + int(np.argmax(expected))}
 
 
-def test_metrics_scorers_work_as_scoring(fitted, normal, selection):
+def test_metrics_scorers_work_as_scoring(fitted, normal, selection, fast_params):
     X, y, cv = selection
     scoring = {"auroc": image_auroc_scorer, "ap": image_ap_scorer, "f1": f1_max_scorer}
-    search = GridSearchCV(UniADDetector(**FAST), {"max_epochs": [1]}, cv=cv, scoring=scoring)
+    search = GridSearchCV(UniADDetector(**fast_params), {"max_epochs": [1]}, cv=cv, scoring=scoring)
     search.set_params(refit=False).fit(X, y)
     anomaly = -fitted.score_samples(X[len(normal) :])
     labels = y[len(normal) :]
@@ -219,16 +221,17 @@ def test_metrics_scorers_work_as_scoring(fitted, normal, selection):
     assert search.cv_results_["mean_test_f1"][0] == f1_max(labels, anomaly)
 
 
-def test_cross_val_score_understands_sklearn_outlier_labels(fitted, normal, selection):
+def test_cross_val_score_understands_sklearn_outlier_labels(fitted, normal, selection, fast_params):
     X, y, cv = selection
     inlier_outlier = np.where(y == 1, -1, 1)  # sklearn's convention: -1 = outlier
-    scores = cross_val_score(UniADDetector(**FAST), X, inlier_outlier, cv=cv)
+    scores = cross_val_score(UniADDetector(**fast_params), X, inlier_outlier, cv=cv)
     np.testing.assert_array_equal(scores, [fitted.score(X[len(normal) :], y[len(normal) :])])
 
 
-def test_parallel_model_selection_with_joblib(normal, selection):
+@pytest.mark.slow
+def test_parallel_model_selection_with_joblib(normal, selection, fast_params):
     X, y, cv = selection
-    search = GridSearchCV(UniADDetector(**FAST), {"max_epochs": [1, 2]}, cv=cv, refit=False)
+    search = GridSearchCV(UniADDetector(**fast_params), {"max_epochs": [1, 2]}, cv=cv, refit=False)
     parallel = clone(search).set_params(n_jobs=2).fit(X, y)
     sequential = search.fit(X, y)
     # worker processes use another thread count: sums may round differently
@@ -239,7 +242,9 @@ def test_parallel_model_selection_with_joblib(normal, selection):
     )
     # fitted torch models travel back from the workers and work in this process
     halves = [(np.arange(0, 4), np.arange(8, 16)), (np.arange(4, 8), np.arange(8, 16))]
-    result = cross_validate(UniADDetector(**FAST), X, y, cv=halves, n_jobs=2, return_estimator=True)
+    result = cross_validate(
+        UniADDetector(**fast_params), X, y, cv=halves, n_jobs=2, return_estimator=True
+    )
     for det, score in zip(result["estimator"], result["test_score"], strict=True):
         assert isinstance(det.model_, torch.nn.Module)
         assert det.score(X[8:], y[8:]) == pytest.approx(score, abs=1e-6)
@@ -253,8 +258,9 @@ def _expected_failed_checks(estimator) -> dict:
 with warnings.catch_warnings():
     # "Can't test estimator ...": see test_sklearn_generates_only_the_cloneable_check...
     warnings.simplefilter("ignore", SkipTestWarning)
+    # unfitted instances: the one check generated for the detector (cloneable) never fits
     _sklearn_checks = parametrize_with_checks(
-        [UniADDetector(**FAST), ImageLoader()], expected_failed_checks=_expected_failed_checks
+        [UniADDetector(), ImageLoader()], expected_failed_checks=_expected_failed_checks
     )
 
 
@@ -263,17 +269,17 @@ def test_sklearn_estimator_checks(estimator, check):
     check(estimator)
 
 
-def test_sklearn_generates_only_the_cloneable_check_for_image_input():
+def test_sklearn_generates_only_the_cloneable_check_for_image_input(fast_params):
     with pytest.warns(SkipTestWarning, match="Can't test estimator UniADDetector"):
-        checks = list(estimator_checks_generator(UniADDetector(**FAST)))
+        checks = list(estimator_checks_generator(UniADDetector(**fast_params)))
     assert [_check_name(check) for _, check in checks] == ["check_estimator_cloneable"]
 
 
 @pytest.mark.parametrize("check", RUN_AS_IS)
-def test_sklearn_check_runs_unchanged_on_the_detector(check):
+def test_sklearn_check_runs_unchanged_on_the_detector(check, fast_params):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # e.g. check_set_params' advice to validate in fit
-        getattr(estimator_checks, check)("UniADDetector", UniADDetector(**FAST))
+        getattr(estimator_checks, check)("UniADDetector", UniADDetector(**fast_params))
 
 
 @pytest.mark.parametrize(
@@ -286,7 +292,7 @@ def test_sklearn_check_runs_unchanged_on_the_image_loader(check):
         getattr(estimator_checks, check)("ImageLoader", ImageLoader())
 
 
-def test_every_sklearn_check_is_accounted_for():
+def test_every_sklearn_check_is_accounted_for(fast_params):
     """Each check sklearn runs on a tabular outlier detector is run, replaced or excused."""
 
     class TabularView(UniADDetector):
@@ -297,7 +303,7 @@ def test_every_sklearn_check_is_accounted_for():
 
     generated = {
         _check_name(check)
-        for _, check in estimator_checks_generator(TabularView(**FAST), mark=None)
+        for _, check in estimator_checks_generator(TabularView(**fast_params), mark=None)
     }
     groups = [set(RUN_AS_IS) - {"check_param_validation"}, set(REPLACED), set(NOT_APPLICABLE)]
     assert sum(map(len, groups)) == len(set.union(*groups)), "a check is in two groups"
@@ -314,11 +320,11 @@ def _check_name(check) -> str:
 
 
 # ------------------------------------------- image-native replacement checks
-def test_fit_returns_self_keeps_parameters_and_ignores_y(fitted, normal):
+def test_fit_returns_self_keeps_parameters_and_ignores_y(fitted, normal, fast_params):
     """Stands for check_estimators_fit_returns_self, check_fit_score_takes_y,
     check_estimators_overwrite_params, check_dont_overwrite_parameters,
     check_fit_check_is_fitted and check_non_transformer_estimators_n_iter."""
-    det = UniADDetector(**FAST)
+    det = UniADDetector(**fast_params)
     for method in (det.fit, det.score, det.fit_predict):
         assert list(inspect.signature(method).parameters)[:2] == ["X", "y"]
     params = copy.deepcopy(det.get_params())
@@ -338,8 +344,10 @@ def test_fit_returns_self_keeps_parameters_and_ignores_y(fitted, normal):
     np.testing.assert_array_equal(det.score_samples(normal), fitted.score_samples(normal))
 
 
-def test_outlier_semantics_and_contamination_fraction(fitted, normal, validation):
-    """Stands for check_outliers_train and check_outliers_fit_predict."""
+def test_outlier_semantics_and_contamination_fraction(fitted, normal, validation, fast_params):
+    """Stands for check_outliers_train and check_outliers_fit_predict. How the score is made:
+    test_detector.py::test_outlier_semantics; other fractions:
+    test_detector.py::test_float_contamination_flags_that_fraction_of_training_images."""
     images, _ = validation
     labels = fitted.predict(images)
     decision = fitted.decision_function(images)
@@ -353,17 +361,17 @@ def test_outlier_semantics_and_contamination_fraction(fitted, normal, validation
         with pytest.raises(ValueError):
             method(images.transpose(3, 1, 2, 0))  # channels first: 3 "images" of 8 channels
 
-    det = UniADDetector(**FAST, contamination=0.25)
+    det = UniADDetector(**fast_params, contamination=0.25)
     flagged = det.fit_predict(normal)
     assert (flagged == -1).sum() == 2  # a quarter of the 8 training images
     np.testing.assert_array_equal(flagged, det.predict(normal))
 
 
-def test_fit_on_read_only_memmap_is_idempotent(fitted, normal):
+def test_fit_on_read_only_memmap_is_idempotent(fitted, normal, fast_params):
     """Stands for check_readonly_memmap_input and check_fit_idempotent."""
     read_only = create_memmap_backed_data(normal)
     assert not read_only.flags.writeable
-    det = UniADDetector(**FAST)
+    det = UniADDetector(**fast_params)
     assert det.fit(read_only) is det
     expected = fitted.decision_function(normal)
     np.testing.assert_array_equal(det.decision_function(read_only), expected)
@@ -373,7 +381,8 @@ def test_fit_on_read_only_memmap_is_idempotent(fitted, normal):
 
 
 def test_pickle_round_trip_including_read_only_memmap(fitted, validation):
-    """Stands for check_estimators_pickle (plain and readonly_memmap=True)."""
+    """Stands for check_estimators_pickle (plain and readonly_memmap=True). joblib files and
+    masks: test_detector.py::test_pickle_round_trip_keeps_scores."""
     images, _ = validation
     for restored in (pickle.loads(pickle.dumps(fitted)), create_memmap_backed_data(fitted)):
         np.testing.assert_array_equal(restored.predict(images), fitted.predict(images))
@@ -399,7 +408,9 @@ def test_dtypes_of_the_same_images_score_the_same(fitted, validation):
 
 def test_containers_and_memory_layouts_score_the_same(fitted, validation):
     """Stands for check_dtype_object, check_f_contiguous_array_estimator and
-    check_classifier_data_not_an_array: the container does not change the scores."""
+    check_classifier_data_not_an_array: the container does not change the scores. PIL images,
+    files, float and grey images:
+    test_detector.py::test_arrays_pil_images_and_paths_give_the_same_scores."""
     images, _ = validation
     expected = fitted.score_samples(images)
     objects = np.empty(len(images), dtype=object)
@@ -440,9 +451,9 @@ def test_inference_leaves_the_detector_unchanged(fitted, validation):
         assert torch.equal(value, weights[name]), name
 
 
-def test_fit_on_a_single_image(normal):
+def test_fit_on_a_single_image(normal, fast_params):
     """Stands for check_fit2d_1sample: one training image is enough to fit."""
-    det = UniADDetector(**FAST).fit(normal[:1])
+    det = UniADDetector(**fast_params).fit(normal[:1])
     assert np.isfinite(det.offset_) and np.isfinite(det.pixel_threshold_)
     # the only training image sits on the "auto" threshold (its MAD is 0)
     decision = det.decision_function(normal[:1])
@@ -463,22 +474,22 @@ def test_fit_on_a_single_image(normal):
         (np.zeros((16, 16, 3), dtype=np.uint8), ValueError, r"image\[None\]"),  # no batch axis
     ],
 )
-def test_invalid_images_are_refused_with_a_clear_message(fitted, bad, error, match):
+def test_invalid_images_are_refused_with_a_clear_message(fitted, bad, error, match, fast_params):
     """Stands for check_complex_data, check_estimators_nan_inf,
     check_estimators_empty_data_messages, check_positive_only_tag_during_fit,
     check_fit_non_negative, check_fit2d_1feature (an image 1 pixel wide) and
     check_fit2d_predict1d (one image without its batch axis)."""
     with pytest.raises(error, match=match):
-        UniADDetector(**FAST).fit(bad)
+        UniADDetector(**fast_params).fit(bad)
     with pytest.raises(error, match=match):
         fitted.score_samples(bad)
 
 
 # --------------------------------------------------------------- HTML repr
-def test_html_repr_links_nowhere_that_does_not_exist():
+def test_html_repr_links_nowhere_that_does_not_exist(fast_params):
     # skuniad has no published documentation site: no "?" link, neither to a made-up
     # repository nor to scikit-learn's pages
-    html = make_pipeline(ImageLoader(), UniADDetector(**FAST))._repr_html_()
+    html = make_pipeline(ImageLoader(), UniADDetector(**fast_params))._repr_html_()
     assert "github.com/skuniad" not in html
     assert "UniADDetector.html" not in html and "ImageLoader.html" not in html
     assert "UniADDetector" in html

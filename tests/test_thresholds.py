@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import sklearn
 import torch
-from conftest import TINY
 from sklearn.pipeline import make_pipeline
 from sklearn.utils import check_random_state
 
@@ -15,8 +14,6 @@ from skuniad import UniADDetector
 from skuniad._thresholds import contamination_threshold, validation_split
 from skuniad.datasets import make_synthetic
 from skuniad.preprocessing import ImageLoader
-
-FAST = {**TINY, "image_size": 32, "max_epochs": 1}
 
 
 @pytest.fixture(scope="module")
@@ -27,9 +24,9 @@ def data():
 
 
 @pytest.fixture(scope="module")
-def grouped(data):
+def grouped(data, fast_params):
     X, groups = data
-    return UniADDetector(**FAST).fit(X, groups=groups)
+    return UniADDetector(**fast_params).fit(X, groups=groups)
 
 
 def _fit_seed(random_state) -> int:
@@ -37,14 +34,14 @@ def _fit_seed(random_state) -> int:
     return int(check_random_state(random_state).randint(np.iinfo(np.int32).max))
 
 
-def test_validation_fraction_trains_on_the_rest_and_calibrates_on_the_held_out_share():
+def test_validation_fraction_trains_on_the_rest_and_calibrates_on_the_held_out_share(fast_params):
     X = np.stack(make_synthetic("train", "stripes", n_per_category=12, image_size=32).images)
-    held = UniADDetector(**FAST, validation_fraction=0.5).fit(X)
+    held = UniADDetector(**fast_params, validation_fraction=0.5).fit(X)
 
-    train, held_out = validation_split(len(X), None, 0.5, _fit_seed(FAST["random_state"]))
+    train, held_out = validation_split(len(X), None, 0.5, _fit_seed(fast_params["random_state"]))
     assert len(held_out) == 6 and not set(train) & set(held_out)
     # the same model as one trained on the training part only, then calibrated on the rest
-    expected = UniADDetector(**FAST).fit(X[train])
+    expected = UniADDetector(**fast_params).fit(X[train])
     weights = zip(
         held.model_.state_dict().values(), expected.model_.state_dict().values(), strict=True
     )
@@ -76,9 +73,11 @@ def test_validation_split_is_seeded_and_stratified_by_group():
         (14, 0.5, ["a"] * 10 + ["b"] * 4, r"4 images of group 'b' into 2 for training and 2"),
     ],
 )
-def test_a_validation_share_leaving_too_few_images_is_refused(n, fraction, groups, message):
+def test_a_validation_share_leaving_too_few_images_is_refused(
+    n, fraction, groups, message, fast_params
+):
     X = np.zeros((n, 32, 32, 3), dtype=np.uint8)
-    det = UniADDetector(**FAST, validation_fraction=fraction)
+    det = UniADDetector(**fast_params, validation_fraction=fraction)
     with pytest.raises(ValueError, match=message) as error:
         det.fit(X, groups=groups)
     assert "\n" not in str(error.value) and "at least 5" in str(error.value)
@@ -144,9 +143,9 @@ def test_unknown_group_error_refuses_the_pooled_fallback(grouped, data):
 
 
 @pytest.mark.parametrize("method", ["fit", "predict", "decision_function", "predict_masks"])
-def test_groups_of_the_wrong_length_are_refused(grouped, data, method):
+def test_groups_of_the_wrong_length_are_refused(grouped, data, method, fast_params):
     X, groups = data
-    det = UniADDetector(**FAST) if method == "fit" else grouped
+    det = UniADDetector(**fast_params) if method == "fit" else grouped
     with pytest.raises(ValueError, match=r"groups has 11 labels but there are 12 images"):
         getattr(det, method)(X, groups=groups[:-1])
 
@@ -178,16 +177,15 @@ def test_group_thresholds_survive_save_load_and_pickle(grouped, data, tmp_path):
         )
 
 
-def test_groups_are_routed_through_a_pipeline_with_metadata_routing(data, tmp_path):
-    from PIL import Image
-
+def test_groups_are_routed_through_a_pipeline_with_metadata_routing(data, image_files, fast_params):
     X, groups = data
-    paths = []
-    for i, image in enumerate(X):
-        paths.append(tmp_path / f"{i}.png")
-        Image.fromarray(image).save(paths[-1])
+    paths = image_files(X)
     with sklearn.config_context(enable_metadata_routing=True):
-        det = UniADDetector(**FAST).set_fit_request(groups=True).set_predict_request(groups=True)
+        det = (
+            UniADDetector(**fast_params)
+            .set_fit_request(groups=True)
+            .set_predict_request(groups=True)
+        )
         pipe = make_pipeline(ImageLoader(), det).fit(paths, groups=groups)
         assert set(pipe[-1].group_image_thresholds_) == {"stripes", "dots"}
         assert pipe.predict(paths, groups=groups).shape == (12,)
@@ -261,9 +259,9 @@ def test_a_format_1_model_file_loads_without_group_thresholds(grouped, data, tmp
     np.testing.assert_array_equal(old.predict(X, groups=groups), grouped.predict(X))
 
 
-def test_a_group_too_small_for_its_own_thresholds_is_refused_before_training(data):
+def test_a_group_too_small_for_its_own_thresholds_is_refused_before_training(data, fast_params):
     X, _ = data
-    det = UniADDetector(**FAST)
+    det = UniADDetector(**fast_params)
     with pytest.raises(ValueError, match=r"group 'b' has 2 calibration images") as error:
         det.fit(X, groups=["a"] * 10 + ["b"] * 2)
     assert "\n" not in str(error.value) and not hasattr(det, "model_")

@@ -6,20 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
-from test_cli import TINY_ARGS as CLI_TINY_ARGS
-from test_cli import _keep_process_settings  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
+from skuniad import UniADDetector
 from skuniad.cli import app
-from skuniad.datasets import load_mvtec, load_uniad_json, write_synthetic
+from skuniad.datasets import load_mvtec, load_uniad_json
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("mvtec")
-    return write_synthetic(root, categories=("grain", "parts"), n_train=6, n_test=6, image_size=32)
 
 
 def test_export_json_writes_lists_that_read_back_as_the_same_data_set(data_root, tmp_path):
@@ -98,7 +91,10 @@ def test_info_lists_cached_timm_weights_and_the_hub(monkeypatch, tmp_path):
 
 
 # ------------------------------------------------------------------------- evaluate
-TINY_ARGS = [*CLI_TINY_ARGS, "--epochs", "1"]
+@pytest.fixture(scope="module")
+def one_epoch_args(tiny_args) -> list[str]:
+    """The tiny detector's options and one epoch."""
+    return [*tiny_args, "--epochs", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -109,41 +105,35 @@ def lists(data_root, tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(scope="module")
-def model_file(data_root, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model") / "model.skuniad"
-    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(path)]
-    result = runner.invoke(app, args + [a for a in TINY_ARGS if a != "--quiet"])
-    assert result.exit_code == 0, result.output
-    return path
-
-
 def _metrics(folder: Path) -> dict:
     results = json.loads((folder / "results.json").read_text())
     return {"categories": results["categories"], "mean": results["mean"]}
 
 
-def test_evaluate_through_json_lists_gives_the_mvtec_numbers(data_root, lists, tmp_path):
+@pytest.mark.slow
+def test_evaluate_through_json_lists_gives_the_mvtec_numbers(
+    data_root, lists, tmp_path, one_epoch_args
+):
     mvtec = ["evaluate", "--dataset", "mvtec", "--root", str(data_root)]
-    result = runner.invoke(app, [*mvtec, "-o", str(tmp_path / "mvtec"), *TINY_ARGS])
+    result = runner.invoke(app, [*mvtec, "-o", str(tmp_path / "mvtec"), *one_epoch_args])
     assert result.exit_code == 0, result.output
     as_json = [
         "evaluate", "--dataset", "uniad-json", "--root", str(data_root),
         "--train-meta", str(lists / "train.json"), "--test-meta", str(lists / "test.json"),
     ]  # fmt: skip
-    result = runner.invoke(app, [*as_json, "-o", str(tmp_path / "json"), *TINY_ARGS])
+    result = runner.invoke(app, [*as_json, "-o", str(tmp_path / "json"), *one_epoch_args])
     assert result.exit_code == 0, result.output
     assert _metrics(tmp_path / "json") == _metrics(tmp_path / "mvtec")  # same bits
     run = json.loads((tmp_path / "json" / "results.json").read_text())["run"]
     assert "(uniad-json), train list" in run["dataset"]
 
 
-def test_evaluate_a_visa_set(tmp_path):
+def test_evaluate_a_visa_set(tmp_path, one_epoch_args):
     from test_visa import make_visa
 
     root = make_visa(tmp_path / "visa", n_train=4)
     args = ["evaluate", "--dataset", "visa", "--root", str(root), "-o", str(tmp_path / "out")]
-    result = runner.invoke(app, args + TINY_ARGS)
+    result = runner.invoke(app, args + one_epoch_args)
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert list(results["categories"]) == ["candle", "pcb1"]
@@ -174,7 +164,9 @@ def test_a_category_without_ground_truth_is_reported_at_image_level(
     )
 
 
-def test_some_masks_missing_fails_before_training_unless_ignored(data_root, tmp_path):
+def test_some_masks_missing_fails_before_training_unless_ignored(
+    data_root, tmp_path, one_epoch_args
+):
     import shutil
 
     root = tmp_path / "data"
@@ -183,7 +175,7 @@ def test_some_masks_missing_fails_before_training_unless_ignored(data_root, tmp_
     mask.unlink()
     image = root / "grain" / "test" / mask.parent.name / mask.name.replace("_mask", "")
     out = tmp_path / "out"
-    args = ["evaluate", "--root", str(root), "-o", str(out), *TINY_ARGS]
+    args = ["evaluate", "--root", str(root), "-o", str(out), *one_epoch_args]
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and result.output.count("\n") == 1
     assert "have no ground-truth mask" in result.output and str(image) in result.output
@@ -211,14 +203,16 @@ def _bad_list(lists: Path, tmp_path: Path, line: int, text: str) -> Path:
         ('{"filename": "grain/nothing.png", "label": 0, "clsname": "grain"}', "nothing.png"),
     ],
 )
-def test_bad_lists_fail_in_one_line_before_training(data_root, lists, tmp_path, text, message):
+def test_bad_lists_fail_in_one_line_before_training(
+    data_root, lists, tmp_path, text, message, one_epoch_args
+):
     bad = _bad_list(lists, tmp_path, 2, text)
     out = tmp_path / "out"
     args = [
         "evaluate", "--dataset", "uniad-json", "--root", str(data_root),
         "--train-meta", str(lists / "train.json"), "--test-meta", str(bad), "-o", str(out),
     ]  # fmt: skip
-    result = runner.invoke(app, args + TINY_ARGS)
+    result = runner.invoke(app, args + one_epoch_args)
     assert result.exit_code == 1, result.output
     assert result.output.startswith("Error: ") and result.output.count("\n") == 1
     assert message in result.output and "Training" not in result.output
@@ -254,10 +248,10 @@ def test_default_backbone_offline_fails_at_once(data_root, tmp_path, monkeypatch
     assert "tf_efficientnet_lite0" in result.output and not out.exists()
 
 
-def test_fit_reads_every_format(data_root, lists, tmp_path):
+def test_fit_reads_every_format(data_root, lists, tmp_path, one_epoch_args):
     from test_visa import make_visa
 
-    tiny = [a for a in TINY_ARGS if a != "--quiet"]
+    tiny = [a for a in one_epoch_args if a != "--quiet"]
     args = ["fit", str(data_root), "--dataset", "uniad-json", "-o", str(tmp_path / "a.skuniad")]
     result = runner.invoke(app, [*args, "--train-meta", str(lists / "train.json"), *tiny])
     assert result.exit_code == 0, result.output
@@ -267,5 +261,7 @@ def test_fit_reads_every_format(data_root, lists, tmp_path):
     result = runner.invoke(app, args + tiny)
     assert result.exit_code == 0, result.output
     assert "Training on 3 images." in result.output
+    for model in ("a.skuniad", "b.skuniad"):
+        assert UniADDetector.load(tmp_path / model, device="cpu").n_epochs_ == 1
     result = runner.invoke(app, ["fit", str(data_root), "--dataset", "uniad-json", "-o", "m"])
     assert result.exit_code == 2 and "--train-meta" in result.output

@@ -6,23 +6,16 @@ import pytest
 from typer.testing import CliRunner
 
 from skuniad import UniADDetector
-from skuniad.cli import _common, app
-from skuniad.datasets import load_mvtec, write_synthetic
+from skuniad.cli import app
+from skuniad.datasets import load_mvtec
 
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _keep_process_settings():
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
-        yield
-
-
 @pytest.fixture(scope="module")
-def root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mvtec")
-    return write_synthetic(root, categories=("grain", "parts"), n_train=6, n_test=14, image_size=32)
+def root(synthetic_mvtec):
+    """6 training and 14 test images (7 defective) per category."""
+    return synthetic_mvtec(n_test=14)
 
 
 @pytest.fixture

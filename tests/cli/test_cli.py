@@ -5,7 +5,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,51 +15,10 @@ from typer.testing import CliRunner
 from skuniad import UniADDetector
 from skuniad import cli as cli_module
 from skuniad._spec import json_safe_params
-from skuniad.cli import _common, _errors, _options, app, demo, evaluate, fit, predict
-from skuniad.datasets import write_synthetic
+from skuniad.cli import _errors, _options, app, demo, evaluate, fit, predict
 from skuniad.device import resolve_precision
 
 runner = CliRunner()
-
-TINY_ARGS = [
-    "--backbone", "tf_efficientnet_lite0",
-    "--backbone-weights", "none",
-    "--image-size", "64",
-    "--hidden-dim", "32",
-    "--num-heads", "2",
-    "--encoder-layers", "1",
-    "--decoder-layers", "1",
-    "--feedforward-dim", "64",
-    "--neighbor-size", "1",
-    "--batch-size", "4",
-    "--seed", "0",
-    "--quiet",
-]  # fmt: skip
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _keep_process_settings():
-    """In-process runs leave denormal and malloc settings alone (other tests compare bits)."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(_common, "_tune_runtime", lambda threads=None: None)
-        yield
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mvtec")
-    return write_synthetic(root, categories=("grain", "parts"), n_train=6, n_test=6, image_size=32)
-
-
-@pytest.fixture(scope="module")
-def model_file(data_root, tmp_path_factory):
-    path = tmp_path_factory.mktemp("model") / "model.skuniad"
-    result = runner.invoke(
-        app,
-        ["fit", str(data_root), "--dataset", "mvtec", "-o", str(path), "--epochs", "1", *TINY_ARGS],
-    )
-    assert result.exit_code == 0, result.output
-    return path
 
 
 def test_fit_writes_a_loadable_model(model_file):
@@ -70,15 +28,16 @@ def test_fit_writes_a_loadable_model(model_file):
     assert det.backbone_weights is None
 
 
-def test_fit_on_a_folder_of_images(data_root, tmp_path):
+def test_fit_on_a_folder_of_images(data_root, tmp_path, tiny_args):
     output = tmp_path / "nested" / "m.skuniad"
     folder = data_root / "grain" / "train"  # images are found recursively (train/good)
     result = runner.invoke(
-        app, ["fit", str(folder), "-o", str(output), "--epochs", "1", *TINY_ARGS]
+        app, ["fit", str(folder), "-o", str(output), "--epochs", "1", *tiny_args]
     )
     assert result.exit_code == 0, result.output
     assert "Training on 6 images" in result.output
     assert output.is_file()
+    assert UniADDetector.load(output, device="cpu").n_epochs_ == 1
 
 
 def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
@@ -155,10 +114,11 @@ def test_evaluate_a_saved_model(model_file, data_root, tmp_path):
     assert not (tmp_path / "model.skuniad").exists()
 
 
-def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_path):
+@pytest.mark.slow
+def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_path, tiny_args):
     result = runner.invoke(
         app,
-        ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2", *TINY_ARGS],
+        ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2", *tiny_args],
     )
     assert result.exit_code == 0, result.output
     assert "of which fitting" in result.output
@@ -169,10 +129,11 @@ def test_evaluate_trains_on_all_categories_and_saves_the_model(data_root, tmp_pa
     assert UniADDetector.load(tmp_path / "model.skuniad", device="cpu").n_epochs_ == 2
 
 
-def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tmp_path):
+@pytest.mark.slow
+def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tmp_path, tiny_args):
     args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "2"]
     args += ["--setting", "separate", "--seed", "1", "--eval-every", "1", "--curve-categories"]
-    result = runner.invoke(app, args + TINY_ARGS)  # TINY_ARGS adds --seed 0
+    result = runner.invoke(app, args + tiny_args)  # tiny_args adds --seed 0
     assert result.exit_code == 0, result.output
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["setting"] == "separate" and results["seeds"] == [1, 0]
@@ -193,11 +154,11 @@ def test_evaluate_separate_setting_over_seeds_with_learning_curves(data_root, tm
     assert (tmp_path / "curve.png").stat().st_size > 10_000
 
 
-def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_path):
+def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_path, tiny_args):
     args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1"]
     args += ["--layer-queries", "none", "--jitter-scale", "0", "--image-score", "std"]
     args += ["--lr-schedule", "cosine"]
-    result = runner.invoke(app, args + TINY_ARGS + ["--neighbor-size", "0"])
+    result = runner.invoke(app, args + tiny_args + ["--neighbor-size", "0"])
     assert result.exit_code == 0, result.output
     det = UniADDetector.load(tmp_path / "model.skuniad", device="cpu")
     assert (det.layer_queries, det.jitter_scale, det.neighbor_size) == ("none", 0.0, None)
@@ -206,6 +167,7 @@ def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_p
     assert "I-AUROC std" in result.output
 
 
+@pytest.mark.slow
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
     monkeypatch.setattr(
@@ -315,25 +277,24 @@ def test_cli_module_imports_no_heavy_library():
 
 
 def test_help_is_fast():
-    start = time.perf_counter()
+    # fast because nothing heavy is imported: asserted as such, not as a wall-clock limit
     result = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "skuniad", "--help"],
         capture_output=True,
         text=True,
         env=_env(),
     )
-    elapsed = time.perf_counter() - start
     assert result.returncode == 0
     assert "Usage: skuniad" in result.stdout and "evaluate" in result.stdout
     imported = {line.rsplit("|", 1)[-1].strip() for line in result.stderr.splitlines()}
     assert not imported & {"torch", "timm", "sklearn"}
-    assert elapsed < 1.0
 
 
-def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path):
+@pytest.mark.slow
+def test_ctrl_c_during_fit_saves_the_last_finished_epoch(data_root, tmp_path, tiny_args):
     output = tmp_path / "interrupted.skuniad"
     args = [str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "100000"]
-    command = [sys.executable, "-m", "skuniad", "fit", *args, *TINY_ARGS[:-1]]
+    command = [sys.executable, "-m", "skuniad", "fit", *args, *tiny_args[:-1]]
     process = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -383,22 +344,25 @@ def _plain(output: str) -> str:
     return " ".join(output.replace("│", " ").split())
 
 
-def _fit_command(data_root, output, *extra):
+def _fit_command(data_root, output, tiny_args, *extra):
     args = [str(data_root), "--dataset", "mvtec", "-o", str(output), *extra]
-    return [sys.executable, "-m", "skuniad", "fit", *args, *TINY_ARGS[:-1]]
+    return [sys.executable, "-m", "skuniad", "fit", *args, *tiny_args[:-1]]
 
 
 def _weights(path):
     return UniADDetector.load(path, device="cpu").model_.state_dict()
 
 
-def test_a_killed_fit_resumes_to_the_same_weights(data_root, tmp_path):
+@pytest.mark.slow
+def test_a_killed_fit_resumes_to_the_same_weights(data_root, tmp_path, tiny_args):
     extra = ["--epochs", "4", "--checkpoint-every", "1"]
     whole = tmp_path / "whole.skuniad"
-    done = subprocess.run(_fit_command(data_root, whole, *extra), capture_output=True, env=_env())
+    done = subprocess.run(
+        _fit_command(data_root, whole, tiny_args, *extra), capture_output=True, env=_env()
+    )
     assert done.returncode == 0, done.stdout
     killed = tmp_path / "killed.skuniad"
-    command = _fit_command(data_root, killed, *extra)
+    command = _fit_command(data_root, killed, tiny_args, *extra)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=_env())
     try:
         for line in process.stdout:
@@ -443,10 +407,10 @@ def test_fit_continues_a_saved_model_with_init_model(model_file, data_root, tmp_
     ],
 )
 def test_out_of_range_options_are_usage_errors_before_any_work(
-    data_root, tmp_path, option, message
+    data_root, tmp_path, option, message, tiny_args
 ):
     args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(tmp_path / "m.skuniad")]
-    result = runner.invoke(app, [*args, *TINY_ARGS, *option], terminal_width=300)
+    result = runner.invoke(app, [*args, *tiny_args, *option], terminal_width=300)
     assert result.exit_code == 2, result.output
     assert message in _plain(result.output)
     assert "Training on" not in result.output
@@ -546,3 +510,18 @@ def test_evaluate_continues_a_saved_model_with_init_model(model_file, data_root,
     assert results["run"]["backbone"] == "tf_efficientnet_lite0"
     refused = runner.invoke(app, [*args, "--init-model", str(model_file), "--hidden-dim", "8"])
     assert refused.exit_code == 2
+
+
+# ---------------------------------------------------------- CUDA paths (faked)
+def test_info_reports_bf16_from_compute_capability(gpus, monkeypatch):
+    from typer.testing import CliRunner
+
+    from skuniad.cli import app
+
+    gpus(count=2, capabilities=[(7, 0), (9, 0)])
+    names = ["Tesla V100-SXM2-16GB", "NVIDIA H100"]
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: names[i])
+    result = CliRunner().invoke(app, ["info"])
+    assert result.exit_code == 0, result.output
+    assert "cuda:0 Tesla V100-SXM2-16GB (compute capability 7.0, bf16: no)" in result.output
+    assert "cuda:1 NVIDIA H100 (compute capability 9.0, bf16: yes)" in result.output

@@ -6,29 +6,27 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from test_cli import TINY_ARGS, _keep_process_settings  # noqa: F401 (autouse fixture)
 from typer.testing import CliRunner
 
 from skuniad import UniADDetector
 from skuniad.cli import app
-from skuniad.datasets import write_synthetic
 
 runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mvtec")
-    return write_synthetic(root, categories=("grain", "parts"), n_train=10, n_test=6, image_size=32)
+def data_root(synthetic_mvtec):
+    """10 training images per category, so that half of each can be held out for thresholds."""
+    return synthetic_mvtec(n_train=10)
 
 
 @pytest.fixture(scope="module")
-def grouped_model(data_root, tmp_path_factory):
+def grouped_model(data_root, tmp_path_factory, tiny_args):
     """Fitted on both categories, half of each held out, thresholds per category."""
     path = tmp_path_factory.mktemp("model") / "model.skuniad"
     args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(path), "--epochs", "1"]
     result = runner.invoke(
-        app, [*args, "--validation-fraction", "0.5", "--per-category", *TINY_ARGS]
+        app, [*args, "--validation-fraction", "0.5", "--per-category", *tiny_args]
     )
     assert result.exit_code == 0, result.output
     assert "Thresholds: image" in result.output and "  grain: image" in result.output
@@ -46,6 +44,7 @@ def test_fit_holds_out_a_share_per_category_and_saves_per_category_thresholds(gr
     assert set(det.group_image_thresholds_) == {"grain", "parts"}
 
 
+@pytest.mark.slow
 def test_predict_applies_the_category_of_each_folder_and_counts_flagged_per_category(
     grouped_model, data_root, tmp_path
 ):
@@ -145,22 +144,22 @@ def test_info_describes_a_model(grouped_model):
         (["--per-category", "--validation-fraction", "0.6"], "of group 'grain' into 4"),
     ],
 )
-def test_bad_threshold_settings_are_one_line_errors(data_root, tmp_path, args, message):
+def test_bad_threshold_settings_are_one_line_errors(data_root, tmp_path, args, message, tiny_args):
     result = runner.invoke(
         app,
         ["fit", str(data_root), "--dataset", "mvtec", "-o", str(tmp_path / "m.skuniad")]
-        + ["--epochs", "1", *TINY_ARGS, *args],
+        + ["--epochs", "1", *tiny_args, *args],
     )
     assert result.exit_code == 1
     error = result.output.strip().splitlines()[-1]
     assert error.startswith("Error: ") and message in error
 
 
-def test_fit_per_category_names_categories_after_the_folders(data_root, tmp_path):
+def test_fit_per_category_names_categories_after_the_folders(data_root, tmp_path, tiny_args):
     output = tmp_path / "m.skuniad"
     folders = [str(data_root / c / "train" / "good") for c in ("grain", "parts")]
     result = runner.invoke(
-        app, ["fit", *folders, "--per-category", "-o", str(output), "--epochs", "1", *TINY_ARGS]
+        app, ["fit", *folders, "--per-category", "-o", str(output), "--epochs", "1", *tiny_args]
     )
     # both folders are named "good": the categories would collide
     assert result.exit_code == 1 and "both named 'good'" in result.output
