@@ -322,26 +322,19 @@ def _labelled_thresholds(
     else:
         image = recall_threshold(scores[~normal], target)
     achieved = {"image": _achieved(labels, scores > image), "pixel": None}
-    if pixels is None or objective in ("contamination", "false_alarms"):
-        # the image-level rule on per-image map maxima: normal images keep empty masks
-        rule = {"false_alarms": lambda v: false_alarm_threshold(v, target)}.get(
-            objective, lambda v: contamination_threshold(v, contamination)
-        )
-        pixel = rule(map_maxima[normal])
+    if pixels is not None:  # every pixel with ground truth, pooled
+        truth = np.concatenate([mask.ravel() for mask in pixels[0]])
+        values = np.concatenate([image_map.ravel() for image_map in pixels[1]])
+    if pixels is not None and objective == "f1":
+        pixel = f1_threshold(truth, values)
+    elif pixels is not None and objective == "recall":
+        pixel = recall_threshold(values[truth], target)
+    elif objective == "false_alarms":  # the image rules on the normal images' map maxima:
+        pixel = false_alarm_threshold(map_maxima[normal], target)  # their masks stay empty
     else:
-        masks = np.concatenate([m.ravel() for m in pixels[0]])
-        maps = np.concatenate([m.ravel() for m in pixels[1]])
-        if objective == "f1":
-            pixel = f1_threshold(masks, maps)
-        else:
-            pixel = recall_threshold(maps[masks], target)
+        pixel = contamination_threshold(map_maxima[normal], contamination)
     if pixels is not None:
-        masks, maps = pixels
-        flagged = [m > np.asarray(pixel, dtype=m.dtype) for m in maps]
-        achieved["pixel"] = _achieved(
-            np.concatenate([m.ravel() for m in masks]),
-            np.concatenate([f.ravel() for f in flagged]),
-        )
+        achieved["pixel"] = _achieved(truth, values > np.asarray(pixel, dtype=values.dtype))
     return (image, pixel), achieved
 
 
