@@ -398,6 +398,8 @@ def calibrate_table(
         chosen = None
         if pixels is not None:
             chosen = [pixels[i] for i in np.flatnonzero(members) if pixels[i] is not None]
+        if not chosen or not any(mask.any() for mask, _ in chosen):  # no defect pixel known
+            chosen = None
         masks_and_maps = ([mask for mask, _ in chosen], [m for _, m in chosen]) if chosen else None
         return _labelled_thresholds(
             scores[members],

@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from skuniad._thresholds import f1_threshold, false_alarm_threshold, recall_threshold
+from skuniad._thresholds import (
+    contamination_threshold,
+    f1_threshold,
+    false_alarm_threshold,
+    recall_threshold,
+)
 from skuniad.metrics import operating_point
 
 
@@ -123,3 +128,12 @@ def test_a_group_with_too_few_defects_keeps_the_pooled_threshold_or_fails(labell
     det.set_params(unknown_group="error")
     with pytest.raises(ValueError, match="group 'b' has 1 normal calibration images"):
         det.calibrate(X, y, groups=groups, objective="f1")
+
+
+def test_masks_without_a_defect_pixel_leave_the_pixel_rule_to_the_normal_images(labelled):
+    det, X, y = labelled
+    masks = [None] * 12  # normal images: empty masks; defective ones: unknown
+    det.calibrate(X, y, masks=masks, objective="recall", target=0.5)
+    assert det.thresholds_.calibration["pooled"]["pixel"] is None
+    maxima = det.anomaly_maps(X[:6], size="model").reshape(6, -1).max(1)
+    assert det.pixel_threshold_ == pytest.approx(contamination_threshold(maxima, "auto"), rel=1e-5)
