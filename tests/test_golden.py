@@ -2,9 +2,12 @@
 
 ``tests/golden/make_golden.py`` wrote ``golden.npz`` and ``legacy.skuniad``
 at commit b51e958, before the package was reorganised. On a machine with the
-recording's torch version and CPU kernels the outputs must match bit for bit;
-elsewhere float kernels sum in another order, so floats match to 1e-5 and a
-mask pixel may flip only where its map value lies that close to the threshold.
+recording's torch version and CPU kernels the outputs must match bit for bit.
+Elsewhere float kernels sum in another order: outputs then match to 1e-4 of
+each array's scale, and weights to 1e-2 of it (Adam turns a gradient that is
+zero but for rounding into a full step of either sign: measured 1.4e-3 with
+torch's AVX2 kernels, 1.7e-3 without vector kernels); a mask pixel may flip
+where its map value lies that close to the threshold.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ def _assert_same(name: str, actual, expected) -> None:
     elif expected.dtype.kind == "b":
         assert np.mean(actual != expected) <= 1e-3, name
     else:
-        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        scale = max(float(np.abs(expected).max()), 1e-12)
+        tolerance = 1e-2 if name.startswith("model.") else 1e-4
+        assert np.abs(actual - expected).max() <= tolerance * scale, name
 
 
 @pytest.mark.slow
