@@ -13,8 +13,6 @@ import re
 
 import torch
 import torch.nn.functional as F
-from timm.layers import Conv2dSame
-from timm.layers.padding import pad_same_arg
 from torch import nn
 
 # lukemelas EfficientNet's native resolution: the input size its static padding is built for
@@ -75,6 +73,8 @@ def same_padding(
     size: tuple[int, int], kernel: tuple[int, int], stride: tuple[int, int], dilation=(1, 1)
 ) -> tuple[int, int, int, int]:
     """TF "same" padding (left, right, top, bottom) of a convolution on a ``size`` input."""
+    from timm.layers.padding import pad_same_arg  # timm loads when a backbone is built
+
     return tuple(pad_same_arg(list(size), list(kernel), list(stride), list(dilation)))
 
 
@@ -103,6 +103,8 @@ def use_static_same_padding(
     parameters and their names are unchanged. Returns the padding fixed for
     each replaced convolution, by module name.
     """
+    from timm.layers import Conv2dSame
+
     dynamic = {name: m for name, m in model.named_modules() if isinstance(m, Conv2dSame)}
     sizes: dict[str, tuple[int, int]] = {}
 
