@@ -106,9 +106,12 @@ def validation_split(
 
 
 def labels_above(anomaly_scores, thresholds) -> np.ndarray:
-    """+1 / -1 from anomaly scores and per-image thresholds: -1 where the score exceeds it."""
+    """+1 / -1 from anomaly scores and per-image thresholds: -1 where the score exceeds it.
+
+    A NaN score is -1: an image the model cannot score is never normal by accident.
+    """
     anomaly_scores = np.asarray(anomaly_scores, dtype=np.float64)
-    return np.where(anomaly_scores > thresholds, -1, 1).astype(int)
+    return np.where(anomaly_scores <= thresholds, 1, -1).astype(int)
 
 
 def masks_above(maps, thresholds):
@@ -228,6 +231,9 @@ def decision_thresholds(
     None where neither exists (a model not calibrated, and no number given).
     """
     groups = check_groups(groups, n)
+    for name, value in (("threshold", threshold), ("pixel_threshold", pixel_threshold)):
+        if value is not None and not np.isfinite(float(value)):
+            raise ValueError(f"{name} must be a finite number, got {value!r}")
 
     def per_image(explicit: float | None, method) -> np.ndarray | None:
         if explicit is not None:

@@ -37,6 +37,7 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -181,6 +182,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
     detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
+    _check_finite(path, metadata, tensors)
     fitted = metadata["fitted"]
     thresholds = ThresholdTable.from_metadata(fitted)
     if thresholds is not None:
@@ -240,6 +242,32 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     if missing:
         raise ValueError(f"{path}: the skuniad metadata lacks {missing}")
     return metadata, tensors
+
+
+def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse a model that would score NaN: non-finite weights, thresholds or normalisation."""
+    fitted, norm = metadata["fitted"], metadata["backbone"]
+    values = {
+        "offset_": fitted.get("offset_"),
+        "pixel_threshold_": fitted.get("pixel_threshold_"),
+        **{
+            f"threshold of group {g!r}": v
+            for g, *pair in fitted.get("group_thresholds", [])
+            for v in pair
+        },
+        **{f"backbone mean {i}": v for i, v in enumerate(norm.get("mean", []))},
+        **{f"backbone std {i}": v for i, v in enumerate(norm.get("std", []))},
+    }
+    for name, value in values.items():
+        if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value)):
+            raise ValueError(f"{path}: {name} is {value!r}, not a finite number")
+    if any(v <= 0 for v in norm.get("std", [])):
+        raise ValueError(f"{path}: the backbone's std must be positive, got {norm['std']}")
+    for name, tensor in tensors.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            raise ValueError(
+                f"{path}: tensor {name!r} holds NaN or infinite values (a diverged training?)"
+            )
 
 
 def _writer(metadata: dict) -> str:

@@ -37,10 +37,15 @@ from skuniad.distributed import (
     interrupts_deferred,
     max_over_ranks,
 )
+from skuniad.errors import SkuniadError
 
 # a training projected to take longer than this gets an estimate after its first epoch
 LONG_TRAINING_SECONDS = 15 * 60
 WARMUP_FRACTION = 0.05  # of all steps, for the "cosine" schedule
+
+
+class TrainingDiverged(SkuniadError, FloatingPointError):
+    """The training loss became NaN or infinite: the weights are lost, nothing is kept."""
 
 
 class TrainingInterrupted(KeyboardInterrupt):
@@ -257,6 +262,11 @@ def train_reconstruction(
                             scheduler if per_step else None,
                         )
                     )
+                    if not math.isfinite(curve[-1]):  # before any checkpoint keeps it
+                        raise TrainingDiverged(
+                            f"training diverged in epoch {epoch + 1}: its mean loss is "
+                            f"{curve[-1]}; lower learning_rate (now {learning_rate:g})"
+                        )
                     if not per_step:
                         scheduler.step()
                     finished = copy.deepcopy(model.state_dict())

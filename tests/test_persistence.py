@@ -290,3 +290,32 @@ def test_cuda_fitted_model_loads_in_a_process_without_cuda(tiny_params, images, 
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "True"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["fitted"].update(offset_=float("nan")), "offset_ is nan"),
+        (lambda m: m["fitted"].update(pixel_threshold_=float("inf")), "pixel_threshold_ is inf"),
+        (lambda m: m["backbone"].update(std=[0.0, 0.2, 0.2]), "std must be positive"),
+    ],
+)
+def test_a_model_file_that_would_score_nan_is_refused(saved, tmp_path, change, message):
+    _, _, path = saved
+    damaged = tmp_path / "damaged.skuniad"
+    _rewrite_metadata(path, damaged, change)
+    with pytest.raises(ValueError, match=message):
+        UniADDetector.load(damaged)
+
+
+def test_non_finite_weights_are_refused_on_load(saved, tmp_path):
+    _, _, path = saved
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    name = next(k for k in tensors if k.startswith("model.") and tensors[k].is_floating_point())
+    tensors[name] = tensors[name].clone()
+    tensors[name].view(-1)[0] = float("nan")
+    save_file(tensors, str(tmp_path / "nan.skuniad"), metadata=header)
+    with pytest.raises(ValueError, match=f"tensor '{name}' holds NaN"):
+        UniADDetector.load(tmp_path / "nan.skuniad")

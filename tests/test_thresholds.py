@@ -265,3 +265,14 @@ def test_a_group_too_small_for_its_own_thresholds_is_refused_before_training(dat
     with pytest.raises(ValueError, match=r"group 'b' has 2 calibration images") as error:
         det.fit(X, groups=["a"] * 10 + ["b"] * 2)
     assert "\n" not in str(error.value) and not hasattr(det, "model_")
+
+
+def test_an_image_scored_nan_is_never_normal_and_thresholds_must_be_numbers():
+    from skuniad._thresholds import decision_thresholds, labels_above
+
+    labels = labels_above(np.array([0.5, np.nan, 2.0]), np.array([1.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(labels, [1, -1, -1])
+    with pytest.raises(ValueError, match="threshold must be a finite number, got nan"):
+        decision_thresholds(None, None, 3, threshold=float("nan"))
+    with pytest.raises(ValueError, match="pixel_threshold must be a finite number"):
+        decision_thresholds(None, None, 3, pixel_threshold=float("inf"))

@@ -344,3 +344,15 @@ def test_out_of_memory_releases_the_failed_fits_tensors(
     assert error.value is not None
     assert {name: ref() for name, ref in alive.items()} == dict.fromkeys(alive)
     assert emptied  # the cached GPU blocks went back to the driver
+
+
+def test_a_diverged_fit_raises_and_keeps_no_model(tiny_params, images):
+    from skuniad import UniADDetector
+    from skuniad.errors import SkuniadError
+    from skuniad.training import TrainingDiverged
+
+    det = UniADDetector(**{**tiny_params, "learning_rate": 1e30})
+    with pytest.raises(TrainingDiverged, match="training diverged in epoch") as caught:
+        det.fit(images)
+    assert isinstance(caught.value, SkuniadError) and "learning_rate" in str(caught.value)
+    assert not hasattr(det, "model_")

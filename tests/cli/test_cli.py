@@ -525,3 +525,17 @@ def test_info_reports_bf16_from_compute_capability(gpus, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "cuda:0 Tesla V100-SXM2-16GB (compute capability 7.0, bf16: no)" in result.output
     assert "cuda:1 NVIDIA H100 (compute capability 9.0, bf16: yes)" in result.output
+
+
+def test_a_diverged_fit_and_a_nan_threshold_are_one_line_errors(
+    data_root, model_file, tiny_args, tmp_path
+):
+    out = tmp_path / "diverged.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(out), *tiny_args]
+    result = runner.invoke(app, [*args, "--epochs", "2", "--lr", "1e30"])
+    assert result.exit_code == 1 and "Error: training diverged in epoch" in result.output
+    assert not out.exists()
+    image = data_root / "parts" / "test" / "good" / "000.png"
+    args = ["predict", str(model_file), str(image), "-o", str(tmp_path / "p")]
+    result = runner.invoke(app, [*args, "--threshold", "nan"])
+    assert result.exit_code == 1 and "threshold must be a finite number" in result.output
