@@ -44,6 +44,12 @@ ImageScore = _choice_enum("ImageScore", IMAGE_SCORES)
 Precision = _choice_enum("Precision", PRECISIONS)
 Objective = _choice_enum("Objective", tuple(o.replace("_", "-") for o in CALIBRATION_OBJECTIVES))
 
+
+def objective_name(objective: Any) -> str:
+    """The library's name of an ``--objective`` choice (``false-alarms`` -> ``false_alarms``)."""
+    return objective.value.replace("-", "_")
+
+
 ObjectiveOption = Annotated[
     Objective,
     typer.Option(

@@ -39,6 +39,7 @@ from skuniad.cli._options import (
     check_options,
     detector_params,
     given_options,
+    objective_name,
     with_training_options,
 )
 from skuniad.cli._tables import print_results
@@ -242,10 +243,8 @@ def evaluate_command(
         check_test_set(test, ignore_pixel_metrics=ignore_pixel_metrics)
         calibration = None
         if calibrate_with is not None:
-            calibration = calibration_facts(
-                calibrate_with, objective.value.replace("-", "_"), target
-            )
-            check_calibration_split(test, calibrate_with, calibration["objective"], target)
+            calibration = calibration_facts(calibrate_with, objective_name(objective), target)
+            check_calibration_split(test, calibrate_with, objective_name(objective), target)
         if model is None:
             train = read_split(dataset, root, "train", category, train_meta)
             if init_model is None:  # a saved model carries its backbone's weights
@@ -280,7 +279,7 @@ def evaluate_command(
                 init_model=init_model,
                 run_details={"dataset": described, "model": "trained by this command"},
                 calibrate_with=calibrate_with,
-                objective=calibration["objective"] if calibration else "f1",
+                objective=objective_name(objective),
                 target=target,
                 verbose=0 if quiet else 1,
             )
@@ -303,7 +302,7 @@ def evaluate_command(
                     test,
                     calibrate_with,
                     seed[0] if seed else None,
-                    calibration["objective"],
+                    objective_name(objective),
                     target,
                 )
             typer.echo(

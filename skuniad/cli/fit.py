@@ -40,6 +40,7 @@ from skuniad.cli._options import (
     check_options,
     detector_params,
     given_options,
+    objective_name,
     with_training_options,
 )
 
@@ -330,7 +331,7 @@ def calibrate(
             labels if defects else None,
             groups=groups,
             masks=mask_list,
-            objective=objective.value.replace("-", "_"),
+            objective=objective_name(objective),
             target=target,
         )
         det.save(output)
