@@ -1,8 +1,9 @@
 """Save and resume a training: the checkpoint file of ``train_reconstruction``.
 
-A checkpoint holds the weights, optimizer and schedule states, the RNG states
-and the loss curve so far, with the ``fingerprint`` of the training that wrote
-it; a training resumes only from a checkpoint with its own fingerprint.
+A checkpoint holds the weights, optimizer and schedule states, the weight
+average (``ema_decay``), the RNG states and the loss curve so far, with the
+``fingerprint`` of the training that wrote it; a training resumes only from a
+checkpoint with its own fingerprint.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ CHECKPOINT_FORMAT = "skuniad-checkpoint"
 CHECKPOINT_VERSION = 1
 
 
-def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device) -> None:
+def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, device, average=None):
     """Write the training state after ``len(curve)`` epochs to ``path``, atomically."""
     checkpoint = {
         "format": CHECKPOINT_FORMAT,
@@ -26,6 +27,7 @@ def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, devic
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "average": None if average is None else average.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
@@ -33,7 +35,7 @@ def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, devic
         torch.save(checkpoint, temporary)
 
 
-def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device) -> list[float]:
+def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device, average=None):
     """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -64,6 +66,8 @@ def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device) -> l
     model.load_state_dict(checkpoint["model"])
     optimizer.load_state_dict(checkpoint["optimizer"])
     scheduler.load_state_dict(checkpoint["scheduler"])
+    if average is not None:  # the fingerprint's ema_decay matched: the average was saved
+        average.load_state_dict(checkpoint["average"])
     torch.set_rng_state(checkpoint["rng_cpu"])
     if device.type == "cuda" and checkpoint["rng_cuda"] is not None:
         torch.cuda.set_rng_state(checkpoint["rng_cuda"], device)

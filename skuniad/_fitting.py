@@ -139,6 +139,7 @@ def train_networks(
                 weight_decay=params["weight_decay"],
                 grad_clip=params["grad_clip"],
                 lr_schedule=params["lr_schedule"],
+                ema_decay=params["ema_decay"],
                 device=device,
                 amp_dtype=amp_dtype,
                 verbose=params["verbose"],

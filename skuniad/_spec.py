@@ -68,6 +68,7 @@ PARAMETER_CONSTRAINTS: dict = {
     "weight_decay": [Interval(Real, 0, None, closed="left")],
     "grad_clip": [Interval(Real, 0, None, closed="neither")],
     "lr_schedule": [StrOptions(set(LR_SCHEDULES))],
+    "ema_decay": [Interval(Real, 0, 1, closed="neither"), None],
     "cache_dtype": [StrOptions(set(CACHE_DTYPES))],
     "cache_max_gb": [Interval(Real, 0, None, closed="left"), None],
     "warm_start": ["boolean"],

@@ -108,6 +108,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         first 5 % of the optimizer steps, then a half-cosine decay to 0 at
         the last step of ``max_epochs``; for short fits (docs/results.md,
         "Epochs to quality").
+    ema_decay : float in (0, 1) or None, default=None
+        Score with an exponential moving average of the weights, updated
+        after every optimizer step (its decay warms up as ``(1 + t) / (10 + t)``
+        over the first steps). None: the last step's weights, the paper's.
     warm_start : bool, default=False
         When True and the detector is fitted, ``fit`` continues from the
         current ``model_`` weights (reusing ``backbone_``) for ``max_epochs``
@@ -139,15 +143,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         (the training images, the held-out ones with ``validation_fraction``,
         or those given to :meth:`calibrate`), all assumed normal.
         ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
-        the median calibration value. UniAD's scores have no fixed scale (it
-        depends on backbone, category and training length), so, unlike
-        ``IsolationForest``'s fixed ``"auto"`` offset, the threshold must come
-        from data; median and MAD ignore a few odd or mislabeled images that
-        would drag a mean and standard deviation up; and 3 sigma flags about
-        0.1 % of normal images when their scores are roughly Gaussian.
-        A float: that fraction of calibration images falls on the anomalous
-        side, as in ``IsolationForest``; on normal images this is the
-        false-alarm rate by construction.
+        the median calibration value, about 0.1 % of roughly Gaussian normal
+        scores (why a rule from data: docs/user-guide.md). A float: that
+        fraction of calibration images falls on the anomalous side, as in
+        ``IsolationForest``; on normal images, the false-alarm rate.
     validation_fraction : float in (0, 1) or None, default=None
         None: the thresholds come from the training images (the paper trains
         on all of them). A float: that share of the normal images, drawn with
@@ -273,6 +272,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         weight_decay=1e-4,
         grad_clip=0.1,
         lr_schedule="step",
+        ema_decay=None,
         cache_dtype="float32",
         cache_max_gb=4.0,
         warm_start=False,
@@ -309,6 +309,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
         self.lr_schedule = lr_schedule
+        self.ema_decay = ema_decay
         self.cache_dtype = cache_dtype
         self.cache_max_gb = cache_max_gb
         self.warm_start = warm_start

@@ -20,11 +20,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import torch
 import torch.nn.functional as F
 
+from skuniad._averaging import WeightAverage
 from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
@@ -176,6 +177,7 @@ def train_reconstruction(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     lr_schedule: str = "step",
+    ema_decay: float | None = None,
     verbose: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
@@ -188,8 +190,10 @@ def train_reconstruction(
     AdamW, gradient-norm clipping, the learning rate scaled by
     :func:`lr_factor` (``lr_schedule``), MSE against the clean features. Uses
     the global torch RNG (shuffling, jitter, dropout), which the caller seeds.
-    A KeyboardInterrupt stops the loop: ``model`` is left with the last
-    finished epoch's weights and :class:`TrainingInterrupted` is raised with
+    With ``ema_decay``, ``model`` ends with the exponential moving average of
+    its weights over the optimizer steps (:class:`WeightAverage`), which
+    ``on_epoch_end`` also sees. A KeyboardInterrupt stops the loop: ``model``
+    is left with the last finished epoch's weights and :class:`TrainingInterrupted` is raised with
     the curve so far.
 
     With ``checkpoint_path``, the training state is written there (atomically)
@@ -236,10 +240,13 @@ def train_reconstruction(
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(images_per_epoch / batch_size))
     )
+    average = None if ema_decay is None else WeightAverage(model, ema_decay)
     curve: list[float] = []
     if checkpoint_path is not None and os.path.exists(checkpoint_path):
-        curve = load_checkpoint(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
-    finished = copy.deepcopy(model.state_dict())
+        curve = load_checkpoint(
+            checkpoint_path, fingerprint, model, optimizer, scheduler, device, average
+        )
+    finished = _scoring_state(model, average)
     first_epoch = len(curve)
     with (
         progress_bar(verbose > 0) as progress,
@@ -260,6 +267,7 @@ def train_reconstruction(
                             amp_dtype,
                             images_per_epoch,
                             scheduler if per_step else None,
+                            average,
                         )
                     )
                     if not math.isfinite(curve[-1]):  # before any checkpoint keeps it
@@ -269,12 +277,19 @@ def train_reconstruction(
                         )
                     if not per_step:
                         scheduler.step()
-                    finished = copy.deepcopy(model.state_dict())
+                    finished = _scoring_state(model, average)
                     if checkpoint_path is not None and (
                         len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
                     ):
                         save_checkpoint(
-                            checkpoint_path, fingerprint, curve, model, optimizer, scheduler, device
+                            checkpoint_path,
+                            fingerprint,
+                            curve,
+                            model,
+                            optimizer,
+                            scheduler,
+                            device,
+                            average,
                         )
                     progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
                     if verbose > 0:
@@ -287,7 +302,8 @@ def train_reconstruction(
                                 progress.console, time.perf_counter() - start, max_epochs - epoch
                             )
                     if on_epoch_end is not None:
-                        on_epoch_end(epoch, curve[-1])
+                        with average.applied() if average is not None else nullcontext():
+                            on_epoch_end(epoch, curve[-1])
                         model.train()  # the callback may have scored in eval mode
                     if distributed and any_rank(interrupted[0], device):
                         raise RanksStopped
@@ -297,8 +313,15 @@ def train_reconstruction(
             raise TrainingInterrupted(
                 f"training interrupted after {len(curve)} of {max_epochs} epochs", curve
             ) from None
+    if average is not None:
+        model.load_state_dict(average.shadow)
     model.eval()
     return curve
+
+
+def _scoring_state(model: torch.nn.Module, average: WeightAverage | None) -> dict:
+    """A copy of the weights the model scores with: its own, or their average."""
+    return copy.deepcopy(model.state_dict() if average is None else average.shadow)
 
 
 @contextmanager
@@ -340,12 +363,13 @@ def _train_epoch(
     amp_dtype: torch.dtype | None,
     epoch_length: int | None = None,
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    average: WeightAverage | None = None,
 ) -> float:
     """One pass over ``feed`` in a random order; the mean loss per image.
 
     ``epoch_length`` > ``len(feed)`` pads the epoch with randomly repeated images
     (distributed training: every rank must run the same number of steps).
-    ``scheduler``, when given, is stepped after every optimizer step.
+    ``scheduler`` and ``average``, when given, are stepped after every optimizer step.
     """
     device, n = next(model.parameters()).device, len(feed)
     order = torch.randperm(n)
@@ -365,6 +389,8 @@ def _train_epoch(
         optimizer.step()
         if scheduler is not None:
             scheduler.step()
+        if average is not None:
+            average.update()
         total += loss.detach() * len(batch)
     summed = all_reduce_sum(torch.stack([total, torch.tensor(float(len(order)), device=device)]))
     return float(summed[0]) / float(summed[1])

@@ -39,9 +39,13 @@ def _fit_interrupted(params, images, monkeypatch, step):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("lr_schedule", ["step", "cosine"])
-def test_resumed_training_equals_uninterrupted_training(tiny_params, images, tmp_path, lr_schedule):
-    params = {**tiny_params, "max_epochs": 4, "lr_schedule": lr_schedule}
+@pytest.mark.parametrize(
+    ("lr_schedule", "ema_decay"), [("step", None), ("cosine", None), ("cosine", 0.9)]
+)
+def test_resumed_training_equals_uninterrupted_training(
+    tiny_params, images, tmp_path, lr_schedule, ema_decay
+):
+    params = {**tiny_params, "max_epochs": 4, "lr_schedule": lr_schedule, "ema_decay": ema_decay}
     uninterrupted = UniADDetector(**params).fit(images)
 
     checkpoint = tmp_path / "train.ckpt"

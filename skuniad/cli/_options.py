@@ -114,6 +114,17 @@ LrScheduleOption = Annotated[
         rich_help_panel=TRAIN_PANEL,
     ),
 ]
+EmaDecay = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        metavar="DECAY",
+        help="Score with an exponential moving average of the weights (e.g. 0.999); "
+        "default: the last step's weights.",
+        rich_help_panel=TRAIN_PANEL,
+    ),
+]
 HiddenDim = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=TRAIN_PANEL)]
 NumHeads = Annotated[int, typer.Option(min=1, metavar="N", rich_help_panel=TRAIN_PANEL)]
 EncoderLayers = Annotated[int, typer.Option(min=0, metavar="N", rich_help_panel=TRAIN_PANEL)]
@@ -239,6 +250,7 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "batch_size": (BatchSize, 8),
     "lr": (LearningRate, 1e-4),
     "lr_schedule": (LrScheduleOption, LrSchedule.step),
+    "ema_decay": (EmaDecay, None),
     "hidden_dim": (HiddenDim, 256),
     "num_heads": (NumHeads, 8),
     "encoder_layers": (EncoderLayers, 4),
@@ -280,6 +292,7 @@ DETECTOR_PARAMS = {
     "batch_size": "batch_size",
     "lr": "learning_rate",
     "lr_schedule": "lr_schedule",
+    "ema_decay": "ema_decay",
     "hidden_dim": "hidden_dim",
     "num_heads": "num_heads",
     "encoder_layers": "num_encoder_layers",
