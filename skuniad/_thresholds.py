@@ -141,12 +141,20 @@ class ThresholdTable:
     """How the thresholds were chosen (``objective``, ``target``) and what they achieved on
     the calibration images (``achieved``: pooled and per group); None for the
     contamination rule at ``fit``."""
+    held_out: dict | None = None
+    """The normal images ``fit`` held out (``validation_fraction``): their ``scores``,
+    ``map_maxima`` and ``groups`` (None without groups), as lists. Labelled
+    calibration counts them among its normal images; None when nothing was held out."""
 
     @classmethod
-    def fit(cls, scores, map_maxima, groups: np.ndarray | None, contamination) -> ThresholdTable:
+    def fit(
+        cls, scores, map_maxima, groups: np.ndarray | None, contamination, held_out: bool = False
+    ) -> ThresholdTable:
         """The ``contamination`` rule on calibration scores and per-image map maxima.
 
         Pooled over all images and, with ``groups``, on each group's images.
+        ``held_out``: the images are normal ones ``fit`` held out of training;
+        the table keeps their values for a later labelled calibration.
         """
         scores = np.asarray(scores, dtype=np.float64)
         map_maxima = np.asarray(map_maxima)
@@ -159,10 +167,18 @@ class ThresholdTable:
                     contamination_threshold(scores[members], contamination),
                     contamination_threshold(map_maxima[members], contamination),
                 )
+        values = None
+        if held_out:
+            values = {
+                "scores": scores.tolist(),
+                "map_maxima": map_maxima.astype(np.float64).tolist(),
+                "groups": None if groups is None else list(groups),
+            }
         return cls(
             contamination_threshold(scores, contamination),
             contamination_threshold(map_maxima, contamination),
             table,
+            held_out=values,
         )
 
     def image_for(self, groups, n: int, unknown_group: str = "pooled") -> np.ndarray:
@@ -200,8 +216,10 @@ class ThresholdTable:
                 [group, float(image), float(pixel)] for group, (image, pixel) in self.groups.items()
             ],
         }
-        if self.calibration is not None:  # older readers ignore it
+        if self.calibration is not None:  # older readers ignore these two
             metadata["calibration"] = self.calibration
+        if self.held_out is not None:
+            metadata["held_out"] = self.held_out
         return metadata
 
     @classmethod
@@ -215,7 +233,28 @@ class ThresholdTable:
         }
         thresholds = (-float(fitted["offset_"]), float(fitted["pixel_threshold_"]))
         calibration = fitted.get("calibration")
-        return cls(*thresholds, groups, calibration if isinstance(calibration, dict) else None)
+        return cls(
+            *thresholds,
+            groups,
+            calibration if isinstance(calibration, dict) else None,
+            _checked_held_out(fitted.get("held_out")),
+        )
+
+
+def _checked_held_out(held_out) -> dict | None:
+    """A model file's held-out values, or None when absent or not well formed."""
+    if not isinstance(held_out, dict):
+        return None
+    scores, maxima, groups = (held_out.get(k) for k in ("scores", "map_maxima", "groups"))
+    lists = [scores, maxima] + ([] if groups is None else [groups])
+    if not all(isinstance(v, list) and len(v) == len(scores) for v in lists):
+        return None
+    numbers = [
+        v for v in scores + maxima if isinstance(v, (int, float)) and not isinstance(v, bool)
+    ]
+    if len(numbers) != 2 * len(scores) or not np.all(np.isfinite(numbers)):
+        return None
+    return {"scores": scores, "map_maxima": maxima, "groups": groups}
 
 
 def decision_thresholds(
@@ -270,20 +309,22 @@ def _just_below(value, dtype) -> float:
     return float(np.nextafter(value, np.asarray(-np.inf, dtype=dtype)))
 
 
-def f1_threshold(labels, values) -> float:
+def f1_threshold(labels, values, weights=None) -> float:
     """The threshold ``t`` whose decisions ``values > t`` have the highest F1 on ``labels``.
 
     Candidates are the distinct values: flagging every value from the top
     down to one of them. Ties in F1 go to the higher threshold (fewer alarms).
+    ``weights`` (default 1) count each value that many times.
     """
     labels = np.asarray(labels, dtype=bool).ravel()
     values = np.asarray(values).ravel()
+    weights = np.ones(len(values)) if weights is None else np.asarray(weights, dtype=np.float64)
     order = np.argsort(-values, kind="stable")
-    ordered, hits = values[order], labels[order]
+    ordered, hits, counts = values[order], labels[order], weights[order]
     last = np.r_[ordered[1:] != ordered[:-1], True]  # the last of each run of equal values
-    tp = np.cumsum(hits)[last]
-    flagged = np.flatnonzero(last) + 1
-    f1 = 2 * tp / (flagged + labels.sum())
+    tp = np.cumsum(hits * counts)[last]
+    flagged = np.cumsum(counts)[last]
+    f1 = 2 * tp / (flagged + np.sum(weights[labels]))
     best = int(np.argmax(f1))
     distinct = ordered[last]
     if best + 1 < len(distinct):
@@ -312,19 +353,30 @@ def _achieved(labels, flagged) -> dict:
 
 
 def _labelled_thresholds(
-    scores, map_maxima, labels, pixels, objective: str, target, contamination
+    scores, map_maxima, labels, pixels, objective: str, target, contamination, held_out
 ) -> tuple[tuple[float, float], dict]:
     """One part's (image, pixel) thresholds and what they achieve on its images.
 
-    ``pixels``: ``(masks, maps)`` of its images with masks, at input size, or None.
+    ``pixels``: ``(masks, maps)`` of its images with masks, at input size, or
+    None. ``held_out``: ``(scores, map_maxima)`` of more normal images, which
+    ``"false_alarms"`` counts with the given ones and ``"f1"`` uses for its
+    false-alarm rate (weighted so that the normal images keep their share).
     """
     normal = labels == 0
+    extra_scores, extra_maxima = held_out
     if objective == "contamination":
         image = contamination_threshold(scores[normal], contamination)
     elif objective == "f1":
-        image = f1_threshold(labels, scores)
+        n_normal = np.sum(normal) + len(extra_scores)
+        weights = np.r_[
+            np.where(normal, np.sum(normal) / n_normal, 1.0),
+            np.full(len(extra_scores), np.sum(normal) / n_normal),
+        ]
+        image = f1_threshold(
+            np.r_[labels, np.zeros(len(extra_scores))], np.r_[scores, extra_scores], weights
+        )
     elif objective == "false_alarms":
-        image = false_alarm_threshold(scores[normal], target)
+        image = false_alarm_threshold(np.r_[scores[normal], extra_scores], target)
     else:
         image = recall_threshold(scores[~normal], target)
     achieved = {"image": _achieved(labels, scores > image), "pixel": None}
@@ -336,7 +388,7 @@ def _labelled_thresholds(
     elif pixels is not None and objective == "recall":
         pixel = recall_threshold(values[truth], target)
     elif objective == "false_alarms":  # the image rules on the normal images' map maxima:
-        pixel = false_alarm_threshold(map_maxima[normal], target)  # their masks stay empty
+        pixel = false_alarm_threshold(np.r_[map_maxima[normal], extra_maxima], target)
     else:
         pixel = contamination_threshold(map_maxima[normal], contamination)
     if pixels is not None:
@@ -383,6 +435,7 @@ def calibrate_table(
     contamination="auto",
     pixels=None,
     unknown_group: str = "error",
+    held_out: dict | None = None,
 ) -> ThresholdTable:
     """Thresholds chosen for ``objective`` on labelled calibration images, pooled and per group.
 
@@ -393,13 +446,24 @@ def calibrate_table(
     and ``"recall"`` is chosen on the pooled pixels; otherwise it follows the
     image rule on the normal images' map maxima. A group with too few images
     of a class the objective needs raises, or with ``unknown_group="pooled"``
-    keeps the pooled thresholds, with a warning.
+    keeps the pooled thresholds, with a warning. ``held_out``: a table's
+    :attr:`ThresholdTable.held_out`, more normal images for ``"false_alarms"``
+    and ``"f1"`` (each group's own); the new table keeps it.
     """
     scores = np.asarray(scores, dtype=np.float64)
     map_maxima = np.asarray(map_maxima)
     labels = np.asarray(labels)
 
-    def part(members: np.ndarray, where: str):
+    def held_out_of(group) -> tuple[np.ndarray, np.ndarray]:
+        if held_out is None:
+            return np.empty(0), np.empty(0)
+        kept = [
+            group is None or g == group
+            for g in held_out["groups"] or [None] * len(held_out["scores"])
+        ]
+        return np.asarray(held_out["scores"])[kept], np.asarray(held_out["map_maxima"])[kept]
+
+    def part(members: np.ndarray, where: str, group=None):
         _check_class_counts(labels[members], objective, where)
         chosen = None
         if pixels is not None:
@@ -415,6 +479,7 @@ def calibrate_table(
             objective,
             target,
             contamination,
+            held_out_of(group),
         )
 
     pooled, pooled_achieved = part(np.ones(len(scores), dtype=bool), "the calibration set")
@@ -422,7 +487,7 @@ def calibrate_table(
     for group in unique(groups) if groups is not None else []:
         members = np.array([g == group for g in groups])
         try:
-            table[group], group_achieved = part(members, f"group {group!r}")
+            table[group], group_achieved = part(members, f"group {group!r}", group)
         except ValueError as exc:
             if unknown_group != "pooled":
                 raise
@@ -435,7 +500,7 @@ def calibrate_table(
         "pooled": pooled_achieved,
         "groups": achieved,
     }
-    return ThresholdTable(*pooled, table, calibration)
+    return ThresholdTable(*pooled, table, calibration, held_out)
 
 
 def check_calibration_inputs(

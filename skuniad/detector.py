@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from skuniad._spec import (
     training_fingerprint,
 )
 from skuniad.device import releasing_device_memory, resolve_device, resolve_precision
-from skuniad.distributed import DistributedContext, gather_shards
+from skuniad.distributed import gather_shards
 from skuniad.io import check_images, image_size
 from skuniad.metrics import warn_on_anomalous_labels
 from skuniad.training import TrainingInterrupted
@@ -397,7 +398,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         if part.held_out is not None:  # thresholds from normal images the model has not trained on
             del features
             features = self._scorer().extract(part.held_out)
-        self._calibrate_features(features, part.context, part.calibration_groups)
+        self.thresholds_ = self._calibration_table(
+            features, part.context, part.calibration_groups, held_out=part.held_out is not None
+        )
         if interrupted is not None:
             # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
             # with a half-trained model; the CLI catches this and keeps it on purpose
@@ -428,19 +431,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
         return hook
 
-    def _calibrate_features(
-        self,
-        features: torch.Tensor,
-        context: DistributedContext | None = None,
-        groups: np.ndarray | None = None,
-    ) -> None:
-        """Set the thresholds from calibration features (all ranks'), pooled and per group."""
-        scores, map_maxima = self._scorer().calibration_values(features)
-        scores = gather_shards(scores, context)
-        map_maxima = gather_shards(map_maxima, context)
-        self.thresholds_ = _thresholds.ThresholdTable.fit(
-            scores, map_maxima, groups, self.contamination
-        )
+    def _calibration_table(self, features, context=None, groups=None, held_out=False):
+        """The contamination rule on calibration features (all ranks'), pooled and per group."""
+        values = (gather_shards(v, context) for v in self._scorer().calibration_values(features))
+        return _thresholds.ThresholdTable.fit(*values, groups, self.contamination, held_out)
 
     def _scorer(self) -> _inference.Scorer:
         """The fitted networks, ready to score."""
@@ -722,8 +716,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             ``"contamination"``: ``fit``'s rule on the normal images.
             ``"f1"``: the threshold of highest F1 (anomalib's default).
             ``"false_alarms"``: the lowest threshold flagging at most
-            ``target`` of the normal images. ``"recall"``: the highest
-            threshold catching at least ``target`` of the defective ones.
+            ``target`` of the normal images, counting those ``fit`` held out
+            (``validation_fraction``), as ``"f1"`` does for its false alarms.
+            ``"recall"``: the highest threshold catching at least ``target``
+            of the defective ones.
             With ``groups``, per group; a group with too few images of a
             class needed (5) raises, or with ``unknown_group="pooled"`` keeps
             the pooled thresholds with a warning. What was chosen and what it
@@ -739,8 +735,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         X = check_images(X)
         groups = _thresholds.check_groups(groups, len(X))
         _thresholds.check_objective(objective, target)
+        held_out = getattr(self, "thresholds_", None) and self.thresholds_.held_out
         if y is None and masks is None and objective == "contamination":
-            self._calibrate_features(self._scorer().extract(X), groups=groups)
+            table = self._calibration_table(self._scorer().extract(X), groups=groups)
+            self.thresholds_ = dataclasses.replace(table, held_out=held_out)
             return self
         sizes = [image_size(x, i) for i, x in enumerate(X)]
         labels, masks = _thresholds.check_calibration_inputs(
@@ -758,6 +756,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             contamination=self.contamination,
             pixels=None if masks is None else scorer.masked_pixels(X, masks),
             unknown_group=self.unknown_group,
+            held_out=held_out,
         )
         return self
 

@@ -137,3 +137,75 @@ def test_masks_without_a_defect_pixel_leave_the_pixel_rule_to_the_normal_images(
     assert det.thresholds_.calibration["pooled"]["pixel"] is None
     maxima = det.anomaly_maps(X[:6], size="model").reshape(6, -1).max(1)
     assert det.pixel_threshold_ == pytest.approx(contamination_threshold(maxima, "auto"), rel=1e-5)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.booleans(), st.integers(0, 9), st.integers(1, 3)), min_size=2, max_size=30
+    ).filter(lambda rows: any(label for label, *_ in rows))
+)
+def test_f1_weights_count_a_value_that_many_times(rows):
+    labels = np.array([label for label, *_ in rows])
+    values = np.array([value for _, value, _ in rows], dtype=np.float64)
+    weights = np.array([weight for *_, weight in rows])
+    repeated = f1_threshold(np.repeat(labels, weights), np.repeat(values, weights))
+    assert f1_threshold(labels, values, weights) == repeated
+
+
+@pytest.fixture(scope="module")
+def held_out_fit(tiny_settings):
+    from skuniad import UniADDetector
+
+    rng = np.random.default_rng(5)
+    X = rng.integers(0, 256, size=(20, 40, 48, 3), dtype=np.uint8)
+    groups = np.array(["a", "b"] * 10)
+    params = {**tiny_settings, "validation_fraction": 0.5}
+    return UniADDetector(**params).fit(X, groups=groups), X, groups
+
+
+def test_fit_keeps_the_held_out_normal_values_and_the_file_keeps_them(held_out_fit, tmp_path):
+    from skuniad import UniADDetector
+
+    det = held_out_fit[0]
+    held_out = det.thresholds_.held_out
+    assert len(held_out["scores"]) == len(held_out["map_maxima"]) == 10
+    assert sorted(held_out["groups"]) == ["a"] * 5 + ["b"] * 5  # half of each group
+    # they are the values the thresholds came from: the images the model did not train on
+    assert det.image_threshold_ == contamination_threshold(held_out["scores"], "auto")
+    path = tmp_path / "m.skuniad"
+    det.save(path)
+    assert UniADDetector.load(path).thresholds_.held_out == held_out
+
+
+def test_false_alarms_and_f1_count_the_held_out_normals(held_out_fit, labelled):
+    det = copy.deepcopy(held_out_fit[0])
+    _, X, y = labelled
+    scores = -det.score_samples(X)
+    extra = np.asarray(det.thresholds_.held_out["scores"])
+    det.calibrate(X, y, objective="false_alarms", target=0.2)
+    assert det.image_threshold_ == false_alarm_threshold(np.r_[scores[:6], extra], 0.2)
+    assert det.thresholds_.held_out is not None  # kept for the next calibration
+    det.calibrate(X, y, objective="f1")
+    weights = np.r_[np.full(6, 6 / 16), np.ones(6), np.full(10, 6 / 16)]
+    expected = f1_threshold(np.r_[y, np.zeros(10)], np.r_[scores, extra], weights)
+    assert det.image_threshold_ == expected
+    det.calibrate(X[:6])  # normal images only: the contamination rule, the held-out ones kept
+    assert det.thresholds_.held_out == held_out_fit[0].thresholds_.held_out
+
+
+def test_per_group_calibration_counts_each_groups_own_held_out_normals(held_out_fit, labelled):
+    det = copy.deepcopy(held_out_fit[0])
+    _, X, y = labelled
+    groups = np.array(["a", "b"] * 6)
+    scores = -det.score_samples(X)
+    held_out = det.thresholds_.held_out
+    det.calibrate(
+        np.r_[X, X], np.r_[y, y], groups=np.r_[groups, groups], objective="false_alarms", target=0.3
+    )
+    for group in ("a", "b"):
+        mine = np.r_[scores, scores][(np.r_[groups, groups] == group) & (np.r_[y, y] == 0)]
+        extra = [
+            s for s, g in zip(held_out["scores"], held_out["groups"], strict=True) if g == group
+        ]
+        assert det.group_image_thresholds_[group] == false_alarm_threshold(np.r_[mine, extra], 0.3)
