@@ -382,7 +382,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             params,
             network,
             part,
-            seed=seed,
+            seed=part.seed,
             amp_dtype=resolve_precision(self.precision, part.device),
             fingerprint=training_fingerprint(params, warm_start_from_epoch=len(previous_curve)),
             warm_networks=(self.backbone_, self.model_) if warm else None,

@@ -139,7 +139,7 @@ def fit(
             verbose=0 if quiet else 1,
             # torchrun trainings cannot checkpoint (see skuniad.training)
             checkpoint_path=checkpoint
-            if checkpoint_every > 0 and distributed.distributed_context() is None
+            if checkpoint_every > 0 and not distributed.launched()
             else None,
             checkpoint_every=max(checkpoint_every, 1),
         )
