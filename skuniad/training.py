@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
-from skuniad.device import autocast, explain_out_of_memory, flushing_denormals
+from skuniad.device import autocast, explain_out_of_memory, flushing_denormals, made_current
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -119,11 +119,12 @@ class FeatureFeed:
         """The features of ``indices`` (a slice of :meth:`order`'s result) on the device."""
         if not self.staged:
             return self.data[indices]
-        staged = torch.empty(
-            (len(indices), *self.data.shape[1:]),
-            dtype=self.data.dtype,
-            pin_memory=self.device.type == "cuda",
-        )
+        with made_current(self.device):  # pinned memory of this GPU, not of the current one
+            staged = torch.empty(
+                (len(indices), *self.data.shape[1:]),
+                dtype=self.data.dtype,
+                pin_memory=self.device.type == "cuda",
+            )
         torch.index_select(self.data, 0, indices, out=staged)
         return staged.to(self.device, non_blocking=True)
 

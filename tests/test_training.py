@@ -297,6 +297,21 @@ def test_a_failed_move_to_the_gpu_falls_back_to_the_host(monkeypatch, cuda_oom_m
     assert feed.data is features and feed.staged
 
 
+def test_staged_batches_for_a_second_gpu_are_pinned_for_that_gpu(monkeypatch, current_gpu):
+    monkeypatch.setattr(training, "features_fit_on_device", lambda *a: False)
+    feed = FeatureFeed(torch.arange(20.0).reshape(10, 2), torch.device("cuda", 1))
+    empty, pinned_on = torch.empty, []
+
+    def host_buffer(*args, pin_memory=False, **kwargs):
+        pinned_on.append((pin_memory, current_gpu[0]))
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", host_buffer)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no GPU to copy to
+    assert feed.batch(torch.tensor([3, 1])).tolist() == [[6, 7], [2, 3]]
+    assert pinned_on == [(True, 1)] and current_gpu == [0]
+
+
 def test_placing_the_cache_is_inside_the_out_of_memory_guard(
     monkeypatch, cuda_oom_message, train_tiny_model
 ):
