@@ -148,6 +148,7 @@ def train_networks(
                 verbose=params["verbose"],
                 checkpoint_path=params["checkpoint_path"],
                 checkpoint_every=params["checkpoint_every"],
+                checkpoint_interval=params["checkpoint_interval"],
                 fingerprint=fingerprint,
                 distributed=context is not None,
                 on_epoch_end=hook,

@@ -189,8 +189,37 @@ class RanksStopped(KeyboardInterrupt):
 
 
 @contextmanager
+def sigterm_as_interrupt() -> Iterator[list[bool]]:
+    """Inside the block SIGTERM stops as Ctrl-C does; ``received[0]`` says whether it came.
+
+    Schedulers and containers stop a job with SIGTERM: training then keeps
+    the last finished epoch, as on Ctrl-C (a KeyboardInterrupt), instead of
+    dying with nothing written. Under torchrun :func:`interrupts_deferred`
+    defers it to the end of the epoch, as it does Ctrl-C. No-op outside the
+    main thread.
+    """
+    received = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum, frame) -> None:
+        received[0] = True
+        raise KeyboardInterrupt
+
+    interrupt.received = received  # found by interrupts_deferred
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def interrupts_deferred(enabled: bool = True) -> Iterator[list[bool]]:
     """Turn SIGINT (Ctrl-C) into a request, ``flag[0] = True``, inside the block.
+
+    SIGTERM too, inside :func:`sigterm_as_interrupt`.
 
     Distributed training checks the request of every rank after each epoch
     (:func:`any_rank`) and stops all of them together. A KeyboardInterrupt
@@ -203,14 +232,20 @@ def interrupts_deferred(enabled: bool = True) -> Iterator[list[bool]]:
         yield requested
         return
 
+    terminate = signal.getsignal(signal.SIGTERM)
+    deferred = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(terminate, "received") else [])
+
     def request(signum, frame) -> None:
         requested[0] = True
+        if signum == signal.SIGTERM:
+            terminate.received[0] = True
 
-    previous = signal.signal(signal.SIGINT, request)
+    previous = {signum: signal.signal(signum, request) for signum in deferred}
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -180,7 +180,8 @@ def train_reconstruction(
     verbose: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = None,
+    checkpoint_interval: float = 0.0,
     fingerprint: dict | None = None,
     distributed: bool = False,
 ) -> list[float]:
@@ -194,7 +195,9 @@ def train_reconstruction(
     the curve so far.
 
     With ``checkpoint_path``, the training state is written there (atomically)
-    after every ``checkpoint_every``-th epoch and after the last one. When the
+    after every ``checkpoint_every``-th epoch, or, with ``checkpoint_every``
+    None, after an epoch that ends at least ``checkpoint_interval`` seconds
+    after the last write (or the start), and after the last epoch. When the
     file exists, training resumes from it, provided it was written for the
     same ``fingerprint`` (JSON-like values describing the training) and the
     same number of images; otherwise a ValueError says what differs. The
@@ -242,6 +245,7 @@ def train_reconstruction(
         curve = load_checkpoint(checkpoint_path, fingerprint, model, optimizer, scheduler, device)
     finished = copy.deepcopy(model.state_dict())
     first_epoch = len(curve)
+    last_write = time.monotonic()
     with (
         progress_bar(verbose > 0) as progress,
         _stopping_all_ranks(distributed) as interrupted,
@@ -271,12 +275,13 @@ def train_reconstruction(
                     if not per_step:
                         scheduler.step()
                     finished = copy.deepcopy(model.state_dict())
-                    if checkpoint_path is not None and (
-                        len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
+                    if checkpoint_path is not None and _checkpoint_due(
+                        len(curve), max_epochs, checkpoint_every, checkpoint_interval, last_write
                     ):
                         save_checkpoint(
                             checkpoint_path, fingerprint, curve, model, optimizer, scheduler, device
                         )
+                        last_write = time.monotonic()
                     progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
                     if verbose > 0:
                         progress.console.print(
@@ -300,6 +305,17 @@ def train_reconstruction(
             ) from None
     model.eval()
     return curve
+
+
+def _checkpoint_due(
+    epochs: int, max_epochs: int, every: int | None, interval: float, last_write: float
+) -> bool:
+    """After ``epochs`` epochs: the last, every ``every``-th, or ``interval`` s after a write."""
+    if epochs == max_epochs:
+        return True
+    if every is not None:
+        return epochs % every == 0
+    return time.monotonic() - last_write >= interval
 
 
 @contextmanager
