@@ -586,3 +586,12 @@ def test_a_diverged_fit_and_a_nan_threshold_are_one_line_errors(
     args = ["predict", str(model_file), str(image), "-o", str(tmp_path / "p")]
     result = runner.invoke(app, [*args, "--threshold", "nan"])
     assert result.exit_code == 1 and "threshold must be a finite number" in result.output
+
+
+def test_evaluate_under_torchrun_is_refused_before_any_work(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each of 2 processes
+    output = tmp_path / "results"
+    args = ["evaluate", "--dataset", "mvtec", "--root", str(data_root), "-o", str(output)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "not under torchrun" in result.output
+    assert not output.exists()
