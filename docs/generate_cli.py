@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 
 from skuniad import cli
-from skuniad.cli._errors import EXIT_ERROR, EXIT_INTERRUPTED
+from skuniad.cli._errors import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_TERMINATED
 
 TARGET = Path(__file__).with_name("cli.md")
 _PROGRAM = "skuniad"
@@ -36,7 +36,8 @@ def render() -> str:
         "`--help`. Exit codes: 0 success; "
         f"{EXIT_ERROR} a domain error (missing files, bad data set or model file, "
         "invalid parameter), explained in one line; 2 a usage error; "
-        f"{EXIT_INTERRUPTED} interrupted with Ctrl-C.",
+        f"{EXIT_INTERRUPTED} interrupted with Ctrl-C; {EXIT_TERMINATED} stopped by SIGTERM "
+        "(`skuniad fit` writes the last finished epoch's model first, as on Ctrl-C).",
         "",
         "| Command | What it does |",
         "|---|---|",

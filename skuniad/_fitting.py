@@ -19,7 +19,7 @@ from skuniad._inference import extract_features
 from skuniad._spec import NetworkSpec
 from skuniad._thresholds import check_group_sizes, validation_split
 from skuniad.device import explain_out_of_memory, inference_batch_size
-from skuniad.distributed import DistributedContext, distributed_context
+from skuniad.distributed import DistributedContext, distributed_context, seed_of_rank_zero
 from skuniad.nn.attention import neighbor_mask
 from skuniad.training import TrainingInterrupted, train_reconstruction
 
@@ -33,6 +33,7 @@ class Partition:
     calibration_groups: np.ndarray | None
     context: DistributedContext | None
     device: torch.device
+    seed: int
 
 
 def partition(
@@ -41,21 +42,24 @@ def partition(
     """Hold out ``validation_fraction`` of the images (of each group), then shard under torchrun.
 
     Without a fraction every image trains and calibrates. The groups of the
-    calibration images are checked now, not after training.
+    calibration images are checked now, not after training. Under torchrun
+    every rank takes rank 0's ``seed`` (the partition's ``seed``) first, so
+    that all draw the same split and the same networks.
     """
+    context = distributed_context(device)  # under torchrun: this rank's shard of X
+    seed = seed_of_rank_zero(seed, context)
     train, held_out = validation_split(len(X), groups, validation_fraction, seed)
     X_held_out = [X[i] for i in held_out] if held_out is not None else None
     calibration_groups = groups if held_out is None or groups is None else groups[held_out]
     check_group_sizes(calibration_groups)
     if train is not None:
         X = [X[i] for i in train]
-    context = distributed_context(device)  # under torchrun: this rank's shard of X
     if context is not None:
         device = context.device
         X = [X[i] for i in context.shard(len(X))]
         if X_held_out is not None:
             X_held_out = [X_held_out[i] for i in context.shard(len(X_held_out))]
-    return Partition(X, X_held_out, calibration_groups, context, device)
+    return Partition(X, X_held_out, calibration_groups, context, device, seed)
 
 
 @dataclasses.dataclass
@@ -145,6 +149,7 @@ def train_networks(
                 verbose=params["verbose"],
                 checkpoint_path=params["checkpoint_path"],
                 checkpoint_every=params["checkpoint_every"],
+                checkpoint_interval=params["checkpoint_interval"],
                 fingerprint=fingerprint,
                 distributed=context is not None,
                 on_epoch_end=hook,

@@ -73,7 +73,8 @@ PARAMETER_CONSTRAINTS: dict = {
     "cache_max_gb": [Interval(Real, 0, None, closed="left"), None],
     "warm_start": ["boolean"],
     "checkpoint_path": [str, os.PathLike, None],
-    "checkpoint_every": [Interval(Integral, 1, None, closed="left")],
+    "checkpoint_every": [Interval(Integral, 1, None, closed="left"), None],
+    "checkpoint_interval": [Interval(Real, 0, None, closed="left")],
     "contamination": [StrOptions({"auto"}), Interval(Real, 0, 0.5, closed="right")],
     "validation_fraction": [Interval(Real, 0, 1, closed="neither"), None],
     "unknown_group": [StrOptions(set(UNKNOWN_GROUP_POLICIES))],
@@ -94,11 +95,15 @@ FINGERPRINT_EXEMPT = frozenset(
         "precision",
         "verbose",
         "warm_start",
-        "checkpoint_path",
-        "checkpoint_every",
+        *("checkpoint_path", "checkpoint_every", "checkpoint_interval"),
     }
 )
 """Parameters that do not change what training computes: a checkpoint ignores them."""
+
+
+CHECKPOINT_SETTINGS = ("checkpoint_path", "checkpoint_every", "checkpoint_interval")
+"""Where and how often one run checkpoints: never saved in a model file (a moved model would
+train into a folder that is gone)."""
 
 
 def json_safe_params(params: Mapping) -> dict:

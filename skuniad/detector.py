@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -127,18 +126,18 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         A feature cache larger than this is memory-mapped from a temporary
         file instead of held in RAM (None: always in RAM).
     checkpoint_path : str or path or None, default=None
-        Crash-recovery file for long trainings. After every
-        ``checkpoint_every`` epochs, and after the last, the training state
-        (weights, optimizer, schedule, RNG states, epoch, loss curve) is
-        written there atomically. A later ``fit`` with the same path, the same
-        training parameters and the same number of images resumes from it; on
-        CPU the result is bit-identical to an uninterrupted fit. A checkpoint
-        written for other parameters or another number of images raises a
-        ValueError naming the differences (it is never overwritten silently);
-        image contents are not compared. ``device`` and ``precision`` may
-        change between runs. The file is deleted when ``fit`` completes.
-    checkpoint_every : int, default=1
-        Epochs between checkpoints.
+        Crash-recovery file: the training state (weights, optimizer,
+        schedule, RNG states, loss curve) is written there atomically during
+        training and after the last epoch. A later ``fit`` with the same path,
+        training parameters and number of images resumes from it,
+        bit-identically on CPU; ``device`` and ``precision`` may change. A
+        checkpoint of another training raises a ValueError naming the
+        differences (image contents are not compared). It outlives ``fit``
+        until :meth:`save` has written the model. Not saved in model files.
+    checkpoint_every : int or None, default=None
+        Epochs between checkpoints; None: at most one per ``checkpoint_interval``.
+    checkpoint_interval : float, default=60.0
+        Least seconds of training between two checkpoints.
     contamination : "auto" or float in (0, 0.5], default="auto"
         Sets ``offset_`` and ``pixel_threshold_`` from the calibration images
         (the training images, the held-out ones with ``validation_fraction``,
@@ -278,7 +277,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         cache_max_gb=4.0,
         warm_start=False,
         checkpoint_path=None,
-        checkpoint_every=1,
+        checkpoint_every=None,
+        checkpoint_interval=60.0,
         contamination="auto",
         validation_fraction=None,
         unknown_group="pooled",
@@ -316,6 +316,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.warm_start = warm_start
         self.checkpoint_path = checkpoint_path
         self.checkpoint_every = checkpoint_every
+        self.checkpoint_interval = checkpoint_interval
         self.contamination = contamination
         self.validation_fraction = validation_fraction
         self.unknown_group = unknown_group
@@ -384,7 +385,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             params,
             network,
             part,
-            seed=seed,
+            seed=part.seed,
             amp_dtype=resolve_precision(self.precision, part.device),
             fingerprint=training_fingerprint(params, warm_start_from_epoch=len(previous_curve)),
             warm_networks=(self.backbone_, self.model_) if warm else None,
@@ -401,6 +402,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.thresholds_ = self._calibration_table(
             features, part.context, part.calibration_groups, held_out=part.held_out is not None
         )
+        self._finished_checkpoint = self.checkpoint_path if interrupted is None else None
         if interrupted is not None:
             # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
             # with a half-trained model; the CLI catches this and keeps it on purpose
@@ -409,8 +411,6 @@ class UniADDetector(OutlierMixin, BaseEstimator):
                 f"epoch (n_epochs_={self.n_epochs_}) and calibrated",
                 curve,
             ) from None
-        if self.checkpoint_path is not None and len(curve) == self.max_epochs:
-            Path(self.checkpoint_path).unlink(missing_ok=True)
         return self
 
     def _set_networks(self, backbone, model, device, features, network: NetworkSpec) -> None:
@@ -858,7 +858,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         parameters, fitted values and skuniad/torch/timm versions (see
         :mod:`skuniad.persistence`). The write is atomic: an interrupted save
         leaves any previous file at ``path`` intact. A ``RandomState``
-        ``random_state`` is saved as None.
+        ``random_state`` is saved as None. Then a finished fit's checkpoint is deleted.
         """
         check_is_fitted(self, "model_")
         persistence.save_detector(self, path)

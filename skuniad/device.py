@@ -110,6 +110,17 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def made_current(device: torch.device | str):
+    """Context in which CUDA ``device`` is the current GPU (nothing for other devices).
+
+    Pinned host memory (DataLoader batches, staged features) belongs to the
+    current GPU: without this, training on ``cuda:1`` would also open a
+    context on ``cuda:0``, a GPU that may be another job's.
+    """
+    device = torch.device(device)
+    return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
 def inference_batch_size(batch_size: int) -> int:
     """Images per batch for feature extraction and scoring: 4 x ``batch_size``, at most 32."""
     return min(4 * batch_size, 32)

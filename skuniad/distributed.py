@@ -13,9 +13,14 @@ each rank uses GPU ``LOCAL_RANK`` modulo the GPUs it sees, so one GPU per
 process (``CUDA_VISIBLE_DEVICES`` set per task) gives ``cuda:0`` everywhere;
 that GPU is made the current one before any collective runs. The backend
 follows the device the ranks train on, not what the machine has: ``gloo``
-for ``device="cpu"``, ``nccl`` for GPUs, and ``gloo`` again when more local
-ranks than visible GPUs share them (NCCL refuses two ranks on one GPU). A
-process group the caller initialised before ``fit`` is used as it is.
+for ``device="cpu"``, ``nccl`` for GPUs, the same rule on every node
+(:data:`BACKEND_VARIABLE` overrides it). NCCL refuses two ranks on one GPU:
+for that, set ``SKUNIAD_DIST_BACKEND=gloo``. A process group the caller
+initialised before ``fit`` is used as it is.
+
+Randomness: ``fit`` draws its seed on rank 0 and every rank uses that one
+(:func:`seed_of_rank_zero`), so that without ``random_state`` the ranks
+still hold out the same images and build the same networks.
 
 Stopping: Ctrl-C (SIGINT) during distributed training does not stop a rank
 on its own, which would leave the others waiting in a collective; every
@@ -62,16 +67,28 @@ def local_device(device: torch.device, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % max(1, torch.cuda.device_count()))
 
 
-def process_group_backend(device: torch.device) -> str:
-    """``nccl`` when every local rank has a GPU of its own, else ``gloo``.
+BACKEND_VARIABLE = "SKUNIAD_DIST_BACKEND"
+"""Environment variable that names the process group's backend (``gloo``, ``nccl``)."""
 
-    ``gloo`` reduces CUDA tensors too: it is the backend that works when
-    several ranks share one GPU, which NCCL rejects ("duplicate GPU").
+
+def launched() -> bool:
+    """Whether this process is one of several started by torchrun; no side effects."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available()
+
+
+def process_group_backend(device: torch.device) -> str:
+    """The backend for training on ``device``: :data:`BACKEND_VARIABLE`, else by device type.
+
+    ``nccl`` for CUDA, ``gloo`` otherwise: decided from the device type only,
+    never from this machine's GPU or process counts, so that every node of a
+    run picks the same one.
     """
-    if device.type != "cuda":
-        return "gloo"
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return "nccl" if local_world <= torch.cuda.device_count() else "gloo"
+    chosen = os.environ.get(BACKEND_VARIABLE, "").strip().lower()
+    if chosen:
+        if chosen not in ("gloo", "nccl"):
+            raise ValueError(f"{BACKEND_VARIABLE}={chosen!r}: use 'gloo' or 'nccl'")
+        return chosen
+    return "nccl" if device.type == "cuda" else "gloo"
 
 
 def distributed_context(device: torch.device | None = None) -> DistributedContext | None:
@@ -82,7 +99,7 @@ def distributed_context(device: torch.device | None = None) -> DistributedContex
     CUDA device and the process group is initialised for it, unless the
     caller already did.
     """
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or not dist.is_available():
+    if not launched():
         return None
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = local_device(torch.device("cpu") if device is None else device, local_rank)
@@ -93,13 +110,30 @@ def distributed_context(device: torch.device | None = None) -> DistributedContex
         backend = process_group_backend(device)
         # device_id binds NCCL to this rank's GPU (and connects it now, not at the first use)
         options = {"device_id": device} if backend == "nccl" else {}
-        dist.init_process_group(backend=backend, **options)
+        try:
+            dist.init_process_group(backend=backend, **options)
+        except RuntimeError as exc:  # DistBackendError included
+            if "Duplicate GPU" not in str(exc):
+                raise
+            raise ValueError(
+                "two processes of this torchrun share one GPU, which NCCL refuses: start at "
+                f"most one process per GPU, or set {BACKEND_VARIABLE}=gloo on every machine"
+            ) from exc
     elif device.type == "cpu" and dist.get_backend() == "nccl":
         raise ValueError(
             "the process group uses nccl, which cannot train on the CPU (device='cpu'); "
             "initialise it with backend='gloo' or train on the GPUs"
         )
     return DistributedContext(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def seed_of_rank_zero(seed: int, context: DistributedContext | None) -> int:
+    """Rank 0's ``seed`` on every rank (``seed`` itself outside torchrun)."""
+    if context is None:
+        return seed
+    value = torch.tensor([seed], dtype=torch.int64, device=context.device)
+    dist.broadcast(value, src=0)
+    return int(value.item())
 
 
 def is_main_process() -> bool:
@@ -155,8 +189,37 @@ class RanksStopped(KeyboardInterrupt):
 
 
 @contextmanager
+def sigterm_as_interrupt() -> Iterator[list[bool]]:
+    """Inside the block SIGTERM stops as Ctrl-C does; ``received[0]`` says whether it came.
+
+    Schedulers and containers stop a job with SIGTERM: training then keeps
+    the last finished epoch, as on Ctrl-C (a KeyboardInterrupt), instead of
+    dying with nothing written. Under torchrun :func:`interrupts_deferred`
+    defers it to the end of the epoch, as it does Ctrl-C. No-op outside the
+    main thread.
+    """
+    received = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+
+    def interrupt(signum, frame) -> None:
+        received[0] = True
+        raise KeyboardInterrupt
+
+    interrupt.received = received  # found by interrupts_deferred
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
 def interrupts_deferred(enabled: bool = True) -> Iterator[list[bool]]:
     """Turn SIGINT (Ctrl-C) into a request, ``flag[0] = True``, inside the block.
+
+    SIGTERM too, inside :func:`sigterm_as_interrupt`.
 
     Distributed training checks the request of every rank after each epoch
     (:func:`any_rank`) and stops all of them together. A KeyboardInterrupt
@@ -169,14 +232,20 @@ def interrupts_deferred(enabled: bool = True) -> Iterator[list[bool]]:
         yield requested
         return
 
+    terminate = signal.getsignal(signal.SIGTERM)
+    deferred = [signal.SIGINT] + ([signal.SIGTERM] if hasattr(terminate, "received") else [])
+
     def request(signum, frame) -> None:
         requested[0] = True
+        if signum == signal.SIGTERM:
+            terminate.received[0] = True
 
-    previous = signal.signal(signal.SIGINT, request)
+    previous = {signum: signal.signal(signum, request) for signum in deferred}
     try:
         yield requested
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from skuniad._choices import RESIZE_MODES
+from skuniad.device import made_current
 from skuniad.errors import InputTypeError, SkuniadError
 
 MIN_IMAGE_SIDE = 8
@@ -444,7 +445,13 @@ def iter_loaded(
         else None,
     )
     begin = 0
-    for images, sizes, messages in loader:
+    batches = iter(loader)
+    while True:
+        with made_current(device):  # pins for this GPU (the DataLoader pins for the current one)
+            batch = next(batches, None)
+        if batch is None:
+            return
+        images, sizes, messages = batch
         errors = [
             ImageLoadError(begin + i, message.partition(": ")[2]) if message else None
             for i, message in enumerate(messages)

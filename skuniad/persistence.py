@@ -42,7 +42,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skuniad._spec import NetworkSpec, json_safe_params
+from skuniad._spec import CHECKPOINT_SETTINGS, NetworkSpec, json_safe_params
 from skuniad._thresholds import ThresholdTable
 
 FORMAT = "skuniad"
@@ -143,7 +143,14 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         # the networks' parameters as fitted, whatever set_params changed since
-        "params": {**json_safe_params(detector.get_params()), **detector.network_spec_.as_params()},
+        "params": {
+            **{
+                name: value
+                for name, value in json_safe_params(detector.get_params()).items()
+                if name not in CHECKPOINT_SETTINGS
+            },
+            **detector.network_spec_.as_params(),
+        },
         "fitted": {
             # None: not calibrated yet (a model imported from a reference checkpoint)
             **_UNCALIBRATED,
@@ -162,6 +169,10 @@ def save_detector(detector, path: str | os.PathLike) -> None:
     tensors = module_tensors(detector)
     with atomic_write(path) as temporary:
         save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+    # the checkpoint of the finished training was kept until the model file was safe
+    finished = detector.__dict__.pop("_finished_checkpoint", None)
+    if finished is not None:
+        Path(finished).unlink(missing_ok=True)
 
 
 def load_detector(cls, path: str | os.PathLike, device: torch.device):
@@ -177,7 +188,10 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
             f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
             f"does not know: {unknown}; upgrade skuniad to load it"
         )
-    params = {**LEGACY_DEFAULTS, **params}
+    # older files kept the checkpoint settings of the run that wrote them: a run setting
+    params = {
+        k: v for k, v in {**LEGACY_DEFAULTS, **params}.items() if k not in CHECKPOINT_SETTINGS
+    }
     if "out_indices" in params:
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
@@ -291,6 +305,7 @@ def _what_instead(path: Path, error: Exception) -> str:
 
 def pickle_state(detector, state: dict) -> dict:
     """``__getstate__``: the networks as CPU state dicts (a GPU-fitted model unpickles anywhere)."""
+    state.pop("_finished_checkpoint", None)  # a copy must not delete the run's checkpoint
     if "model_" in state:
         del state["backbone_"], state["model_"]
         state["_module_tensors"] = module_tensors(detector)

@@ -29,7 +29,7 @@ from skuniad._averaging import WeightAverage
 from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
-from skuniad.device import autocast, explain_out_of_memory, flushing_denormals
+from skuniad.device import autocast, explain_out_of_memory, flushing_denormals, made_current
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -120,11 +120,12 @@ class FeatureFeed:
         """The features of ``indices`` (a slice of :meth:`order`'s result) on the device."""
         if not self.staged:
             return self.data[indices]
-        staged = torch.empty(
-            (len(indices), *self.data.shape[1:]),
-            dtype=self.data.dtype,
-            pin_memory=self.device.type == "cuda",
-        )
+        with made_current(self.device):  # pinned memory of this GPU, not of the current one
+            staged = torch.empty(
+                (len(indices), *self.data.shape[1:]),
+                dtype=self.data.dtype,
+                pin_memory=self.device.type == "cuda",
+            )
         torch.index_select(self.data, 0, indices, out=staged)
         return staged.to(self.device, non_blocking=True)
 
@@ -181,7 +182,8 @@ def train_reconstruction(
     verbose: int = 0,
     on_epoch_end: Callable[[int, float], None] | None = None,
     checkpoint_path: str | os.PathLike | None = None,
-    checkpoint_every: int = 1,
+    checkpoint_every: int | None = None,
+    checkpoint_interval: float = 0.0,
     fingerprint: dict | None = None,
     distributed: bool = False,
 ) -> list[float]:
@@ -197,7 +199,9 @@ def train_reconstruction(
     the curve so far.
 
     With ``checkpoint_path``, the training state is written there (atomically)
-    after every ``checkpoint_every``-th epoch and after the last one. When the
+    after every ``checkpoint_every``-th epoch, or, with ``checkpoint_every``
+    None, after an epoch that ends at least ``checkpoint_interval`` seconds
+    after the last write (or the start), and after the last epoch. When the
     file exists, training resumes from it, provided it was written for the
     same ``fingerprint`` (JSON-like values describing the training) and the
     same number of images; otherwise a ValueError says what differs. The
@@ -248,6 +252,7 @@ def train_reconstruction(
         )
     finished = _scoring_state(model, average)
     first_epoch = len(curve)
+    last_write = time.monotonic()
     with (
         progress_bar(verbose > 0) as progress,
         _stopping_all_ranks(distributed) as interrupted,
@@ -278,8 +283,8 @@ def train_reconstruction(
                     if not per_step:
                         scheduler.step()
                     finished = _scoring_state(model, average)
-                    if checkpoint_path is not None and (
-                        len(curve) % checkpoint_every == 0 or len(curve) == max_epochs
+                    if checkpoint_path is not None and _checkpoint_due(
+                        len(curve), max_epochs, checkpoint_every, checkpoint_interval, last_write
                     ):
                         save_checkpoint(
                             checkpoint_path,
@@ -291,6 +296,7 @@ def train_reconstruction(
                             device,
                             average,
                         )
+                        last_write = time.monotonic()
                     progress.update(task, advance=1, description=f"training (loss {curve[-1]:.4f})")
                     if verbose > 0:
                         progress.console.print(
@@ -322,6 +328,17 @@ def train_reconstruction(
 def _scoring_state(model: torch.nn.Module, average: WeightAverage | None) -> dict:
     """A copy of the weights the model scores with: its own, or their average."""
     return copy.deepcopy(model.state_dict() if average is None else average.shadow)
+
+
+def _checkpoint_due(
+    epochs: int, max_epochs: int, every: int | None, interval: float, last_write: float
+) -> bool:
+    """After ``epochs`` epochs: the last, every ``every``-th, or ``interval`` s after a write."""
+    if epochs == max_epochs:
+        return True
+    if every is not None:
+        return epochs % every == 0
+    return time.monotonic() - last_write >= interval
 
 
 @contextmanager

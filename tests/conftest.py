@@ -182,6 +182,25 @@ def gpus(monkeypatch):
 
 
 @pytest.fixture
+def current_gpu(monkeypatch) -> list[int]:
+    """A fake ``torch.cuda.device`` context; ``current_gpu[0]`` is the current GPU's index."""
+    current = [0]
+
+    class Device:
+        def __init__(self, device):
+            self.index = torch.device(device).index
+
+        def __enter__(self):
+            self.previous, current[0] = current[0], self.index
+
+        def __exit__(self, *exc):
+            current[0] = self.previous
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    return current
+
+
+@pytest.fixture
 def train_tiny_model():
     """Trains a fresh 8-channel UniADReconstruction on ``features`` (N, 8, 3, 3), on the CPU."""
     from skuniad.nn.transformer import UniADReconstruction

@@ -53,6 +53,38 @@ def test_both_sides_of_a_ratio_run_on_the_same_device(script, argv, gpu, monkeyp
     assert f"device: {device} for (a)" in out and f"(both on {device})" in out
 
 
+@pytest.mark.parametrize("script", ["train_speed", "infer_speed"])
+def test_skuniads_side_builds_its_detector_on_the_device_it_is_given(script, monkeypatch):
+    import skuniad
+    import skuniad.device
+    from skuniad import training
+
+    module, built = _script(script), []
+
+    class Detector:  # records the device; "fits" with one (timed) epoch
+        def __init__(self, **params):
+            built.append(params.get("device", "auto"))
+
+        def fit(self, X):
+            training._train_epoch()
+            return self
+
+        def predict_all(self, X, size):
+            pass
+
+    monkeypatch.setattr(skuniad, "UniADDetector", Detector, raising=False)
+    monkeypatch.setattr(training, "_train_epoch", lambda *a, **k: 0.5)
+    monkeypatch.setattr(skuniad.device, "tune_cpu_runtime", lambda: False)
+    monkeypatch.setattr(module, "training_images", lambda n: ["image.png"] * n)
+    module.skuniad_path(8, 8, "cuda:7")  # 8 epochs, or scoring batches of 8
+    assert built == ["cuda:7"]
+
+
+def test_the_gpu_projection_leaves_the_warm_up_epoch_out():
+    # epoch 1 ends at 10 s (start-up, the cache's copy, warm-up), then 2 s and 3 s epochs
+    assert _script("train_speed").steady_epoch_seconds([10.0, 12.0, 15.0]) == 2.5
+
+
 def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys, monkeypatch):
     import skuniad.device
 

@@ -59,6 +59,7 @@ def test_default_parameters_are_the_papers():
         ("neighbor_size", 4, "odd"),
         ("image_size", 16, "image_size"),
         ("checkpoint_every", 0, "checkpoint_every"),
+        ("checkpoint_interval", -1.0, "checkpoint_interval"),
         ("warm_start", "yes", "warm_start"),
         ("resize", "bilinear", "resize"),
         ("static_padding_size", "native", "static_padding_size"),

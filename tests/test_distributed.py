@@ -20,13 +20,18 @@ from skuniad.distributed import DistributedContext, gather_shards
 SCRIPT = """
 import hashlib, json, os
 import numpy as np
-from skuniad import UniADDetector
-X = np.random.default_rng(0).integers(0, 256, (7, 40, 40, 3), dtype=np.uint8)
+from skuniad import UniADDetector, _fitting
+splits, split = [], _fitting.validation_split
+def recorded_split(*args):
+    splits.append([part.tolist() for part in split(*args)])
+    return splits[-1]
+_fitting.validation_split = recorded_split
+X = np.random.default_rng(0).integers(0, 256, (12, 40, 40, 3), dtype=np.uint8)
 det = UniADDetector(**{params!r}).fit(X)
-state = det.model_.state_dict()
+state = {{**det.backbone_.state_dict(), **det.model_.state_dict()}}
 digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()
 out = {{"digest": digest, "offset": det.offset_, "threshold": det.pixel_threshold_,
-        "curve": det.loss_curve_, "scores": det.score_samples(X).tolist()}}
+        "curve": det.loss_curve_, "scores": det.score_samples(X).tolist(), "splits": splits}}
 with open(os.path.join({out!r}, "rank" + os.environ["RANK"] + ".json"), "w") as f:
     json.dump(out, f)
 from skuniad.distributed import finish
@@ -35,9 +40,13 @@ finish()
 
 
 @pytest.mark.slow
-def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path, tiny_params):
+def test_torchrun_ranks_hold_out_the_same_images_and_train_identical_weights_unseeded(
+    tmp_path, tiny_params
+):
+    # no random_state: each rank's own draw would split and build the networks differently
+    params = {**tiny_params, "random_state": None, "validation_fraction": 0.5}
     script = tmp_path / "fit.py"
-    script.write_text(SCRIPT.format(params=tiny_params, out=str(tmp_path)))
+    script.write_text(SCRIPT.format(params=params, out=str(tmp_path)))
     command = [
         sys.executable,
         "-m",
@@ -50,7 +59,8 @@ def test_torchrun_two_cpu_processes_train_identical_weights(tmp_path, tiny_param
     done = subprocess.run(command, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-2000:]
     rank0, rank1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
-    assert rank0["digest"] == rank1["digest"]
+    assert rank0["splits"] == rank1["splits"] and len(rank0["splits"][0][1]) == 6
+    assert rank0["digest"] == rank1["digest"]  # backbone (random weights) and model
     assert rank0["offset"] == rank1["offset"] and rank0["threshold"] == rank1["threshold"]
     assert rank0["curve"] == rank1["curve"] and len(rank0["curve"]) == 2
     np.testing.assert_array_equal(rank0["scores"], rank1["scores"])
@@ -160,11 +170,60 @@ def test_one_visible_gpu_per_process_is_cuda_0(gpus, torchrun_env):
     assert init[0][1] == {"backend": "nccl", "device_id": torch.device("cuda", 0)}
 
 
-def test_ranks_sharing_one_gpu_use_gloo(gpus, torchrun_env):
+def test_every_node_picks_nccl_whatever_its_gpu_and_process_counts(gpus, torchrun_env):
+    # 4 processes on a node, each seeing only its own GPU (CUDA_VISIBLE_DEVICES per task)
+    gpus(count=1)
+    init, _ = torchrun_env(rank=5, world=8, local_rank=1, local_world=4)
+    distributed.distributed_context(torch.device("cuda", 0))
+    assert init == [((), {"backend": "nccl", "device_id": torch.device("cuda", 0)})]
+
+
+def test_ranks_sharing_one_gpu_need_gloo_named_and_are_told_so(gpus, torchrun_env, monkeypatch):
     gpus(count=1)
     init, _ = torchrun_env(rank=1, world=2, local_rank=1, local_world=2)
+
+    def nccl_refuses(**options):
+        raise dist.DistBackendError("ncclInvalidUsage: Duplicate GPU detected : rank 1 and rank 0")
+
+    monkeypatch.setattr(dist, "init_process_group", nccl_refuses)
+    with pytest.raises(ValueError, match="share one GPU.*SKUNIAD_DIST_BACKEND=gloo"):
+        distributed.distributed_context(torch.device("cuda", 0))
+    monkeypatch.setattr(dist, "init_process_group", init)
+    monkeypatch.setenv("SKUNIAD_DIST_BACKEND", "gloo")
     assert distributed.distributed_context(torch.device("cuda", 0)).device.index == 0
-    assert init == [((), {"backend": "gloo"})]  # NCCL rejects two ranks on one GPU
+    assert init == [((), {"backend": "gloo"})]
+
+
+class _GroupStarted(Exception):
+    """Raised by a stand-in init_process_group: the test needs only its arguments."""
+
+
+def test_torchrun_cli_fit_on_gpus_starts_nccl_bound_to_its_gpu(
+    gpus, torchrun_env, monkeypatch, images, image_files, tmp_path, tiny_args
+):
+    from typer.testing import CliRunner
+
+    from skuniad.cli import _common, app
+
+    gpus(count=2, capabilities=[(8, 0)] * 2)
+    _, set_device = torchrun_env(rank=1, world=2, local_rank=1, local_world=2)
+    started = []
+
+    def init_process_group(**options):
+        started.append((options, list(set_device)))
+        raise _GroupStarted
+
+    monkeypatch.setattr(dist, "init_process_group", init_process_group)
+    monkeypatch.setattr(_common, "_tune_runtime", lambda threads=None: None)
+    image_files(images)
+    output = tmp_path / "out" / "model.skuniad"
+    result = CliRunner().invoke(
+        app, ["fit", str(tmp_path), "-o", str(output), "--device", "cuda", *tiny_args]
+    )
+    assert isinstance(result.exception, _GroupStarted), result.output
+    cuda_1 = torch.device("cuda", 1)
+    # the first group is the training's: NCCL on this rank's GPU, already made current
+    assert started == [({"backend": "nccl", "device_id": cuda_1}, [((cuda_1,), {})])]
 
 
 def test_backend_follows_the_device_not_the_machine(gpus, torchrun_env):

@@ -250,7 +250,7 @@ def test_unreadable_files_are_reported_with_their_index_in_the_whole_input(tmp_p
 
 
 # ------------------------------------------------------ decoding for a GPU (faked)
-def test_decoded_images_are_pinned_for_a_gpu(monkeypatch):
+def test_decoded_images_are_pinned_for_a_gpu(monkeypatch, current_gpu):
     made = []
 
     class Loader(torch.utils.data.DataLoader):
@@ -263,6 +263,24 @@ def test_decoded_images_are_pinned_for_a_gpu(monkeypatch):
     for device in ("cuda", "cpu"):
         list(io.iter_batches(X, 16, (0.5,) * 3, (0.5,) * 3, 2, torch.device(device)))
     assert made == [True, False]
+
+
+def test_images_for_a_second_gpu_are_pinned_for_that_gpu(monkeypatch, current_gpu):
+    pinned_on = []
+
+    class Loader(torch.utils.data.DataLoader):
+        def __init__(self, *args, pin_memory=False, **kwargs):
+            super().__init__(*args, pin_memory=False, **kwargs)  # no GPU to pin for here
+
+        def __iter__(self):  # the DataLoader pins each batch for the current GPU
+            for batch in super().__iter__():
+                pinned_on.append(current_gpu[0])
+                yield batch
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", Loader)
+    X = np.zeros((4, 16, 16, 3), dtype=np.uint8)
+    list(io.iter_batches(X, 16, (0.5,) * 3, (0.5,) * 3, 2, torch.device("cuda", 1)))
+    assert pinned_on == [1, 1] and current_gpu == [0]  # GPU 0 untouched, and left current
 
 
 def test_torchrun_ranks_decode_on_their_own_cores(monkeypatch, recorder):

@@ -170,12 +170,31 @@ def test_older_compatible_file_loads_with_defaults_for_newer_parameters(saved, t
     def age(metadata):
         metadata["versions"] = {"skuniad": "0.0.1", "torch": "2.1.0", "timm": "1.0.0"}
         for name in ("warm_start", "checkpoint_path", "checkpoint_every"):
-            del metadata["params"][name]
+            metadata["params"].pop(name, None)
 
     _rewrite_metadata(path, older, age)
     loaded = UniADDetector.load(older)
-    assert (loaded.warm_start, loaded.checkpoint_path, loaded.checkpoint_every) == (False, None, 1)
+    assert (loaded.warm_start, loaded.checkpoint_path, loaded.checkpoint_every) == (
+        False,
+        None,
+        None,
+    )
     np.testing.assert_array_equal(loaded.score_samples(X), det.score_samples(X))
+
+
+def test_a_model_file_keeps_no_checkpoint_settings_of_the_run_that_wrote_it(saved, tmp_path):
+    det, X, path = saved
+    assert not {"checkpoint_path", "checkpoint_every", "checkpoint_interval"} & set(
+        persistence.read_metadata(path)["params"]
+    )
+    older = tmp_path / "older.skuniad"  # written before, with the run's settings; then moved
+
+    def with_run_settings(metadata):
+        metadata["params"].update(checkpoint_path="/gone/m.skuniad.ckpt", checkpoint_every=5)
+
+    _rewrite_metadata(path, older, with_run_settings)
+    loaded = UniADDetector.load(older)
+    assert (loaded.checkpoint_path, loaded.checkpoint_every) == (None, None)  # warm start: no
 
 
 def test_files_and_pickles_from_before_resize_keep_their_preprocessing(saved, tmp_path):

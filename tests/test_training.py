@@ -47,6 +47,7 @@ def test_resumed_training_equals_uninterrupted_training(
 ):
     params = {**tiny_params, "max_epochs": 4, "lr_schedule": lr_schedule, "ema_decay": ema_decay}
     uninterrupted = UniADDetector(**params).fit(images)
+    params["checkpoint_interval"] = 0  # after every epoch
 
     checkpoint = tmp_path / "train.ckpt"
     params["checkpoint_path"] = str(checkpoint)
@@ -64,7 +65,39 @@ def test_resumed_training_equals_uninterrupted_training(
     np.testing.assert_array_equal(
         resumed.score_samples(images), uninterrupted.score_samples(images)
     )
-    assert not checkpoint.exists()  # removed once fit completed
+    assert checkpoint.exists()  # until the model is written
+    resumed.save(tmp_path / "model.skuniad")
+    assert not checkpoint.exists()
+
+
+def test_a_finished_fits_checkpoint_stays_until_save_has_written_the_model(
+    tiny_params, images, tmp_path
+):
+    checkpoint, model = tmp_path / "train.ckpt", tmp_path / "model.skuniad"
+    params = {**tiny_params, "checkpoint_path": checkpoint}
+    det = UniADDetector(**params).fit(images)
+    assert checkpoint.exists()  # a kill before the model file is written loses nothing
+    again = UniADDetector(**params).fit(images)  # the rerun: no epoch trained again
+    assert again.loss_curve_ == det.loss_curve_
+    pickle.loads(pickle.dumps(again)).save(tmp_path / "copy.skuniad")
+    assert checkpoint.exists()  # a copy does not own the run's checkpoint
+    again.save(model)
+    assert model.exists() and not checkpoint.exists()
+
+
+def test_checkpoints_follow_the_timer_not_the_epoch_count(monkeypatch, tmp_path, train_tiny_model):
+    now, written = [0.0], []
+    monkeypatch.setattr(training.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(
+        training, "save_checkpoint", lambda path, fingerprint, curve, *a: written.append(len(curve))
+    )
+
+    def forty_seconds_per_epoch(epoch, loss):
+        now[0] += 40.0
+
+    train_tiny_model(torch.randn(6, 8, 3, 3), max_epochs=5, on_epoch_end=forty_seconds_per_epoch,
+                     checkpoint_path=tmp_path / "c.ckpt", checkpoint_interval=60.0)  # fmt: skip
+    assert written == [3, 5]  # 80 s after the start, then the last epoch
 
 
 def test_checkpoint_holds_the_training_state_every_n_epochs(tiny_params, images, tmp_path):
@@ -87,6 +120,7 @@ def test_checkpoint_holds_the_training_state_every_n_epochs(tiny_params, images,
 def test_checkpoint_of_another_training_is_refused_and_kept(tiny_params, images, tmp_path):
     checkpoint = tmp_path / "train.ckpt"
     params = {**tiny_params, "max_epochs": 4, "checkpoint_path": str(checkpoint)}
+    params["checkpoint_interval"] = 0
     with pytest.MonkeyPatch.context() as monkeypatch:
         _fit_interrupted(params, images, monkeypatch, step=3)
     saved = checkpoint.read_bytes()
@@ -299,6 +333,21 @@ def test_a_failed_move_to_the_gpu_falls_back_to_the_host(monkeypatch, cuda_oom_m
     monkeypatch.setattr(torch.Tensor, "to", out_of_memory)
     feed = FeatureFeed(features, torch.device("cuda", 0))
     assert feed.data is features and feed.staged
+
+
+def test_staged_batches_for_a_second_gpu_are_pinned_for_that_gpu(monkeypatch, current_gpu):
+    monkeypatch.setattr(training, "features_fit_on_device", lambda *a: False)
+    feed = FeatureFeed(torch.arange(20.0).reshape(10, 2), torch.device("cuda", 1))
+    empty, pinned_on = torch.empty, []
+
+    def host_buffer(*args, pin_memory=False, **kwargs):
+        pinned_on.append((pin_memory, current_gpu[0]))
+        return empty(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "empty", host_buffer)
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **k: self)  # no GPU to copy to
+    assert feed.batch(torch.tensor([3, 1])).tolist() == [[6, 7], [2, 3]]
+    assert pinned_on == [(True, 1)] and current_gpu == [0]
 
 
 def test_placing_the_cache_is_inside_the_out_of_memory_guard(

@@ -19,7 +19,7 @@ from skuniad.cli._common import (
     read_split,
     require_root,
 )
-from skuniad.cli._errors import domain_errors
+from skuniad.cli._errors import CliError, domain_errors
 from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
@@ -227,6 +227,7 @@ def evaluate_command(
     if overlays and output is None:
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with domain_errors():
+        _refuse_torchrun()
         from skuniad.evaluation import (
             calibrate_on_test_images,
             calibration_facts,
@@ -333,6 +334,18 @@ def evaluate_command(
                 typer.echo(f"Learning curves: {output / 'curve.json'}, {output / 'curve.png'}")
             if model is None:
                 typer.echo(f"Models: {output}/model*{MODEL_SUFFIX}")
+
+
+def _refuse_torchrun() -> None:
+    """evaluate is one process: under torchrun every rank would score, print and write alike."""
+    from skuniad import distributed
+
+    if distributed.launched():
+        raise CliError(
+            "skuniad evaluate runs in one process, not under torchrun: train the model with "
+            "'torchrun ... -m skuniad fit', then run 'skuniad evaluate --model FILE' without "
+            "torchrun"
+        )
 
 
 def _describe_dataset(

@@ -20,7 +20,13 @@ from skuniad.cli._common import (
     load_detector,
     read_split,
 )
-from skuniad.cli._errors import EXIT_INTERRUPTED, CliError, domain_errors
+from skuniad.cli._errors import (
+    EXIT_INTERRUPTED,
+    EXIT_TERMINATED,
+    CliError,
+    domain_errors,
+    one_line,
+)
 from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
@@ -86,13 +92,26 @@ def fit(
             metavar="FILE",
             help="Training checkpoint (default: the --output file name plus .ckpt). Rerunning "
             "the same command resumes from it (on CPU, to the same weights); it is removed "
-            "when training completes.",
+            "once the model file is written.",
         ),
     ] = None,
     checkpoint_every: Annotated[
-        int,
-        typer.Option(min=0, metavar="N", help="Epochs between checkpoints; 0: no checkpoint."),
-    ] = 5,
+        int | None,
+        typer.Option(
+            min=0,
+            metavar="N",
+            help="Epochs between checkpoints, instead of --checkpoint-interval; 0: no checkpoint.",
+        ),
+    ] = None,
+    checkpoint_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="Least seconds of training between two checkpoints (and one after the last "
+            "epoch).",
+        ),
+    ] = 60.0,
     per_category: PerCategory = False,
     device: Device = "auto",
     precision: PrecisionOption = Precision.auto,
@@ -109,8 +128,9 @@ def fit(
     folder of that name).
 
     Ctrl-C stops training after the current epoch's weights: the model of the
-    last finished epoch is still written, and the exit code is 130. A run
-    that was killed instead resumes from its checkpoint when rerun.
+    last finished epoch is still written, and the exit code is 130; SIGTERM
+    (sent by schedulers and containers) does the same with exit code 143. A
+    run that was killed instead resumes from its checkpoint when rerun.
     """
     params = detector_params({**training, "device": device, "precision": precision, "seed": seed})
     if init_model is not None:
@@ -139,9 +159,10 @@ def fit(
             verbose=0 if quiet else 1,
             # torchrun trainings cannot checkpoint (see skuniad.training)
             checkpoint_path=checkpoint
-            if checkpoint_every > 0 and distributed.distributed_context() is None
+            if checkpoint_every != 0 and not distributed.launched()
             else None,
-            checkpoint_every=max(checkpoint_every, 1),
+            checkpoint_every=checkpoint_every or None,
+            checkpoint_interval=checkpoint_interval,
         )
         if init_model is not None:
             det = load_detector(init_model, device)
@@ -157,9 +178,16 @@ def fit(
             typer.echo(f"Training on {len(images)} images.")
         if fit_settings["checkpoint_path"] is not None and checkpoint.exists():
             typer.echo(f"Resuming from the checkpoint {checkpoint}.")
-        interrupted, seconds = fit_detector(det, images, groups)
+        with distributed.sigterm_as_interrupt() as terminated:
+            try:
+                interrupted, seconds = fit_detector(det, images, groups)
+            except KeyboardInterrupt:
+                if not terminated[0]:
+                    raise
+                typer.echo("Terminated (SIGTERM) before an epoch finished.", err=True)
+                raise typer.Exit(EXIT_TERMINATED) from None
         if distributed.is_main_process():  # under torchrun every rank has the same weights
-            det.save(output)
+            _write_model(det, output, fit_settings["checkpoint_path"])
             typer.echo(
                 f"Trained {det.n_epochs_} epochs in {format_seconds(seconds)}; model written to "
                 f"{output}"
@@ -167,7 +195,21 @@ def fit(
             echo_thresholds(det)
         distributed.finish()
         if interrupted:
-            raise typer.Exit(EXIT_INTERRUPTED)
+            raise typer.Exit(EXIT_TERMINATED if terminated[0] else EXIT_INTERRUPTED)
+
+
+def _write_model(det: Any, output: Path, checkpoint: Path | None) -> None:
+    """Save the model; a failed write says where the training is kept (the checkpoint)."""
+    try:
+        det.save(output)
+    except Exception as exc:  # noqa: BLE001 - a full disk, a quota, safetensors' own errors
+        kept = ""
+        if checkpoint is not None and checkpoint.exists():
+            kept = (
+                f"; the training is kept in the checkpoint {checkpoint}: free the space and "
+                "rerun the same command to write the model from it"
+            )
+        raise CliError(f"could not write the model file {output}: {one_line(exc)}{kept}") from None
 
 
 def _training_images(

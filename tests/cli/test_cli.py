@@ -384,6 +384,53 @@ def test_a_killed_fit_resumes_to_the_same_weights(data_root, tmp_path, tiny_args
     assert not checkpoint.exists()  # removed once training completed
 
 
+def test_a_failed_model_write_names_the_kept_checkpoint_and_a_rerun_writes_it(
+    data_root, tmp_path, tiny_args, monkeypatch
+):
+    from skuniad import persistence
+
+    output = tmp_path / "m.skuniad"
+    command = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "1"]
+
+    def disk_full(*args, **kwargs):
+        raise RuntimeError("Error while serializing: I/O error: File too large (os error 27)")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(persistence, "save_file", disk_full)
+        failed = runner.invoke(app, [*command, *tiny_args])
+    checkpoint = tmp_path / "m.skuniad.ckpt"
+    assert failed.exit_code == 1 and "Traceback" not in failed.output
+    assert "could not write the model file" in failed.output
+    assert f"kept in the checkpoint {checkpoint}" in _plain(failed.output)
+    assert checkpoint.exists() and not output.exists()
+    rerun = runner.invoke(app, [*command, *tiny_args])
+    assert rerun.exit_code == 0 and f"Resuming from the checkpoint {checkpoint}" in rerun.output
+    assert UniADDetector.load(output).n_epochs_ == 1 and not checkpoint.exists()
+
+
+def test_sigterm_writes_the_last_finished_epochs_model_and_exits_143(
+    data_root, tmp_path, tiny_args, monkeypatch
+):
+    from skuniad import training
+
+    train_epoch, epochs = training._train_epoch, []
+
+    def sigterm_in_epoch_two(*args, **kwargs):
+        epochs.append(len(epochs) + 1)
+        if len(epochs) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # as a scheduler stopping the job
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", sigterm_in_epoch_two)
+    handler = signal.getsignal(signal.SIGTERM)
+    output = tmp_path / "m.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "3"]
+    result = runner.invoke(app, [*args, *tiny_args])
+    assert result.exit_code == _errors.EXIT_TERMINATED == 143, result.output
+    assert UniADDetector.load(output).n_epochs_ == 1
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_fit_continues_a_saved_model_with_init_model(model_file, data_root, tmp_path):
     output = tmp_path / "more.skuniad"
     args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "2"]
@@ -539,3 +586,12 @@ def test_a_diverged_fit_and_a_nan_threshold_are_one_line_errors(
     args = ["predict", str(model_file), str(image), "-o", str(tmp_path / "p")]
     result = runner.invoke(app, [*args, "--threshold", "nan"])
     assert result.exit_code == 1 and "threshold must be a finite number" in result.output
+
+
+def test_evaluate_under_torchrun_is_refused_before_any_work(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it for each of 2 processes
+    output = tmp_path / "results"
+    args = ["evaluate", "--dataset", "mvtec", "--root", str(data_root), "-o", str(output)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and "not under torchrun" in result.output
+    assert not output.exists()
