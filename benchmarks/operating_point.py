@@ -12,6 +12,13 @@ recall the ranking allows at 1 % and 5 % false alarms. Usage::
         [--output results.json]
 
 Prints the machine and a Markdown table; with ``--output``, the numbers as JSON.
+Several such JSON files (one per draw, ``--seed``) make one summary table::
+
+    python benchmarks/operating_point.py summarize runs/op-seed0.json runs/op-seed1.json ...
+
+Per draw: the ``f1`` objective's mean F1 beside the best any threshold reaches
+(and the gap), and the false alarms of ``false_alarms 0.05`` in each category
+(its count of reported good images in the header).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import numpy as np  # noqa: E402
 from _common import machine  # noqa: E402
 
 OBJECTIVES = (
@@ -36,7 +44,33 @@ OBJECTIVES = (
 KEYS = ("image_recall", "image_false_alarm_rate", "image_f1")
 
 
+def summarize(paths: list[Path]) -> None:
+    """The per-draw table of several ``--output`` files, their mean gap last."""
+    tables = [json.loads(path.read_text()) for path in paths]
+    categories = list(tables[0]["f1"])
+    goods = [
+        row["n_images"] - row["n_anomalous"] for row in tables[0]["false_alarms 0.05"].values()
+    ]
+    header = [f"{c} ({g} good)" for c, g in zip(categories, goods, strict=True)]
+    print(
+        "| file | `f1`: mean F1 | best F1 | gap | `false_alarms` 0.05: " + " | ".join(header) + " |"
+    )
+    print("|---|---:|---:|---:|---:|" + "---:|" * (len(categories) - 1))
+    gaps = []
+    for path, table in zip(paths, tables, strict=True):
+        f1 = 100 * np.mean([row["image_f1"] for row in table["f1"].values()])
+        best = 100 * np.mean([row["image_f1_max"] for row in table["f1"].values()])
+        gaps.append(best - f1)
+        alarms = [100 * table["false_alarms 0.05"][c]["image_false_alarm_rate"] for c in categories]
+        cells = [f"{f1:.1f}", f"{best:.1f}", f"{best - f1:.1f}", *(f"{a:.1f}" for a in alarms)]
+        print(f"| {path.stem} | " + " | ".join(cells) + " |")
+    print(f"\nmean gap {np.mean(gaps):.1f} points over {len(paths)} draws")
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["summarize"]:
+        summarize([Path(p) for p in sys.argv[2:]])
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
     parser.add_argument("root", type=Path)
@@ -44,8 +78,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--output", type=Path)
     args = parser.parse_args()
-
-    import numpy as np
 
     from skuniad import UniADDetector
     from skuniad.datasets import load_mvtec

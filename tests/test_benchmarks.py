@@ -1,6 +1,7 @@
 """The benchmark scripts compare like with like, and the GPU check runs on a CPU."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -105,3 +106,24 @@ def test_gpu_check_runs_on_a_cpu_in_reduced_mode_and_says_so(capsys, monkeypatch
         "gpu check: ok",
     ):
         assert figure in out, figure
+
+
+def test_operating_point_summary_reports_each_draws_gap_and_false_alarms(tmp_path, capsys):
+    def row(f1, best, false_alarms):
+        return {"image_f1": f1, "image_f1_max": best, "image_false_alarm_rate": false_alarms,
+                "n_images": 30, "n_anomalous": 10}  # fmt: skip
+
+    paths = []
+    for seed, f1 in enumerate([0.8, 0.7]):
+        table = {
+            "f1": {"a": row(f1, 0.9, 0.3), "b": row(f1, 0.9, 0.3)},
+            "false_alarms 0.05": {"a": row(0.5, 0.9, 0.05), "b": row(0.5, 0.9, 0.1)},
+        }
+        paths.append(tmp_path / f"op-seed{seed}.json")
+        paths[-1].write_text(json.dumps(table))
+    _script("operating_point").summarize(paths)
+    out = capsys.readouterr().out
+    assert "a (20 good)" in out
+    assert "| op-seed0 | 80.0 | 90.0 | 10.0 | 5.0 | 10.0 |" in out
+    assert "| op-seed1 | 70.0 | 90.0 | 20.0 | 5.0 | 10.0 |" in out
+    assert "mean gap 15.0 points over 2 draws" in out
