@@ -139,12 +139,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         (the training images, the held-out ones with ``validation_fraction``,
         or those given to :meth:`calibrate`), all assumed normal.
         ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
-        the median calibration value. UniAD's scores have no fixed scale (it
-        depends on backbone, category and training length), so, unlike
-        ``IsolationForest``'s fixed ``"auto"`` offset, the threshold must come
-        from data; median and MAD ignore a few odd or mislabeled images that
-        would drag a mean and standard deviation up; and 3 sigma flags about
-        0.1 % of normal images when their scores are roughly Gaussian.
+        the median calibration value (why: docs/user-guide.md, "Thresholds").
         A float: that fraction of calibration images falls on the anomalous
         side, as in ``IsolationForest``; on normal images this is the
         false-alarm rate by construction.
@@ -166,6 +161,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     precision : {"auto", "bf16", "fp32"}, default="auto"
         ``"auto"``: bf16 autocast on CUDA and on CPUs with AVX-512/AMX bf16,
         fp32 elsewhere.
+    compile : bool, default=False
+        Run the reconstruction network (not the backbone) through
+        ``torch.compile`` in ``fit`` and scoring: the same maths, other
+        rounding and dropout draws; the first steps compile. Without a working
+        compiler (C++ on CPUs, Triton on GPUs) it warns and runs uncompiled.
+        Checkpoints resume either way; ``save`` does not store it.
     random_state : int, RandomState instance or None, default=None
         Seeds shuffling, jitter, dropout and initialisation. With an int,
         CPU fits are bit-identical, in one process or across processes (see
@@ -216,11 +217,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     Notes
     -----
-    Persistence: :meth:`save` / :meth:`load` write and read one safetensors
-    file (``.skuniad``) that never runs code when read. ``pickle`` and
-    ``joblib`` work too; they store the networks as CPU tensors, so a model
-    fitted on a GPU unpickles on a CPU-only machine (``device_`` falls back
-    to the CPU).
+    Persistence: :meth:`save` writes one safetensors file that never runs
+    code when read; ``pickle`` and ``joblib`` work too, and a model fitted on
+    a GPU loads on a CPU-only machine (docs/user-guide.md, "Saving and loading").
 
     Reproducibility: on CPU, the same images, parameters and integer
     ``random_state`` give bit-identical weights, scores and loss curves, in
@@ -283,6 +282,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         unknown_group="pooled",
         device="auto",
         precision="auto",
+        compile=False,
         random_state=None,
         verbose=0,
     ):
@@ -319,6 +319,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.unknown_group = unknown_group
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 
@@ -451,6 +452,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             resolve_precision(self.precision, self.device_),
             self.batch_size,
             self.verbose,
+            self.compile,
         )
 
     @releasing_device_memory

@@ -51,6 +51,9 @@ FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
+RUNTIME_PARAMS = frozenset({"compile"})
+"""Parameters of how this process runs the networks, not of the model: not written to a
+file (which stays readable by a skuniad without them); a loaded model takes the default."""
 
 
 @contextlib.contextmanager
@@ -143,7 +146,12 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         # the networks' parameters as fitted, whatever set_params changed since
-        "params": {**json_safe_params(detector.get_params()), **detector.network_spec_.as_params()},
+        "params": {
+            **json_safe_params(
+                {k: v for k, v in detector.get_params().items() if k not in RUNTIME_PARAMS}
+            ),
+            **detector.network_spec_.as_params(),
+        },
         "fitted": {
             # None: not calibrated yet (a model imported from a reference checkpoint)
             **_UNCALIBRATED,
@@ -304,8 +312,8 @@ def unpickle_state(detector, state: dict, set_attributes) -> None:
     ``set_attributes`` is the estimator's base ``__setstate__``; the networks
     are rebuilt after it, on this machine's device.
     """
-    # pickled before a parameter existed: the behaviour it was fitted with
-    state = {**LEGACY_DEFAULTS, **state}
+    # pickled before a parameter existed: the behaviour it was fitted with, else its default
+    state = {**type(detector)().get_params(), **LEGACY_DEFAULTS, **state}
     if "offset_" in state:  # pickled before ThresholdTable existed
         groups = zip(
             state.pop("group_image_thresholds_", {}).items(),
