@@ -15,12 +15,22 @@ with the ratio. Usage::
                                      [--device cpu]
     python benchmarks/train_speed.py --full      # unified fit on all of real-ad, 2 epochs
     python benchmarks/train_speed.py --breakdown # + the step alone, in phases and variants
+    python benchmarks/train_speed.py --compile [--batch-size 8] [--steps 20]
+                                     # the step alone, eager against torch.compile
 
 (a) and (b) alternate for ``--repeats`` rounds, so that drifts in the speed of
 a shared VM hit both alike. Prints the machine, each round, and ends with
 ``ratio: <a/b>``, the median of the rounds' ratios, steady state against
 steady state (b's median step also leaves out its warm-up steps); the
 whole-fit ratio is printed above it.
+
+``--compile`` instead times skuniad's transformer training step alone
+(forward, loss, backward, clipping, AdamW; C = 192 on 14 x 14 tokens) eagerly
+and through ``torch.compile`` (``UniADDetector(compile=True)``), in fp32 and,
+where the device computes it fast, in bf16: the median of ``--steps`` steps
+each, the two alternating step by step, after warm-up steps that hold the
+compilation (timed apart, never in the medians). It ends with
+``compile ratio: fp32 <eager/compiled>, bf16 <...>``.
 """
 
 from __future__ import annotations
@@ -215,6 +225,86 @@ def steady_epoch_seconds(epoch_ends: list[float]) -> float:
     return statistics.median(end - start for start, end in itertools.pairwise(epoch_ends))
 
 
+def compile_speed(
+    batch_size: int = 8,
+    steps: int = 20,
+    device: str = "cpu",
+    *,
+    warmup: int = 3,
+    channels: int = 192,
+    grid: int = 14,
+    **model_options,
+) -> dict:
+    """The transformer training step, eager against compiled, per precision (see the docstring).
+
+    Returns, per precision name, the median ``eager`` and ``compiled`` step
+    seconds, their ``ratio`` and the compiled side's ``warmup_s`` (its first
+    ``warmup`` steps: the compilation).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    from skuniad.device import (
+        autocast,
+        flushing_denormals,
+        resolve_device,
+        resolve_precision,
+        tune_cpu_runtime,
+    )
+    from skuniad.nn.transformer import UniADReconstruction
+
+    tune_cpu_runtime()
+    where = resolve_device(device)
+    precisions = {"fp32": None}
+    if resolve_precision("auto", where) is not None:  # bf16 only where it is fast
+        precisions["bf16"] = torch.bfloat16
+    torch.manual_seed(0)
+    features = torch.randn(4 * batch_size, channels, grid, grid, device=where)
+
+    def trainer(compiled: bool):
+        torch.manual_seed(0)
+        model = UniADReconstruction(channels, (grid, grid), **model_options).to(where).train()
+        network = torch.compile(model) if compiled else model
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=1e-4, weight_decay=1e-4, fused=where.type in ("cpu", "cuda")
+        )
+
+        def step(index: int, dtype) -> float:
+            batch = features[(index % 4) * batch_size :][:batch_size]
+            synchronize(str(where))
+            start = time.perf_counter()
+            with autocast(where, dtype):
+                reconstruction = network(batch)
+            loss = F.mse_loss(reconstruction.float(), batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+            optimizer.step()
+            synchronize(str(where))
+            return time.perf_counter() - start
+
+        return step
+
+    result = {}
+    with flushing_denormals():
+        for name, dtype in precisions.items():
+            eager, compiled = trainer(False), trainer(True)
+            for index in range(warmup):
+                eager(index, dtype)
+            warmup_s = sum(compiled(index, dtype) for index in range(warmup))
+            times = {"eager": [], "compiled": []}
+            for index in range(warmup, warmup + steps):  # alternating: drifts hit both alike
+                times["eager"].append(eager(index, dtype))
+                times["compiled"].append(compiled(index, dtype))
+            medians = {side: statistics.median(t) for side, t in times.items()}
+            result[name] = {
+                **medians,
+                "ratio": medians["eager"] / medians["compiled"],
+                "warmup_s": warmup_s,
+            }
+    return result
+
+
 def gpu_projection() -> dict:
     """On CUDA: epoch time for 3,629 images at 224 px with tf_efficientnet_b4 (random)."""
     import torch
@@ -263,7 +353,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=96)
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed steps: 8 for (b), 20 with --compile"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="rounds of (a) then (b)")
     parser.add_argument("--full", action="store_true", help="all of real-ad, 2 epochs, (a) only")
     parser.add_argument(
@@ -272,16 +364,26 @@ def main() -> None:
         help="also time skuniad's step alone: phases; masks reused, no dropout, fp32",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="only time the transformer step eager against torch.compile (fp32, bf16)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="with --compile")
+    parser.add_argument(
         "--device", default="cpu", help="cpu, cuda or auto: both (a) and (b) run there"
     )
     parser.add_argument("--child", nargs="+")
     args = parser.parse_args()
     if args.child:
         kind, *rest = args.child
-        fn = {"a": skuniad_path, "b": reference_path, "s": step_breakdown, "gpu": gpu_projection}[
-            kind
-        ]
-        device = [rest.pop()] if kind in ("a", "b") else []
+        fn = {
+            "a": skuniad_path,
+            "b": reference_path,
+            "s": step_breakdown,
+            "gpu": gpu_projection,
+            "compile": compile_speed,
+        }[kind]
+        device = [rest.pop()] if kind in ("a", "b", "compile") else []
         print(json.dumps(fn(*map(int, rest), *device)))
         return
 
@@ -290,6 +392,24 @@ def main() -> None:
     device = benchmark_device(args.device)
     print(f"machine: {machine()}")
     print(f"device: {device} for (a) and (b)")
+    if args.compile:
+        steps = args.steps or 20
+        r = run_child(__file__, "compile", str(args.batch_size), str(steps), device)
+        print(
+            f"transformer training step, batch {args.batch_size}, C 192, 14 x 14 tokens: "
+            f"median of {steps} steps, eager and compiled alternating, after 3 warm-up steps "
+            "(the compilation, not in the medians):"
+        )
+        for name, t in r.items():
+            print(
+                f"  {name}: eager {t['eager'] * 1000:.1f} ms, compiled {t['compiled'] * 1000:.1f} "
+                f"ms per step -> ratio {t['ratio']:.2f} (compilation and warm-up "
+                f"{t['warmup_s']:.0f} s)"
+            )
+        ratios = ", ".join(f"{name} {t['ratio']:.2f}" for name, t in r.items())
+        print(f"compile ratio: {ratios} (eager / compiled step time, on {device})")
+        return
+    steps = args.steps or 8
     if args.full:
         a = run_child(__file__, "a", "100000", "2", device)
         print(
@@ -301,14 +421,14 @@ def main() -> None:
     rounds = []
     for round_ in range(1, args.repeats + 1):  # a and b alternate: drifts in machine speed
         a = run_child(__file__, "a", str(args.images), str(args.epochs), device)  # hit both alike
-        b = run_child(__file__, "b", str(args.images), str(args.steps), device)
+        b = run_child(__file__, "b", str(args.images), str(steps), device)
         rounds.append((a, b))
         print(
             f"round {round_}: (a) skuniad fit, {a['images']} images x {a['epochs']} epochs in "
             f"{a['fit_s']:.1f} s -> {a['fit_images_per_s']:.1f} images/s over the whole fit; "
             f"training {a['epoch_s']:.2f} s per epoch (median) -> {a['images_per_s']:.1f} "
             f"images/s; peak RSS {a['peak_rss_gb']:.2f} GB | (b) reference-style "
-            f"{b['step_s']:.3f} s per batch-8 step (median of {args.steps}) -> "
+            f"{b['step_s']:.3f} s per batch-8 step (median of {steps}) -> "
             f"{b['images_per_s']:.1f} images/s, peak RSS {b['peak_rss_gb']:.2f} GB | "
             f"ratio {a['images_per_s'] / b['images_per_s']:.2f}"
         )

@@ -153,6 +153,7 @@ def train_networks(
                 fingerprint=fingerprint,
                 distributed=context is not None,
                 on_epoch_end=hook,
+                compile=params["compile"],
             )
         except TrainingInterrupted as exc:
             if not exc.loss_curve:

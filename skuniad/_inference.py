@@ -24,6 +24,7 @@ from skuniad._thresholds import labels_above, masks_above
 from skuniad.cache import FeatureCache
 from skuniad.device import (
     autocast,
+    compiled,
     explain_out_of_memory,
     flushing_denormals,
     inference_batch_size,
@@ -205,7 +206,9 @@ class Scorer:
 
     ``batch_size`` is the detector's (training) batch size: inference runs
     :func:`~skuniad.device.inference_batch_size` images at a time, and an
-    out-of-memory error advises on it.
+    out-of-memory error advises on it. ``compile``: the reconstruction
+    network runs compiled (:func:`~skuniad.device.compiled`); the frozen
+    backbone does not.
     """
 
     backbone: FrozenBackbone
@@ -215,6 +218,11 @@ class Scorer:
     amp_dtype: torch.dtype | None
     batch_size: int
     verbose: int = 0
+    compile: bool = False
+    network: torch.nn.Module = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.network = compiled(self.model, self.device, self.compile)
 
     def extract(self, X, task: str = "calibrating thresholds") -> torch.Tensor:
         """Backbone features of ``X`` (N, C, h, w) on the CPU."""
@@ -234,7 +242,7 @@ class Scorer:
         """Image scores and per-image anomaly-map maxima of cached features."""
         with explain_out_of_memory("calibrating thresholds", self.batch_size, inference=True):
             scores, maps = reconstruction_maps(
-                self.model,
+                self.network,
                 features,
                 image_size=self.spec.image_size,
                 batch_size=inference_batch_size(self.batch_size),
@@ -290,7 +298,7 @@ class Scorer:
                             device, memory_format=torch.channels_last, non_blocking=True
                         )
                         features = self.backbone(images)
-                        reconstruction = self.model(features)
+                        reconstruction = self.network(features)
                     batch_maps = anomaly_map(features, reconstruction, image_size)
                     scores = image_score(batch_maps, method=self.spec.image_score)
                     scores = scores.cpu().numpy().astype(np.float64)

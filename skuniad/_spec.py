@@ -80,6 +80,7 @@ PARAMETER_CONSTRAINTS: dict = {
     "unknown_group": [StrOptions(set(UNKNOWN_GROUP_POLICIES))],
     "device": [str],
     "precision": [StrOptions(set(PRECISIONS))],
+    "compile": ["boolean"],
     "random_state": ["random_state"],
     "verbose": ["verbose"],
 }
@@ -93,12 +94,18 @@ FINGERPRINT_EXEMPT = frozenset(
         "unknown_group",
         "device",
         "precision",
+        "compile",
         "verbose",
         "warm_start",
         *("checkpoint_path", "checkpoint_every", "checkpoint_interval"),
     }
 )
-"""Parameters that do not change what training computes: a checkpoint ignores them."""
+"""Parameters that do not change what training computes: a checkpoint ignores them.
+
+``device``, ``precision`` and ``compile`` change how it is computed: the
+rounding, and with ``compile`` the random numbers of dropout and jitter
+(drawn by the compiler's generator), not the maths.
+"""
 
 
 CHECKPOINT_SETTINGS = ("checkpoint_path", "checkpoint_every", "checkpoint_interval")

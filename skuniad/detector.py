@@ -109,9 +109,8 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         the last step of ``max_epochs``; for short fits (docs/results.md,
         "Epochs to quality").
     ema_decay : float in (0, 1) or None, default=None
-        Score with an exponential moving average of the weights, updated
-        after every optimizer step (its decay warms up as ``(1 + t) / (10 + t)``
-        over the first steps). None: the last step's weights, the paper's.
+        Score with an exponential moving average of the weights, updated every
+        optimizer step (decay ``min(ema_decay, (1 + t) / (10 + t))`` at step t); None: off.
     warm_start : bool, default=False
         When True and the detector is fitted, ``fit`` continues from the
         current ``model_`` weights (reusing ``backbone_``) for ``max_epochs``
@@ -123,8 +122,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         every epoch. float32 trains exactly as recomputing them would; the
         16-bit options halve the memory.
     cache_max_gb : float or None, default=4.0
-        A feature cache larger than this is memory-mapped from a temporary
-        file instead of held in RAM (None: always in RAM).
+        A larger feature cache is memory-mapped from a temporary file.
     checkpoint_path : str or path or None, default=None
         Crash-recovery file: the training state (weights, optimizer,
         schedule, RNG states, loss curve) is written there atomically during
@@ -143,18 +141,14 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         (the training images, the held-out ones with ``validation_fraction``,
         or those given to :meth:`calibrate`), all assumed normal.
         ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
-        the median calibration value, about 0.1 % of roughly Gaussian normal
-        scores (why a rule from data: docs/user-guide.md). A float: that
-        fraction of calibration images falls on the anomalous side, as in
-        ``IsolationForest``; on normal images, the false-alarm rate.
+        the median calibration value (why: docs/user-guide.md, "Thresholds").
+        A float: that fraction of calibration images falls on the anomalous
+        side, as in ``IsolationForest``; on normal images, the false-alarm rate.
     validation_fraction : float in (0, 1) or None, default=None
-        None: the thresholds come from the training images (the paper trains
-        on all of them). A float: that share of the normal images, drawn with
-        ``random_state`` (the same share of each group when ``fit`` gets
-        ``groups``), is held out of training and used only to set the
-        thresholds, since a model scores its own training images lower than
-        unseen normal ones. Each part (of each group) needs at least 5
-        images.
+        None: thresholds from the training images (the paper trains on all).
+        A float: that share of the normal images (of each group), drawn with
+        ``random_state``, is held out of training to set the thresholds (a
+        model scores its own training images low); 5 images per part at least.
     unknown_group : {"pooled", "error"}, default="pooled"
         What ``predict``, ``decision_function`` and ``predict_masks`` do with
         an image whose group has no threshold of its own: use the pooled
@@ -165,6 +159,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     precision : {"auto", "bf16", "fp32"}, default="auto"
         ``"auto"``: bf16 autocast on CUDA and on CPUs with AVX-512/AMX bf16,
         fp32 elsewhere.
+    compile : bool, default=False
+        Run the reconstruction network (not the backbone) through
+        ``torch.compile`` in ``fit`` and scoring: the same maths, other
+        rounding and dropout draws; the first steps compile. Without a working
+        compiler (C++ on CPUs, Triton on GPUs) it warns and runs uncompiled.
+        Checkpoints resume either way; ``save`` does not store it.
     random_state : int, RandomState instance or None, default=None
         Seeds shuffling, jitter, dropout and initialisation. With an int,
         CPU fits are bit-identical, in one process or across processes (see
@@ -215,11 +215,9 @@ class UniADDetector(OutlierMixin, BaseEstimator):
 
     Notes
     -----
-    Persistence: :meth:`save` / :meth:`load` write and read one safetensors
-    file (``.skuniad``) that never runs code when read. ``pickle`` and
-    ``joblib`` work too; they store the networks as CPU tensors, so a model
-    fitted on a GPU unpickles on a CPU-only machine (``device_`` falls back
-    to the CPU).
+    Persistence: :meth:`save` writes one safetensors file that never runs
+    code when read; ``pickle`` and ``joblib`` work too, and a model fitted on
+    a GPU loads on a CPU-only machine (docs/user-guide.md, "Saving and loading").
 
     Reproducibility: on CPU, the same images, parameters and integer
     ``random_state`` give bit-identical weights, scores and loss curves, in
@@ -284,6 +282,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         unknown_group="pooled",
         device="auto",
         precision="auto",
+        compile=False,
         random_state=None,
         verbose=0,
     ):
@@ -322,6 +321,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.unknown_group = unknown_group
         self.device = device
         self.precision = precision
+        self.compile = compile
         self.random_state = random_state
         self.verbose = verbose
 
@@ -446,6 +446,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             resolve_precision(self.precision, self.device_),
             self.batch_size,
             self.verbose,
+            self.compile,
         )
 
     @releasing_device_memory

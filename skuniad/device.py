@@ -22,6 +22,7 @@ import ctypes
 import functools
 import sys
 import traceback
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -119,6 +120,48 @@ def made_current(device: torch.device | str):
     """
     device = torch.device(device)
     return torch.cuda.device(device) if device.type == "cuda" else nullcontext()
+
+
+@functools.cache
+def compile_unavailable(device_type: str) -> str | None:
+    """Why ``torch.compile`` cannot run on ``device_type`` here, or None when it can.
+
+    Compiles and runs a one-line function once per process: TorchInductor
+    needs a working C++ compiler for CPUs and Triton for GPUs, and the only
+    sure test of a toolchain is to use it.
+    """
+    try:
+        probe = torch.compile(lambda x: x * 2 + 1, dynamic=False)
+        probe(torch.ones(8, device=device_type))
+    except Exception as exc:  # noqa: BLE001 - any failure means "cannot compile here"
+        lines = str(exc).strip().splitlines()
+        return f"{type(exc).__name__}: {lines[0] if lines else ''}"
+    return None
+
+
+def compiled(module: torch.nn.Module, device: torch.device, enabled: bool) -> torch.nn.Module:
+    """``torch.compile(module)`` when ``enabled`` and possible on ``device``, else ``module``.
+
+    The compiled wrapper runs ``module``'s own weights; keep ``module`` for
+    state dicts, saving and pickling (the wrapper's keys gain ``_orig_mod.``).
+    Where the compiler cannot run (:func:`compile_unavailable`) a warning
+    says why and ``module`` runs eagerly: compiling changes the speed, not
+    the results, and a model must keep working on a machine without a C++
+    compiler.
+    """
+    if not enabled:
+        return module
+    reason = compile_unavailable(device.type)
+    if reason is not None:
+        warnings.warn(
+            f"compile=True, but torch.compile cannot run on {device.type} here ({reason}); "
+            "running without compiling. Install a C++ compiler (CPU) or Triton (GPU), or set "
+            "compile=False to silence this warning.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        return module
+    return torch.compile(module)
 
 
 def inference_batch_size(batch_size: int) -> int:

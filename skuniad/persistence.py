@@ -51,6 +51,9 @@ FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
+RUNTIME_PARAMS = frozenset({"compile", *CHECKPOINT_SETTINGS})
+"""Parameters of how one process runs, not of the model (compiling, where its checkpoint
+goes): not written to a file, ignored in older files; a loaded model takes the defaults."""
 
 
 @contextlib.contextmanager
@@ -147,7 +150,7 @@ def save_detector(detector, path: str | os.PathLike) -> None:
             **{
                 name: value
                 for name, value in json_safe_params(detector.get_params()).items()
-                if name not in CHECKPOINT_SETTINGS
+                if name not in RUNTIME_PARAMS
             },
             **detector.network_spec_.as_params(),
         },
@@ -188,10 +191,8 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
             f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
             f"does not know: {unknown}; upgrade skuniad to load it"
         )
-    # older files kept the checkpoint settings of the run that wrote them: a run setting
-    params = {
-        k: v for k, v in {**LEGACY_DEFAULTS, **params}.items() if k not in CHECKPOINT_SETTINGS
-    }
+    # older files kept the checkpoint settings of the run that wrote them
+    params = {k: v for k, v in {**LEGACY_DEFAULTS, **params}.items() if k not in RUNTIME_PARAMS}
     if "out_indices" in params:
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
@@ -319,8 +320,8 @@ def unpickle_state(detector, state: dict, set_attributes) -> None:
     ``set_attributes`` is the estimator's base ``__setstate__``; the networks
     are rebuilt after it, on this machine's device.
     """
-    # pickled before a parameter existed: the behaviour it was fitted with
-    state = {**LEGACY_DEFAULTS, **state}
+    # pickled before a parameter existed: the behaviour it was fitted with, else its default
+    state = {**type(detector)().get_params(), **LEGACY_DEFAULTS, **state}
     if "offset_" in state:  # pickled before ThresholdTable existed
         groups = zip(
             state.pop("group_image_thresholds_", {}).items(),

@@ -29,7 +29,13 @@ from skuniad._averaging import WeightAverage
 from skuniad._checkpoint import load_checkpoint, save_checkpoint
 from skuniad._choices import LR_SCHEDULES
 from skuniad._progress import progress_bar
-from skuniad.device import autocast, explain_out_of_memory, flushing_denormals, made_current
+from skuniad.device import (
+    autocast,
+    compiled,
+    explain_out_of_memory,
+    flushing_denormals,
+    made_current,
+)
 from skuniad.distributed import (
     RanksStopped,
     abort,
@@ -186,6 +192,7 @@ def train_reconstruction(
     checkpoint_interval: float = 0.0,
     fingerprint: dict | None = None,
     distributed: bool = False,
+    compile: bool = False,
 ) -> list[float]:
     """Train ``model`` to rebuild ``features``; return the mean loss of each epoch.
 
@@ -211,6 +218,11 @@ def train_reconstruction(
     model is wrapped in DistributedDataParallel, every rank runs the same
     number of steps per epoch (short shards repeat random images) and the
     loss curve is the mean over all ranks.
+
+    ``compile``: the steps run ``torch.compile`` of the network (of the DDP
+    wrapper under torchrun); ``model`` itself stays uncompiled, so its state
+    dict, the checkpoints and the weights left behind are those of an eager
+    training (:func:`skuniad.device.compiled`).
     """
     model.to(device).train()
     optimizer = torch.optim.AdamW(
@@ -240,6 +252,7 @@ def train_reconstruction(
         )
         network = DistributedDataParallel(model, device_ids=device_ids, **{no_sync: False})
         images_per_epoch = max_over_ranks(len(feed), device)
+    network = compiled(network, device, compile)
     per_step = lr_schedule == "cosine"
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_factor(lr_schedule, max_epochs, math.ceil(images_per_epoch / batch_size))

@@ -229,3 +229,24 @@ def train_tiny_model():
         return train_reconstruction(model, features, **{**settings, **options})
 
     return train
+
+
+@pytest.fixture
+def compile_eagerly(monkeypatch):
+    """``torch.compile`` with dynamo's "eager" backend, and the toolchain probe passed.
+
+    Dynamo still traces and wraps the network (what ``compile=True`` must keep
+    out of state dicts, files and pickles) without TorchInductor's minutes of
+    C++ compilation. Returns dynamo's counters, cleared.
+    """
+    import functools
+
+    import torch._dynamo
+
+    import skuniad.device
+
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    monkeypatch.setattr(skuniad.device, "compile_unavailable", lambda device_type: None)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    return torch._dynamo.utils.counters

@@ -557,3 +557,20 @@ def test_fit_forks_the_rng_of_the_gpu_in_use(gpus, monkeypatch, tiny_params, ima
     with pytest.raises(RuntimeError, match="stop here"):
         det.fit(images)
     assert forked[0]["devices"] == [1]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("precision", "tolerance"), [("fp32", 1e-4), ("bf16", 3e-2)])
+def test_compiled_and_eager_fits_give_the_same_maps_within_the_precisions_tolerance(
+    precision, tolerance, tiny_params
+):
+    """TorchInductor for real: a training step and scoring (minutes of C++ compilation)."""
+    X = np.random.default_rng(2).integers(0, 256, size=(8, 40, 48, 3), dtype=np.uint8)
+    params = {**tiny_params, "precision": precision, "max_epochs": 1, "batch_size": 8}
+    params.update(dropout=0.0, jitter_scale=0.0)  # no random numbers: the same maths
+    eager = UniADDetector(**params).fit(X)
+    compiled = UniADDetector(**params, compile=True).fit(X)
+    expected = eager.anomaly_maps(X, size="model")
+    maps = compiled.anomaly_maps(X, size="model")
+    assert np.abs(maps - expected).max() <= tolerance * (expected.max() - expected.min())
+    assert compiled.loss_curve_ == pytest.approx(eager.loss_curve_, rel=tolerance)

@@ -93,3 +93,41 @@ def test_cuda_devices_resolve_to_an_index(gpus):
     assert resolve_device("cuda:1") == torch.device("cuda", 1)
     with pytest.raises(ValueError, match="has 3 CUDA device"):
         resolve_device("cuda:3")
+
+
+def test_compiled_is_the_module_itself_when_off():
+    model = torch.nn.Linear(2, 2)
+    assert device.compiled(model, torch.device("cpu"), False) is model
+
+
+def test_compiled_falls_back_to_eager_with_a_warning_where_no_compiler_works(monkeypatch):
+    reason = "InvalidCxxCompiler: No working C++ compiler found"
+    monkeypatch.setattr(device, "compile_unavailable", lambda device_type: reason)
+    model = torch.nn.Linear(2, 2)
+    with pytest.warns(RuntimeWarning, match="cannot run on cpu here.*No working C\\+\\+ compiler"):
+        assert device.compiled(model, torch.device("cpu"), True) is model
+
+
+def test_compile_unavailable_reports_the_toolchains_first_line(monkeypatch):
+    def broken(fn, **kwargs):
+        def run(*args):
+            raise RuntimeError("Compiler: cc is not found.\nlong details")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken)
+    probe = device.compile_unavailable.__wrapped__  # uncached
+    assert probe("cpu") == "RuntimeError: Compiler: cc is not found."
+
+
+def test_compiled_fit_without_a_compiler_warns_and_equals_an_eager_fit(
+    monkeypatch, fast_params, images
+):
+    monkeypatch.setattr(device, "compile_unavailable", lambda device_type: "no compiler")
+    eager = UniADDetector(**fast_params).fit(images)
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        fallback = UniADDetector(**fast_params, compile=True).fit(images)
+    assert fallback.loss_curve_ == eager.loss_curve_
+    with pytest.warns(RuntimeWarning, match="no compiler"):
+        scores = fallback.score_samples(images)
+    np.testing.assert_array_equal(scores, eager.score_samples(images))

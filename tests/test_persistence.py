@@ -338,3 +338,45 @@ def test_non_finite_weights_are_refused_on_load(saved, tmp_path):
     save_file(tensors, str(tmp_path / "nan.skuniad"), metadata=header)
     with pytest.raises(ValueError, match=f"tensor '{name}' holds NaN"):
         UniADDetector.load(tmp_path / "nan.skuniad")
+
+
+def test_a_compiled_fit_leaves_no_compiled_module_in_files_pickles_or_clones(
+    compile_eagerly, fast_params, images, tmp_path
+):
+    images = images[:4]  # one batch: one training graph, one scoring graph
+    eager = UniADDetector(**fast_params).fit(images)
+    det = UniADDetector(**fast_params, compile=True).fit(images)
+    assert compile_eagerly["stats"]["unique_graphs"] >= 2  # training and scoring graphs
+    assert type(det.model_) is type(eager.model_)
+    assert not any("_orig_mod" in key for key in det.model_.state_dict())
+    det.save(tmp_path / "compiled.skuniad")
+    eager.save(tmp_path / "eager.skuniad")
+    files = [safe_open(tmp_path / name, "pt") for name in ("compiled.skuniad", "eager.skuniad")]
+    assert set(files[0].keys()) == set(files[1].keys())
+    metadata = [json.loads(f.metadata()["skuniad"]) for f in files]
+    assert metadata[0]["params"] == metadata[1]["params"]  # compile is not written
+    assert "compile" not in metadata[0]["params"]
+    assert UniADDetector.load(tmp_path / "compiled.skuniad").compile is False
+    unpickled = pickle.loads(pickle.dumps(det))
+    assert unpickled.compile is True and "model_" not in det.__getstate__()
+    np.testing.assert_allclose(
+        unpickled.score_samples(images), det.score_samples(images), rtol=1e-6
+    )
+    assert clone(det).compile is True
+
+
+def test_compile_is_no_part_of_the_training_fingerprint(tiny_params):
+    compiled = UniADDetector(**tiny_params, compile=True).get_params()
+    assert training_fingerprint(compiled, 0) == training_fingerprint(
+        {**compiled, "compile": False}, 0
+    )
+
+
+def test_a_pickle_from_before_compile_unpickles_with_compile_off(fitted_tiny):
+    det, X = fitted_tiny
+    state = det.__getstate__()
+    del state["compile"]
+    unpickled = UniADDetector.__new__(UniADDetector)
+    unpickled.__setstate__(state)
+    assert unpickled.compile is False
+    np.testing.assert_array_equal(unpickled.score_samples(X), det.score_samples(X))

@@ -247,3 +247,23 @@ def test_image_score_mean_and_std_are_the_references_over_the_whole_map():
     torch.testing.assert_close(image_score(maps, method="std"), torch.from_numpy(flat.std(1)))
     with pytest.raises(ValueError, match="method"):
         image_score(maps, method="median")
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_the_network_compiles_to_one_graph_for_any_batch_size(training):
+    """Dropout, jitter and the attention trace without graph breaks (torch.compile)."""
+    import torch._dynamo
+
+    model = _small(dropout=0.1).train(training)
+    for batch in (3, 4):  # the second size makes the batch dimension symbolic
+        explained = torch._dynamo.explain(model)(torch.randn(batch, 8, 5, 5))
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+
+
+def test_dropout_in_a_compiled_graph_keeps_the_rate():
+    from skuniad.nn.dropout import keep_mask
+
+    draw = torch.compile(lambda x: keep_mask(x, 0.25), backend="eager", fullgraph=True)
+    mask = draw(torch.empty(200, 500))
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    assert abs(float(mask.mean()) - 0.75) < 0.01

@@ -197,6 +197,16 @@ Device = Annotated[
 PrecisionOption = Annotated[
     Precision, typer.Option(help="'auto': bf16 where fast, else fp32.", rich_help_panel=TRAIN_PANEL)
 ]
+CompileOption = Annotated[
+    bool,
+    typer.Option(
+        "--compile",
+        help="Run the reconstruction network through torch.compile (training and scoring): "
+        "faster steps once compiled, a slow first step; warns and runs uncompiled where no "
+        "compiler works.",
+        rich_help_panel=TRAIN_PANEL,
+    ),
+]
 Seed = Annotated[
     int | None, typer.Option(metavar="SEED", help="Random seed.", rich_help_panel=TRAIN_PANEL)
 ]
@@ -262,6 +272,7 @@ TRAINING_OPTIONS: dict[str, tuple[Any, Any]] = {
     "image_score": (ImageScoreOption, ImageScore.max),
     "contamination": (Contamination, "auto"),
     "validation_fraction": (ValidationFraction, None),
+    "compile": (CompileOption, False),
 }
 
 
@@ -306,6 +317,7 @@ DETECTOR_PARAMS = {
     "validation_fraction": "validation_fraction",
     "device": "device",
     "precision": "precision",
+    "compile": "compile",
     "seed": "random_state",
 }
 # options that shape the networks: they come from the model with --model / --init-model

@@ -209,7 +209,8 @@ def evaluate_command(
         check_options(params)
     else:
         refused = (*DETECTOR_PARAMS, "setting", "eval_every", "per_category")
-        given = given_options(ctx, [n for n in refused if n not in ("device", "batch_size")])
+        allowed = ("device", "batch_size", "compile")  # how the model runs, not what it is
+        given = given_options(ctx, [n for n in refused if n not in allowed])
         if len(seed or []) > 1 or given:
             flags = ", ".join(given or ["--seed"])
             raise typer.BadParameter(
@@ -297,6 +298,7 @@ def evaluate_command(
             det.set_params(verbose=0 if quiet else 1)
             if given_options(ctx, ["batch_size"]):
                 det.set_params(batch_size=training["batch_size"])
+            det.set_params(compile=training["compile"])
             if calibration is not None:
                 test = calibrate_on_test_images(
                     det,

@@ -17,6 +17,11 @@ anyway: the residual add (:func:`dropout_add`, one fused ``addcmul``), the
 next linear layer's weight, or a smaller tensor after the attention product.
 Multiplying by a bool mask would convert it on every use, forward and
 backward.
+
+Inside ``torch.compile`` the mask is ``rand_like(x) >= p`` instead: the
+compiler draws it from its own counter-based generator inside the kernel
+that uses it (seeded from torch's generator), which SplitMix64's host-side
+seed would split into many graphs.
 """
 
 from __future__ import annotations
@@ -56,6 +61,8 @@ def random_words(n: int) -> torch.Tensor:
 
 def keep_mask(x: torch.Tensor, p: float) -> torch.Tensor:
     """A dropout mask for ``x``: 1 with probability ``1 - p``, else 0, in ``x``'s dtype."""
+    if torch.compiler.is_compiling():
+        return torch.rand_like(x, dtype=torch.float32).ge(p).to(x.dtype)
     if x.device.type != "cpu":
         return torch.empty_like(x).bernoulli_(1 - p)
     noise = random_words((x.numel() + 3) // 4).view(torch.int16)[: x.numel()].view(x.shape)

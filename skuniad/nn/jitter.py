@@ -44,5 +44,8 @@ def feature_jitter(
         return tokens
     channels = tokens.shape[-1]
     norms = tokens.norm(dim=-1, keepdim=True) / channels
-    noise = torch.randn(tokens.shape, generator=generator, device=device, dtype=tokens.dtype)
+    if generator is None:  # the same draws; and torch.compile traces it for any batch size
+        noise = torch.randn_like(tokens)
+    else:
+        noise = torch.randn(tokens.shape, generator=generator, device=device, dtype=tokens.dtype)
     return tokens + noise.to(tokens.device) * norms * scale

@@ -40,6 +40,22 @@ def test_fit_on_a_folder_of_images(data_root, tmp_path, tiny_args):
     assert UniADDetector.load(output, device="cpu").n_epochs_ == 1
 
 
+def test_compile_runs_fit_and_evaluate_through_torch_compile(
+    compile_eagerly, data_root, model_file, tmp_path, tiny_args
+):
+    folder = data_root / "grain" / "train"
+    output = tmp_path / "m.skuniad"
+    args = ["fit", str(folder), "-o", str(output), "--epochs", "1", "--compile", *tiny_args]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert compile_eagerly["stats"]["unique_graphs"] > 0
+    compile_eagerly.clear()
+    args = ["evaluate", "--root", str(data_root), "--model", str(model_file), "--compile"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert compile_eagerly["stats"]["unique_graphs"] > 0  # scoring a saved model
+
+
 def test_predict_writes_scores_and_overlays(model_file, data_root, tmp_path):
     folder = data_root / "parts" / "test"
     result = runner.invoke(
