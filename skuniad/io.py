@@ -30,6 +30,11 @@ from skuniad._choices import RESIZE_MODES
 from skuniad.errors import InputTypeError, SkuniadError
 
 MIN_IMAGE_SIDE = 8
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+"""Files declaring more pixels are refused before any pixel is decoded (decompression bombs).
+
+Pillow's own error limit, but held whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to.
+"""
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -223,6 +228,8 @@ def read_image(
         raise ImageLoadError(index, f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise ImageLoadError(index, f"{path} is not a readable image file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(index, f"{path} is refused unread: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageLoadError):
             raise
@@ -238,7 +245,7 @@ def image_size(item, index: int) -> tuple[int, int]:
     try:
         with Image.open(item) as img:
             return img.height, img.width
-    except (OSError, SyntaxError, ValueError):
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise ImageLoadError(index, f"{item} is not a readable image file") from None
 
 
@@ -252,6 +259,12 @@ def _pil_to_array(
             index,
             f"{where}is {height}x{width} pixels; images must be at least "
             f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
+        )
+    if path is not None and width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(
+            index,
+            f"{where}declares {height}x{width} pixels, more than the {MAX_IMAGE_PIXELS} "
+            "skuniad decodes (a decompression bomb?); refused unread",
         )
     if max_side is not None and img.format == "JPEG":
         img.draft("RGB", (max_side, max_side))

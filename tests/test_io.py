@@ -277,3 +277,34 @@ def test_torchrun_ranks_decode_on_their_own_cores(monkeypatch, recorder):
     assert pinned == [((0, [4, 5, 6, 7]), {})]
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert io.decoding_cores() == list(range(16))
+
+
+def test_a_decompression_bomb_is_an_unreadable_file_not_a_crash(bomb_png, tmp_path):
+    from skuniad.io import iter_loaded
+
+    with pytest.raises(ImageLoadError, match=r"image 0: .*bomb.png is refused unread"):
+        read_image(bomb_png, 0)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), (9, 0, 0)).save(good)
+    ((_, sizes, errors),) = list(iter_loaded([good, bomb_png], 16, (0, 0, 0), (1, 1, 1), 2))
+    assert sizes == [(16, 16), None] and errors[0] is None
+    assert errors[1].index == 1 and "bomb.png" in errors[1].reason
+
+
+def test_the_pixel_limit_holds_when_pillows_is_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 16 * 16 - 1)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (16, 16)).save(path)
+    with pytest.raises(ImageLoadError, match=r"big.png declares 16x16 pixels, more than the 255"):
+        read_image(path, 0)
+    assert read_image(Image.new("RGB", (16, 16)), 0)[1] == (16, 16)  # decoded already: kept
+
+
+def test_data_set_checks_refuse_a_decompression_bomb_in_one_line(bomb_png):
+    from skuniad.datasets import load_mask
+    from skuniad.datasets._checks import image_size, mask_has_defect
+
+    for read in (image_size, mask_has_defect, load_mask):
+        with pytest.raises(ValueError, match="bomb.png"):
+            read(bomb_png)

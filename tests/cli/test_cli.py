@@ -448,6 +448,27 @@ def test_predict_skips_unreadable_images_and_ground_truth_masks(model_file, data
     assert f"image {index}: {broken} is not a readable image file" in result.output
 
 
+def test_predict_skips_a_decompression_bomb_and_scores_the_rest(
+    model_file, data_root, tmp_path, bomb_png
+):
+    from shutil import copy
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for image in sorted((data_root / "parts" / "test" / "good").glob("*.png"))[:2]:
+        copy(image, folder)
+    copy(bomb_png, folder)
+    out = tmp_path / "out"
+    args = ["predict", str(model_file), str(folder), "-o", str(out), "--no-overlays", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert len(rows) == 3 and rows["000.png"]["label"] in ("1", "-1")
+    assert "bomb.png is refused unread" in rows["bomb.png"]["error"]
+    assert "Skipped 1 unreadable images" in result.output
+
+
 def test_predict_strict_stops_at_the_first_unreadable_image(model_file, data_root, tmp_path):
     folder, broken = _folder_with_a_broken_image_and_masks(data_root, tmp_path)
     out = tmp_path / "out"
