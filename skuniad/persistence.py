@@ -42,8 +42,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skuniad._spec import NetworkSpec, json_safe_params
+from skuniad._model_checks import check_fitted, check_tensors
+from skuniad._spec import NetworkSpec, check_params, json_safe_params
 from skuniad._thresholds import ThresholdTable
+from skuniad.errors import ModelFileError
 
 FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
@@ -170,17 +172,22 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
     metadata, tensors = _read(path)
+    check_fitted(path, metadata)
     params = dict(metadata["params"])
     unknown = sorted(set(params) - set(cls().get_params()))
     if unknown:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
             f"does not know: {unknown}; upgrade skuniad to load it"
         )
     params = {**LEGACY_DEFAULTS, **params}
-    if "out_indices" in params:
+    if isinstance(params.get("out_indices"), list):
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
+    try:  # the rules fit applies, before the parameters build anything
+        check_params(detector.get_params())
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: invalid parameters: {exc}") from None
     detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
     _check_finite(path, metadata, tensors)
     fitted = metadata["fitted"]
@@ -190,6 +197,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     detector.n_epochs_ = int(fitted["n_epochs_"])
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
+    check_tensors(path, detector.network_spec_, detector.feature_shape_, tensors)
     norm = metadata["backbone"]
     restore_modules(detector, tensors, device, norm["mean"], norm["std"])
     return detector
@@ -216,31 +224,33 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
             header = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a model file"
-        raise ValueError(f"{path} is not {_EXPECTED}: {_what_instead(path, exc)}") from None
+        raise ModelFileError(f"{path} is not {_EXPECTED}: {_what_instead(path, exc)}") from None
     if METADATA_KEY not in header:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} is a safetensors file but not {_EXPECTED}: no {METADATA_KEY!r} metadata"
         )
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: the skuniad metadata is not valid JSON ({exc})") from None
+        raise ModelFileError(f"{path}: the skuniad metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: the skuniad metadata is nested too deeply") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not {_EXPECTED}: its metadata names another format")
+        raise ModelFileError(f"{path} is not {_EXPECTED}: its metadata names another format")
     version = metadata.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise ValueError(f"{path}: invalid skuniad format_version {version!r}")
+        raise ModelFileError(f"{path}: invalid skuniad format_version {version!r}")
     if version > FORMAT_VERSION:
         import skuniad
 
-        raise ValueError(
+        raise ModelFileError(
             f"{path} has model format version {version}, written by skuniad "
             f"{_writer(metadata)}; this skuniad ({skuniad.__version__}) reads format versions "
             f"up to {FORMAT_VERSION}. Upgrade skuniad to load it."
         )
     missing = [k for k in ("params", "fitted", "backbone") if not isinstance(metadata.get(k), dict)]
     if missing:
-        raise ValueError(f"{path}: the skuniad metadata lacks {missing}")
+        raise ModelFileError(f"{path}: the skuniad metadata lacks {missing}")
     return metadata, tensors
 
 
@@ -260,12 +270,12 @@ def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) 
     }
     for name, value in values.items():
         if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value)):
-            raise ValueError(f"{path}: {name} is {value!r}, not a finite number")
+            raise ModelFileError(f"{path}: {name} is {value!r}, not a finite number")
     if any(v <= 0 for v in norm.get("std", [])):
-        raise ValueError(f"{path}: the backbone's std must be positive, got {norm['std']}")
+        raise ModelFileError(f"{path}: the backbone's std must be positive, got {norm['std']}")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
+            raise ModelFileError(
                 f"{path}: tensor {name!r} holds NaN or infinite values (a diverged training?)"
             )
 
