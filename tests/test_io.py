@@ -308,3 +308,36 @@ def test_data_set_checks_refuse_a_decompression_bomb_in_one_line(bomb_png):
     for read in (image_size, mask_has_defect, load_mask):
         with pytest.raises(ValueError, match="bomb.png"):
             read(bomb_png)
+
+
+def test_float_files_in_the_unit_range_read_like_their_8_bit_version(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (12, 16)).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g8.png")
+    Image.fromarray(gray.astype(np.float32) / 255, mode="F").save(tmp_path / "f01.tif")
+    Image.fromarray(gray.astype(np.float32), mode="F").save(tmp_path / "f255.tif")
+    expected, _ = read_image(tmp_path / "g8.png", 0, as_uint8=True)
+    for name in ("f01.tif", "f255.tif"):
+        assert np.array_equal(read_image(tmp_path / name, 0, as_uint8=True)[0], expected), name
+        assert np.allclose(read_image(tmp_path / name, 0)[0], expected / 255, atol=1e-6), name
+    Image.fromarray(np.full((12, 16), -0.5, np.float32), mode="F").save(tmp_path / "neg.tif")
+    with pytest.raises(ImageLoadError, match=r"neg.tif is a float image with values in \[-0.5"):
+        read_image(tmp_path / "neg.tif", 0)
+
+
+def test_exif_orientation_is_applied_to_files(tmp_path):
+    from PIL import ImageOps
+
+    picture = np.zeros((16, 24, 3), np.uint8)
+    picture[:8] = 255  # top half white
+    img = Image.fromarray(picture)
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
+    img.save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    img.save(tmp_path / "plain.png")
+    image, size = read_image(tmp_path / "turned.jpg", 0, as_uint8=True)
+    with Image.open(tmp_path / "turned.jpg") as stored:
+        shown = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert size == io.image_size(tmp_path / "turned.jpg", 0) == (24, 16)
+    assert np.array_equal(image, shown) and image[:, 8:].mean() > 200 > 50 > image[:, :8].mean()
+    plain, _ = read_image(tmp_path / "plain.png", 0, as_uint8=True)
+    assert np.array_equal(plain, picture)  # no orientation: as stored, bit for bit
