@@ -19,6 +19,12 @@ list of ``[group, image_threshold, pixel_threshold]``, the group a JSON
 string or integer, as set by ``groups=``; empty without groups. Format 1
 files have none and load with empty group tables.
 
+A second header key, ``"skuniad_sha256"``, holds :func:`content_digest` of
+the metadata text and the tensors; a file whose digest no longer matches
+(damaged, or edited without recomputing it) is refused. Files written before
+digests have none and load as before: the digest finds damage and careless
+edits, it does not authenticate the author.
+
 Reading uses safetensors and ``json`` only, so a file never runs code when
 loaded. The backbone is rebuilt with random weights (no network, no weights
 search) and then gets the saved tensors, so a model file is self-contained.
@@ -31,6 +37,7 @@ fitted with.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -51,6 +58,8 @@ FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
 FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
+DIGEST_KEY = "skuniad_sha256"
+"""Header key of the SHA-256 of the metadata and every tensor; files from before it have none."""
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
 
@@ -162,8 +171,10 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         },
     }
     tensors = module_tensors(detector)
+    text = json.dumps(metadata, sort_keys=True)
+    header = {METADATA_KEY: text, DIGEST_KEY: content_digest(text, tensors)}
     with atomic_write(path) as temporary:
-        save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        save_file(tensors, temporary, metadata=header)
 
 
 def load_detector(cls, path: str | os.PathLike, device: torch.device):
@@ -171,7 +182,7 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    metadata, tensors = _read(path)
+    metadata, tensors, digest = _read(path)
     check_fitted(path, metadata)
     params = dict(metadata["params"])
     unknown = sorted(set(params) - set(cls().get_params()))
@@ -198,6 +209,11 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
     check_tensors(path, detector.network_spec_, detector.feature_shape_, tensors)
+    if digest is not None and digest[0] != content_digest(digest[1], tensors):
+        raise ModelFileError(
+            f"{path} fails its integrity check: its tensors or metadata changed after skuniad "
+            "wrote it (a damaged copy or an edit); use an intact copy"
+        )
     norm = metadata["backbone"]
     restore_modules(detector, tensors, device, norm["mean"], norm["std"])
     return detector
@@ -211,14 +227,27 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(path)[0]
 
 
+def content_digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model file's metadata text and of each tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(metadata.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 _UNCALIBRATED = {"offset_": None, "pixel_threshold_": None, "group_thresholds": []}
 
 
 _EXPECTED = "a skuniad model file (safetensors with skuniad metadata, written by det.save)"
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Validated metadata and the tensors of a model file; never unpickles."""
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], tuple[str, str] | None]:
+    """Validated metadata, the tensors and ``(digest, metadata text)`` of a model file.
+
+    The digest part is None for a file written before digests. Never unpickles.
+    """
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
@@ -251,7 +280,8 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
     missing = [k for k in ("params", "fitted", "backbone") if not isinstance(metadata.get(k), dict)]
     if missing:
         raise ModelFileError(f"{path}: the skuniad metadata lacks {missing}")
-    return metadata, tensors
+    digest = header.get(DIGEST_KEY)
+    return metadata, tensors, None if digest is None else (digest, header[METADATA_KEY])
 
 
 def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) -> None:

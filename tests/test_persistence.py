@@ -58,7 +58,7 @@ def test_model_file_is_one_safetensors_file_with_json_metadata(saved):
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata()
         names = set(f.keys())
-    assert set(header) == {"skuniad"}
+    assert set(header) == {"skuniad", "skuniad_sha256"}
     metadata = json.loads(header["skuniad"])
     assert (
         metadata["format"] == "skuniad" and metadata["format_version"] == persistence.FORMAT_VERSION
@@ -415,3 +415,25 @@ def test_tensors_stored_in_another_dtype_are_refused(saved, tmp_path, dtype):
     save_file(cast, str(tmp_path / "cast.skuniad"), metadata=header)
     with pytest.raises(ModelFileError, match=rf"is stored as {dtype}, not torch.float32"):
         UniADDetector.load(tmp_path / "cast.skuniad")
+
+
+def test_a_damaged_or_edited_file_fails_its_integrity_check(saved, tmp_path):
+    from skuniad.errors import ModelFileError
+
+    _, _, path = saved
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one bit of the last tensor: still finite, still loadable without a digest
+    (tmp_path / "damaged.skuniad").write_bytes(bytes(data))
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata = json.loads(header["skuniad"])
+    metadata["params"]["backbone"] = "efficientnet_lite0"  # same tensors, other padding
+    edited = {**header, "skuniad": json.dumps(metadata)}
+    save_file(tensors, str(tmp_path / "edited.skuniad"), metadata=edited)
+    for name in ("damaged", "edited"):
+        with pytest.raises(ModelFileError, match="fails its integrity check"):
+            UniADDetector.load(tmp_path / f"{name}.skuniad")
+    undigested = {"skuniad": header["skuniad"]}  # as written before digests
+    save_file(tensors, str(tmp_path / "old.skuniad"), metadata=undigested)
+    assert UniADDetector.load(tmp_path / "old.skuniad").n_epochs_ >= 1
