@@ -35,7 +35,8 @@ def render() -> str:
         f"`{_PROGRAM}` and `python -m {_PROGRAM}` are the same program. Every command takes "
         "`--help`. Exit codes: 0 success; "
         f"{EXIT_ERROR} a domain error (missing files, bad data set or model file, "
-        "invalid parameter), explained in one line; 2 a usage error; "
+        "invalid parameter, no readable image, an output folder another run is writing "
+        "into), explained in one line; 2 a usage error; "
         f"{EXIT_INTERRUPTED} interrupted with Ctrl-C; {EXIT_TERMINATED} stopped by SIGTERM "
         "(`skuniad fit` writes the last finished epoch's model first, as on Ctrl-C).",
         "",

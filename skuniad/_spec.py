@@ -135,6 +135,7 @@ def json_safe_params(params: Mapping) -> dict:
 
 def check_param_consistency(params: Mapping) -> None:
     """The rules between parameters that per-parameter constraints cannot state."""
+    check_backbone_name(params["backbone"])
     if params["hidden_dim"] % params["num_heads"]:
         raise ValueError(
             f"hidden_dim={params['hidden_dim']} must be divisible by "
@@ -154,6 +155,21 @@ def check_param_consistency(params: Mapping) -> None:
         )
     if stages != sorted(set(stages)):
         raise ValueError(f"out_indices must be increasing without repeats, got {out_indices}")
+
+
+def check_backbone_name(name: str) -> None:
+    """Refuse a backbone that timm would fetch from a model hub or a folder (``"hf-hub:..."``).
+
+    Building a backbone from such a name reads files or contacts the network;
+    a model file must do neither when it is opened, and skuniad fits only
+    timm's own architectures.
+    """
+    if ":" in name:
+        raise ValueError(
+            f"backbone={name!r} names a model hub or folder source ({name.partition(':')[0]}:); "
+            "skuniad builds backbones from timm's own architecture names only "
+            "(e.g. 'tf_efficientnet_lite0'), so that opening a model never reaches the network"
+        )
 
 
 def check_params(params: Mapping) -> None:

@@ -16,3 +16,8 @@ class SkuniadError(Exception):
 
 class InputTypeError(SkuniadError, TypeError):
     """An input of a type skuniad does not accept (e.g. a single path where a list is expected)."""
+
+
+class ModelFileError(SkuniadError, ValueError):
+    """A model file that is damaged, tampered with or not a skuniad model; the message names
+    the file and the field."""

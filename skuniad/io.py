@@ -5,7 +5,9 @@ Accepted everywhere: an array ``(n, H, W, 3)``, ``(n, H, W, 4)`` or
 PIL images; a list of file paths. uint8 is scaled by 1/255, uint16 by
 1/65535, floats must lie in [0, 1]. Grayscale becomes RGB, alpha is dropped,
 palette and CMYK images are converted. Every error names the offending
-index (and file).
+index (and file). Files are read as a viewer shows them (EXIF orientation
+applied); float files (32-bit TIFF) in [0, 1] are taken as they are, others
+as 8-bit or 16-bit data stored as floats (see :func:`_float_file_scale`).
 
 Two ways to bring an image to the model's square input (:data:`RESIZE_MODES`):
 ``"pil-uint8"`` is the reference implementation's (8-bit RGB resized with
@@ -24,13 +26,19 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from skuniad._choices import RESIZE_MODES
 from skuniad.device import made_current
 from skuniad.errors import InputTypeError, SkuniadError
 
 MIN_IMAGE_SIDE = 8
+_ORIENTATION = 0x0112  # the EXIF tag; values 5 to 8 swap height and width
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+"""Files declaring more pixels are refused before any pixel is decoded (decompression bombs).
+
+Pillow's own error limit, but held whatever ``PIL.Image.MAX_IMAGE_PIXELS`` is set to.
+"""
 _SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -224,6 +232,8 @@ def read_image(
         raise ImageLoadError(index, f"{path} is a directory, not an image file") from None
     except UnidentifiedImageError:
         raise ImageLoadError(index, f"{path} is not a readable image file") from None
+    except Image.DecompressionBombError as exc:
+        raise ImageLoadError(index, f"{path} is refused unread: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageLoadError):
             raise
@@ -238,8 +248,9 @@ def image_size(item, index: int) -> tuple[int, int]:
         return item.height, item.width
     try:
         with Image.open(item) as img:
-            return img.height, img.width
-    except (OSError, SyntaxError, ValueError):
+            swap = _orientation(img) >= 5
+            return (img.width, img.height) if swap else (img.height, img.width)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
         raise ImageLoadError(index, f"{item} is not a readable image file") from None
 
 
@@ -254,11 +265,25 @@ def _pil_to_array(
             f"{where}is {height}x{width} pixels; images must be at least "
             f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}",
         )
+    if path is not None and width * height > MAX_IMAGE_PIXELS:
+        raise ImageLoadError(
+            index,
+            f"{where}declares {height}x{width} pixels, more than the {MAX_IMAGE_PIXELS} "
+            "skuniad decodes (a decompression bomb?); refused unread",
+        )
     if max_side is not None and img.format == "JPEG":
         img.draft("RGB", (max_side, max_side))
+    orientation = _orientation(img) if path is not None else 1
+    if orientation > 1:  # as a camera or a viewer shows the photo
+        img = ImageOps.exif_transpose(img)
+        if orientation >= 5:
+            height, width = width, height
     if img.mode in _SIXTEEN_BIT_MODES:
         array = np.asarray(img)
-        scale = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
+        if img.mode == "F":
+            scale = _float_file_scale(array, index, where)
+        else:
+            scale = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
         array = np.clip(array.astype(np.float32) / scale, 0, 1)
         return (to_uint8_rgb(array) if as_uint8 else to_float_rgb(array)), (height, width)
     if max_side is not None:
@@ -269,6 +294,33 @@ def _pil_to_array(
         img = img.convert("RGB")  # palette, alpha, CMYK, 1-bit, ...
     array = np.asarray(img)
     return (to_uint8_rgb(array) if as_uint8 else to_float_rgb(array)), (height, width)
+
+
+def _orientation(img: Image.Image) -> int:
+    """The file's EXIF orientation, 1 (as stored) to 8; 1 when it has none."""
+    if img.format == "PNG" and "exif" not in img.info:
+        return 1  # Pillow would decode the whole PNG to look for a late EXIF chunk
+    orientation = img.getexif().get(_ORIENTATION, 1)
+    return orientation if orientation in range(1, 9) else 1
+
+
+def _float_file_scale(array: np.ndarray, index: int, where: str) -> float:
+    """What a float (mode "F") file's values are divided by to lie in [0, 1].
+
+    Values in [0, 1] are taken as they are (the convention of float images and
+    of float arrays); otherwise the file is read as 8-bit data (maximum up to
+    255) or 16-bit data (up to 65535) stored as floats. Anything else is refused.
+    """
+    if not np.isfinite(array).all():
+        raise ImageLoadError(index, f"{where}is a float image holding NaN or infinite values")
+    low, high = float(array.min()), float(array.max())
+    if low < 0 or high > 65535:
+        raise ImageLoadError(
+            index,
+            f"{where}is a float image with values in [{low:.3g}, {high:.3g}]; float image "
+            "files must lie in [0, 1], [0, 255] or [0, 65535]",
+        )
+    return 1.0 if high <= 1 else 255.0 if high <= 255 else 65535.0
 
 
 def resize(image: np.ndarray, size: int) -> torch.Tensor:

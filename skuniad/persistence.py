@@ -19,6 +19,12 @@ list of ``[group, image_threshold, pixel_threshold]``, the group a JSON
 string or integer, as set by ``groups=``; empty without groups. Format 1
 files have none and load with empty group tables.
 
+A second header key, ``"skuniad_sha256"``, holds :func:`content_digest` of
+the metadata text and the tensors; a file whose digest no longer matches
+(damaged, or edited without recomputing it) is refused. Files written before
+digests have none and load as before: the digest finds damage and careless
+edits, it does not authenticate the author.
+
 Reading uses safetensors and ``json`` only, so a file never runs code when
 loaded. The backbone is rebuilt with random weights (no network, no weights
 search) and then gets the saved tensors, so a model file is self-contained.
@@ -31,6 +37,7 @@ fitted with.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import uuid
@@ -42,13 +49,17 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from skuniad._spec import CHECKPOINT_SETTINGS, NetworkSpec, json_safe_params
+from skuniad._model_checks import check_fitted, check_tensors
+from skuniad._spec import CHECKPOINT_SETTINGS, NetworkSpec, check_params, json_safe_params
 from skuniad._thresholds import ThresholdTable
+from skuniad.errors import ModelFileError
 
 FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
 FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
+DIGEST_KEY = "skuniad_sha256"
+"""Header key of the SHA-256 of the metadata and every tensor; files from before it have none."""
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
 RUNTIME_PARAMS = frozenset({"compile", *CHECKPOINT_SETTINGS})
@@ -170,8 +181,10 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         },
     }
     tensors = module_tensors(detector)
+    text = json.dumps(metadata, sort_keys=True)
+    header = {METADATA_KEY: text, DIGEST_KEY: content_digest(text, tensors)}
     with atomic_write(path) as temporary:
-        save_file(tensors, temporary, metadata={METADATA_KEY: json.dumps(metadata, sort_keys=True)})
+        save_file(tensors, temporary, metadata=header)
     # the checkpoint of the finished training was kept until the model file was safe
     finished = detector.__dict__.pop("_finished_checkpoint", None)
     if finished is not None:
@@ -183,19 +196,24 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file not found: {path}")
-    metadata, tensors = _read(path)
+    metadata, tensors, digest = _read(path)
+    check_fitted(path, metadata)
     params = dict(metadata["params"])
     unknown = sorted(set(params) - set(cls().get_params()))
     if unknown:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} was written by skuniad {_writer(metadata)} with parameters this skuniad "
             f"does not know: {unknown}; upgrade skuniad to load it"
         )
     # older files kept the checkpoint settings of the run that wrote them
     params = {k: v for k, v in {**LEGACY_DEFAULTS, **params}.items() if k not in RUNTIME_PARAMS}
-    if "out_indices" in params:
+    if isinstance(params.get("out_indices"), list):
         params["out_indices"] = tuple(params["out_indices"])
     detector = cls(**params)
+    try:  # the rules fit applies, before the parameters build anything
+        check_params(detector.get_params())
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: invalid parameters: {exc}") from None
     detector.network_spec_ = NetworkSpec.from_params(detector.get_params())
     _check_finite(path, metadata, tensors)
     fitted = metadata["fitted"]
@@ -205,6 +223,12 @@ def load_detector(cls, path: str | os.PathLike, device: torch.device):
     detector.n_epochs_ = int(fitted["n_epochs_"])
     detector.loss_curve_ = [float(v) for v in fitted["loss_curve_"]]
     detector.feature_shape_ = tuple(int(v) for v in fitted["feature_shape_"])
+    check_tensors(path, detector.network_spec_, detector.feature_shape_, tensors)
+    if digest is not None and digest[0] != content_digest(digest[1], tensors):
+        raise ModelFileError(
+            f"{path} fails its integrity check: its tensors or metadata changed after skuniad "
+            "wrote it (a damaged copy or an edit); use an intact copy"
+        )
     norm = metadata["backbone"]
     restore_modules(detector, tensors, device, norm["mean"], norm["std"])
     return detector
@@ -218,45 +242,61 @@ def read_metadata(path: str | os.PathLike) -> dict:
     return _read(path)[0]
 
 
+def content_digest(metadata: str, tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a model file's metadata text and of each tensor's name, dtype, shape and bytes."""
+    digest = hashlib.sha256(metadata.encode())
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"\0{name}\0{tensor.dtype}\0{list(tensor.shape)}\0".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 _UNCALIBRATED = {"offset_": None, "pixel_threshold_": None, "group_thresholds": []}
 
 
 _EXPECTED = "a skuniad model file (safetensors with skuniad metadata, written by det.save)"
 
 
-def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor]]:
-    """Validated metadata and the tensors of a model file; never unpickles."""
+def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], tuple[str, str] | None]:
+    """Validated metadata, the tensors and ``(digest, metadata text)`` of a model file.
+
+    The digest part is None for a file written before digests. Never unpickles.
+    """
     try:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             header = f.metadata() or {}
             tensors = {name: f.get_tensor(name) for name in f.keys()}
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a model file"
-        raise ValueError(f"{path} is not {_EXPECTED}: {_what_instead(path, exc)}") from None
+        raise ModelFileError(f"{path} is not {_EXPECTED}: {_what_instead(path, exc)}") from None
     if METADATA_KEY not in header:
-        raise ValueError(
+        raise ModelFileError(
             f"{path} is a safetensors file but not {_EXPECTED}: no {METADATA_KEY!r} metadata"
         )
     try:
         metadata = json.loads(header[METADATA_KEY])
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: the skuniad metadata is not valid JSON ({exc})") from None
+        raise ModelFileError(f"{path}: the skuniad metadata is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelFileError(f"{path}: the skuniad metadata is nested too deeply") from None
     if not isinstance(metadata, dict) or metadata.get("format") != FORMAT:
-        raise ValueError(f"{path} is not {_EXPECTED}: its metadata names another format")
+        raise ModelFileError(f"{path} is not {_EXPECTED}: its metadata names another format")
     version = metadata.get("format_version")
     if not isinstance(version, int) or version < 1:
-        raise ValueError(f"{path}: invalid skuniad format_version {version!r}")
+        raise ModelFileError(f"{path}: invalid skuniad format_version {version!r}")
     if version > FORMAT_VERSION:
         import skuniad
 
-        raise ValueError(
+        raise ModelFileError(
             f"{path} has model format version {version}, written by skuniad "
             f"{_writer(metadata)}; this skuniad ({skuniad.__version__}) reads format versions "
             f"up to {FORMAT_VERSION}. Upgrade skuniad to load it."
         )
     missing = [k for k in ("params", "fitted", "backbone") if not isinstance(metadata.get(k), dict)]
     if missing:
-        raise ValueError(f"{path}: the skuniad metadata lacks {missing}")
-    return metadata, tensors
+        raise ModelFileError(f"{path}: the skuniad metadata lacks {missing}")
+    digest = header.get(DIGEST_KEY)
+    return metadata, tensors, None if digest is None else (digest, header[METADATA_KEY])
 
 
 def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) -> None:
@@ -275,12 +315,12 @@ def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) 
     }
     for name, value in values.items():
         if value is not None and not (isinstance(value, (int, float)) and np.isfinite(value)):
-            raise ValueError(f"{path}: {name} is {value!r}, not a finite number")
+            raise ModelFileError(f"{path}: {name} is {value!r}, not a finite number")
     if any(v <= 0 for v in norm.get("std", [])):
-        raise ValueError(f"{path}: the backbone's std must be positive, got {norm['std']}")
+        raise ModelFileError(f"{path}: the backbone's std must be positive, got {norm['std']}")
     for name, tensor in tensors.items():
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            raise ValueError(
+            raise ModelFileError(
                 f"{path}: tensor {name!r} holds NaN or infinite values (a diverged training?)"
             )
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from skuniad._inference import to_image_size
+from skuniad._outputs import open_output
 from skuniad.datasets._base import resize_mask
 
 __all__ = [
@@ -173,7 +174,11 @@ def save_overlay(
         overlay = np.concatenate([_as_rgb_uint8(image), overlay], axis=1)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay).save(path)
+    kind = Image.registered_extensions().get(path.suffix.lower())
+    if kind is None:
+        raise ValueError(f"{path}: unknown image file extension {path.suffix!r}")
+    with open_output(path, "wb") as f:
+        Image.fromarray(overlay).save(f, format=kind)
     return path
 
 
@@ -223,7 +228,8 @@ def plot_learning_curves(
         axes.legend(fontsize="small")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    with open_output(path, "wb") as f:
+        figure.savefig(f, dpi=110, format=path.suffix[1:] or "png")
     return path
 
 

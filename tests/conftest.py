@@ -250,3 +250,27 @@ def compile_eagerly(monkeypatch):
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
     return torch._dynamo.utils.counters
+
+
+@pytest.fixture
+def bomb_png(tmp_path) -> Path:
+    """A 100-byte PNG whose header declares 30000 x 30000 pixels (a decompression bomb).
+
+    Only its first rows are stored: a reader that checks the header refuses it
+    unread; one that decodes it would allocate 900 megapixels first.
+    """
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = struct.pack(">I", zlib.crc32(kind + data))
+        return struct.pack(">I", len(data)) + kind + data + crc
+
+    side = 30000
+    rows = zlib.compress(b"\0" * (1 + (side + 7) // 8) * 4, 9)
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    path = tmp_path / "bomb.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", rows) + chunk(b"IEND", b"")
+    )
+    return path

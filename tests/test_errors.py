@@ -5,7 +5,7 @@ import pytest
 
 from skuniad.datasets.folders import DuplicateFolderNameError
 from skuniad.device import DeviceOutOfMemoryError
-from skuniad.errors import InputTypeError, SkuniadError
+from skuniad.errors import InputTypeError, ModelFileError, SkuniadError
 from skuniad.io import ImageLoadError, check_images
 from skuniad.weights import BackboneWeightsError
 
@@ -18,6 +18,7 @@ from skuniad.weights import BackboneWeightsError
         (BackboneWeightsError, RuntimeError),
         (DeviceOutOfMemoryError, MemoryError),
         (DuplicateFolderNameError, ValueError),
+        (ModelFileError, ValueError),
     ],
 )
 def test_every_library_error_is_a_skuniad_error_of_its_kind(error, kind):

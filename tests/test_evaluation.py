@@ -436,3 +436,13 @@ def test_recall_at_false_alarms_is_what_the_ranking_allows():
     # 1 % of 100 good images: one may be above the threshold (99 > 98): 98.5 is caught
     assert recall["recall_at_1pct_false_alarms"] == 0.25
     assert recall["recall_at_5pct_false_alarms"] == 0.75  # threshold 94: 98.5, 96.5, 94.5
+
+
+def test_report_cells_a_spreadsheet_would_run_are_quoted(test_set, tmp_path):
+    results = evaluate_detector(OracleDetector(test_set, offset=0.0), test_set)
+    rows = [{"path": "=cmd|' /C calc'!A0", "category": "@x", "label": 1, "score": -1.5}]
+    write_results({**results, "images": rows}, tmp_path)
+    with open(tmp_path / "scores.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert (row["path"], row["category"]) == ("'=cmd|' /C calc'!A0", "'@x")
+    assert (row["label"], row["score"]) == ("1", "-1.5")  # numbers stay numbers

@@ -295,3 +295,67 @@ def test_torchrun_ranks_decode_on_their_own_cores(monkeypatch, recorder):
     assert pinned == [((0, [4, 5, 6, 7]), {})]
     monkeypatch.delenv("LOCAL_WORLD_SIZE")
     assert io.decoding_cores() == list(range(16))
+
+
+def test_a_decompression_bomb_is_an_unreadable_file_not_a_crash(bomb_png, tmp_path):
+    from skuniad.io import iter_loaded
+
+    with pytest.raises(ImageLoadError, match=r"image 0: .*bomb.png is refused unread"):
+        read_image(bomb_png, 0)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (16, 16), (9, 0, 0)).save(good)
+    ((_, sizes, errors),) = list(iter_loaded([good, bomb_png], 16, (0, 0, 0), (1, 1, 1), 2))
+    assert sizes == [(16, 16), None] and errors[0] is None
+    assert errors[1].index == 1 and "bomb.png" in errors[1].reason
+
+
+def test_the_pixel_limit_holds_when_pillows_is_switched_off(tmp_path, monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
+    monkeypatch.setattr(io, "MAX_IMAGE_PIXELS", 16 * 16 - 1)
+    path = tmp_path / "big.png"
+    Image.new("RGB", (16, 16)).save(path)
+    with pytest.raises(ImageLoadError, match=r"big.png declares 16x16 pixels, more than the 255"):
+        read_image(path, 0)
+    assert read_image(Image.new("RGB", (16, 16)), 0)[1] == (16, 16)  # decoded already: kept
+
+
+def test_data_set_checks_refuse_a_decompression_bomb_in_one_line(bomb_png):
+    from skuniad.datasets import load_mask
+    from skuniad.datasets._checks import image_size, mask_has_defect
+
+    for read in (image_size, mask_has_defect, load_mask):
+        with pytest.raises(ValueError, match="bomb.png"):
+            read(bomb_png)
+
+
+def test_float_files_in_the_unit_range_read_like_their_8_bit_version(tmp_path):
+    gray = np.random.default_rng(0).integers(0, 256, (12, 16)).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "g8.png")
+    Image.fromarray(gray.astype(np.float32) / 255, mode="F").save(tmp_path / "f01.tif")
+    Image.fromarray(gray.astype(np.float32), mode="F").save(tmp_path / "f255.tif")
+    expected, _ = read_image(tmp_path / "g8.png", 0, as_uint8=True)
+    for name in ("f01.tif", "f255.tif"):
+        assert np.array_equal(read_image(tmp_path / name, 0, as_uint8=True)[0], expected), name
+        assert np.allclose(read_image(tmp_path / name, 0)[0], expected / 255, atol=1e-6), name
+    Image.fromarray(np.full((12, 16), -0.5, np.float32), mode="F").save(tmp_path / "neg.tif")
+    with pytest.raises(ImageLoadError, match=r"neg.tif is a float image with values in \[-0.5"):
+        read_image(tmp_path / "neg.tif", 0)
+
+
+def test_exif_orientation_is_applied_to_files(tmp_path):
+    from PIL import ImageOps
+
+    picture = np.zeros((16, 24, 3), np.uint8)
+    picture[:8] = 255  # top half white
+    img = Image.fromarray(picture)
+    exif = img.getexif()
+    exif[0x0112] = 6  # stored rotated: shown turned 90 degrees clockwise
+    img.save(tmp_path / "turned.jpg", exif=exif, quality=100)
+    img.save(tmp_path / "plain.png")
+    image, size = read_image(tmp_path / "turned.jpg", 0, as_uint8=True)
+    with Image.open(tmp_path / "turned.jpg") as stored:
+        shown = np.asarray(ImageOps.exif_transpose(stored).convert("RGB"))
+    assert size == io.image_size(tmp_path / "turned.jpg", 0) == (24, 16)
+    assert np.array_equal(image, shown) and image[:, 8:].mean() > 200 > 50 > image[:, :8].mean()
+    plain, _ = read_image(tmp_path / "plain.png", 0, as_uint8=True)
+    assert np.array_equal(plain, picture)  # no orientation: as stored, bit for bit

@@ -58,7 +58,7 @@ def test_model_file_is_one_safetensors_file_with_json_metadata(saved):
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata()
         names = set(f.keys())
-    assert set(header) == {"skuniad"}
+    assert set(header) == {"skuniad", "skuniad_sha256"}
     metadata = json.loads(header["skuniad"])
     assert (
         metadata["format"] == "skuniad" and metadata["format_version"] == persistence.FORMAT_VERSION
@@ -380,3 +380,121 @@ def test_a_pickle_from_before_compile_unpickles_with_compile_off(fitted_tiny):
     unpickled.__setstate__(state)
     assert unpickled.compile is False
     np.testing.assert_array_equal(unpickled.score_samples(X), det.score_samples(X))
+
+
+def _set(section, **values):
+    return lambda metadata: metadata[section].update(values)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["fitted"].pop("n_epochs_"), "lacks fitted.n_epochs_"),
+        (_set("fitted", n_epochs_="3"), "fitted.n_epochs_ is '3'"),
+        (_set("fitted", group_thresholds=5), "fitted.group_thresholds is 5"),
+        (_set("fitted", group_thresholds=[[["a"], 1, 2]]), r"group_thresholds is \[\['a'\]"),
+        (_set("fitted", group_thresholds=[["a", 1.0]]), r"group_thresholds is \['a', 1.0\]"),
+        (_set("fitted", offset_="abc"), "fitted.offset_ is 'abc'"),
+        (_set("fitted", loss_curve_=["a"]), "fitted.loss_curve_"),
+        (_set("fitted", feature_shape_=[192, 10**5, 10**5]), "a grid of 1 to 16384 tokens"),
+        (_set("backbone", std=[0.2]), r"backbone.std is \[0.2\], not 3 numbers"),
+        (_set("params", out_indices="abc"), "invalid parameters: The 'out_indices' parameter"),
+        (_set("params", hidden_dim=None), "invalid parameters: The 'hidden_dim' parameter"),
+        (_set("params", static_padding_size="junk"), "The 'static_padding_size' parameter"),
+        (_set("params", batch_size=0), "The 'batch_size' parameter"),
+        # sizes that would allocate GBs (768 GB here) are refused before anything is built
+        (_set("params", hidden_dim=10**9), r"hidden_dim=1000000000 is more than the \d+ values"),
+        (_set("params", dim_feedforward=10**9), "dim_feedforward=1000000000 is more than"),
+        (
+            _set("params", hidden_dim=40000),
+            r"input_proj.weight. has shape \[32, 192\], but the saved parameters give \[40000",
+        ),
+        (_set("params", num_encoder_layers=10**9), "describe 1000000001 transformer layers"),
+        (_set("params", image_size=200000), "image_size=200000 gives 192 x 12500 x 12500"),
+    ],
+)
+def test_malformed_metadata_is_refused_in_one_line_before_building(
+    saved, tmp_path, change, message
+):
+    from skuniad.errors import ModelFileError
+
+    _, _, path = saved
+    damaged = tmp_path / "damaged.skuniad"
+    _rewrite_metadata(path, damaged, change)
+    with pytest.raises(ModelFileError, match=message) as refused:
+        UniADDetector.load(damaged)
+    assert str(damaged) in str(refused.value) and "\n" not in str(refused.value)
+
+
+def test_deeply_nested_metadata_is_refused_in_one_line(saved, tmp_path):
+    from skuniad.errors import ModelFileError
+
+    _, _, path = saved
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
+    nested = '{"format": "skuniad", "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    save_file(tensors, str(tmp_path / "deep.skuniad"), metadata={"skuniad": nested})
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        UniADDetector.load(tmp_path / "deep.skuniad")
+
+
+@pytest.mark.parametrize("backbone", ["hf-hub:attacker/evil-model", "local-dir:/etc"])
+def test_a_model_file_never_names_a_hub_or_folder_backbone(saved, tmp_path, monkeypatch, backbone):
+    import timm
+
+    from skuniad.errors import ModelFileError
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a backbone was built from the hub or a folder")
+
+    monkeypatch.setattr(timm, "create_model", no_network)
+    _, _, path = saved
+    damaged = tmp_path / "hub.skuniad"
+    _rewrite_metadata(path, damaged, _set("params", backbone=backbone))
+    with pytest.raises(ModelFileError, match="names a model hub or folder source"):
+        UniADDetector.load(damaged)
+
+
+def test_fit_refuses_a_hub_backbone_before_any_work(tiny_params, images, monkeypatch):
+    import timm
+
+    monkeypatch.setattr(timm, "create_model", None)  # never reached
+    det = UniADDetector(**{**tiny_params, "backbone": "hf-hub:timm/resnet18.a1_in1k"})
+    with pytest.raises(ValueError, match="timm's own architecture names only"):
+        det.fit(images)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.float16])
+def test_tensors_stored_in_another_dtype_are_refused(saved, tmp_path, dtype):
+    from skuniad.errors import ModelFileError
+
+    _, _, path = saved
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    cast = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
+    save_file(cast, str(tmp_path / "cast.skuniad"), metadata=header)
+    with pytest.raises(ModelFileError, match=rf"is stored as {dtype}, not torch.float32"):
+        UniADDetector.load(tmp_path / "cast.skuniad")
+
+
+def test_a_damaged_or_edited_file_fails_its_integrity_check(saved, tmp_path):
+    from skuniad.errors import ModelFileError
+
+    _, _, path = saved
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0x01  # one bit of the last tensor: still finite, still loadable without a digest
+    (tmp_path / "damaged.skuniad").write_bytes(bytes(data))
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    metadata = json.loads(header["skuniad"])
+    metadata["params"]["backbone"] = "efficientnet_lite0"  # same tensors, other padding
+    edited = {**header, "skuniad": json.dumps(metadata)}
+    save_file(tensors, str(tmp_path / "edited.skuniad"), metadata=edited)
+    for name in ("damaged", "edited"):
+        with pytest.raises(ModelFileError, match="fails its integrity check"):
+            UniADDetector.load(tmp_path / f"{name}.skuniad")
+    undigested = {"skuniad": header["skuniad"]}  # as written before digests
+    save_file(tensors, str(tmp_path / "old.skuniad"), metadata=undigested)
+    assert UniADDetector.load(tmp_path / "old.skuniad").n_epochs_ >= 1

@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from skuniad._outputs import folder_lock, open_output, spreadsheet_safe
 from skuniad.cli import _common
 from skuniad.cli._common import MODEL_SUFFIX, app, load_detector
 from skuniad.cli._errors import CliError, domain_errors
 from skuniad.cli._options import ChunkSize, Device, Quiet, ScoringBatchSize, Threads
+
+PARTIAL_SCORES = "scores.csv.partial"
+"""scores.csv while a run writes it: the name says that rows may be missing."""
+_NUMBER_COLUMNS = (2, 3, 4)  # anomaly_score, threshold, label: numbers, never neutralised
+
+
+def _cell(column: int, text: str) -> str:
+    return text if column in _NUMBER_COLUMNS else spreadsheet_safe(text)
 
 
 def _overlay_names(images: list[Path], inputs: list[Path]) -> list[Path]:
@@ -123,8 +134,15 @@ def predict(
     image's folder. Overlays share one colour scale (matplotlib's inferno),
     0 to twice the model's pixel threshold, with the pixels above the
     image's pixel threshold outlined in green.
+
+    Until every image is in, the rows go to OUTPUT/scores.csv.partial (an
+    interrupted run leaves that name); a second run into the same OUTPUT is
+    refused while the first writes. A link planted at an output file is
+    replaced, not followed; text cells that a spreadsheet would run as a
+    formula (starting with = + - @) get a leading '. Exit code 1 when no
+    image could be read.
     """
-    with domain_errors():
+    with domain_errors(), contextlib.ExitStack() as held:
         from skuniad.datasets import find_images, folder_categories
 
         _common._tune_runtime(threads)
@@ -160,11 +178,14 @@ def predict(
             reference = pixel_threshold if pixel_threshold is not None else det.pixel_threshold_
             scale = dict(vmin=0.0, vmax=2.0 * reference)
         output.mkdir(parents=True, exist_ok=True)
+        held.enter_context(folder_lock(output))  # a second run into it is refused, not mixed in
         names = _overlay_names(paths, images)
         csv_path = output / "scores.csv"
+        partial = output / PARTIAL_SCORES  # renamed to scores.csv once every image is in
+        csv_path.unlink(missing_ok=True)  # never a complete-looking file beside this run's
         rows: list[tuple[str, ...]] = []
         failed: list[str] = []
-        with open(csv_path, "w", newline="") as f, progress_bar(not quiet) as progress:
+        with open_output(partial, newline="") as f, progress_bar(not quiet) as progress:
             writer = csv.writer(f)
             writer.writerow(
                 [
@@ -193,7 +214,8 @@ def predict(
                     path, error = paths[index], chunk.errors[i]
                     if error is not None:
                         failed.append(f"image {index}: {error}")
-                        writer.writerow([str(path), str(categories[index])] + [""] * 5 + [error])
+                        cells = [str(path), str(categories[index]), *[""] * 5, error]
+                        writer.writerow([spreadsheet_safe(cell) for cell in cells])
                         continue
                     score = -chunk.score_samples[i]
                     label = "" if chunk.predict is None else str(chunk.predict[i])
@@ -226,9 +248,10 @@ def predict(
                         mask,
                     )
                     rows.append(row)
-                    writer.writerow([*row, ""])
+                    writer.writerow([*(_cell(i, cell) for i, cell in enumerate(row)), ""])
                 f.flush()  # a long run's results so far survive an interruption
                 progress.advance(task, len(chunk.indices))
+        os.replace(partial, csv_path)
         if image_t is not None:
             _echo_flagged(rows, det, threshold, pixel_threshold, pooled)
         else:
@@ -244,6 +267,8 @@ def predict(
                 typer.echo(f"  {line}", err=True)
             if len(failed) > 10:
                 typer.echo(f"  ... and {len(failed) - 10} more", err=True)
+        if failed and not rows:
+            raise CliError(f"none of the {len(paths)} images could be read (see {csv_path})")
         typer.echo(f"Scores: {csv_path}")
         if overlays:
             typer.echo(f"Overlays: {output / 'overlays'}")
@@ -257,7 +282,8 @@ def _save_mask(target: Path, mask: Any) -> None:
     from PIL import Image
 
     target.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask.astype(np.uint8) * 255).save(target)
+    with open_output(target, "wb") as f:
+        Image.fromarray(mask.astype(np.uint8) * 255).save(f, format="PNG")
 
 
 def _echo_flagged(

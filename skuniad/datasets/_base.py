@@ -243,7 +243,11 @@ def load_mask(
         if size is None:
             raise ValueError("size is required when path is None")
         return np.zeros(_check_size(size), dtype=bool)
-    with Image.open(path) as img:
+    try:
+        img = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"cannot read mask {path}: {exc}") from None
+    with img:
         if img.mode in ("RGBA", "LA", "PA"):
             img = img.convert("RGB")
         if img.mode in ("P", "CMYK", "YCbCr", "HSV", "LAB"):

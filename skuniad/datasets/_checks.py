@@ -27,7 +27,7 @@ def image_size(path: Path, what: str = "image") -> tuple[int, int]:
     try:
         with Image.open(path) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read {what} {path}: {exc}") from None
 
 
@@ -56,7 +56,7 @@ def mask_has_defect(path: Path) -> bool:
     try:
         with Image.open(path) as img:
             return bool(np.asarray(img).any())
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ValueError(f"cannot read mask {path}: {exc}") from None
 
 

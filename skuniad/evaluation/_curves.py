@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from skuniad._outputs import open_output
 from skuniad.datasets import AnomalyDataset
 from skuniad.evaluation._evaluate import image_score_aurocs, load_masks, mean_defined
 from skuniad.evaluation._report import IMAGE_SCORE_METRICS
@@ -88,7 +89,8 @@ class CurveRecorder:
             mean = mean_defined([row[key] for row in rows.values()])
             self.curve["mean"].setdefault(key, []).append(mean)
         if self.path is not None:
-            self.path.write_text(json.dumps({"runs": [self.curve]}, indent=2) + "\n")
+            with open_output(self.path) as f:
+                f.write(json.dumps({"runs": [self.curve]}, indent=2) + "\n")
         self._scoring_seconds += time.perf_counter() - entered
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
@@ -186,7 +188,8 @@ def write_curves(
         "runs": curves,
     }
     json_path = folder / "curve.json"
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    with open_output(json_path) as f:
+        f.write(json.dumps(document, indent=2) + "\n")
     png_path = plot_learning_curves(curves, folder / "curve.png", per_category=per_category)
     return json_path, png_path
 

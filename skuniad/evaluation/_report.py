@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from skuniad._outputs import open_output, spreadsheet_safe
 from skuniad.metrics import AUPRO_MAX_FPR
 
 METRICS: tuple[str, ...] = (
@@ -261,12 +262,17 @@ def write_results(results: dict[str, Any], output_dir: str | os.PathLike[str]) -
         for run in document["runs"]:
             rows += run.pop("images", [])
     if rows:
-        with open(folder / "scores.csv", "w", newline="") as f:
+        with open_output(folder / "scores.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows(
+                {k: spreadsheet_safe(v) if isinstance(v, str) else v for k, v in row.items()}
+                for row in rows
+            )
     json_path = folder / "results.json"
-    json_path.write_text(json.dumps(document, indent=2) + "\n")
+    with open_output(json_path) as f:
+        f.write(json.dumps(document, indent=2) + "\n")
     md_path = folder / "results.md"
-    md_path.write_text(results_markdown(results))
+    with open_output(md_path) as f:
+        f.write(results_markdown(results))
     return json_path, md_path

@@ -511,13 +511,88 @@ def test_predict_skips_unreadable_images_and_ground_truth_masks(model_file, data
     assert f"image {index}: {broken} is not a readable image file" in result.output
 
 
+def test_predict_skips_a_decompression_bomb_and_scores_the_rest(
+    model_file, data_root, tmp_path, bomb_png
+):
+    from shutil import copy
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for image in sorted((data_root / "parts" / "test" / "good").glob("*.png"))[:2]:
+        copy(image, folder)
+    copy(bomb_png, folder)
+    out = tmp_path / "out"
+    args = ["predict", str(model_file), str(folder), "-o", str(out), "--no-overlays", "-q"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    with open(out / "scores.csv", newline="") as f:
+        rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
+    assert len(rows) == 3 and rows["000.png"]["label"] in ("1", "-1")
+    assert "bomb.png is refused unread" in rows["bomb.png"]["error"]
+    assert "Skipped 1 unreadable images" in result.output
+
+
+def test_predict_into_a_folder_another_run_writes_is_refused(model_file, data_root, tmp_path):
+    from skuniad._outputs import folder_lock
+
+    image = data_root / "parts" / "test" / "good" / "000.png"
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["predict", str(model_file), str(image), "-o", str(out), "--no-overlays", "-q"]
+    with folder_lock(out):  # as a first run still scoring into out holds it
+        result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.output.count("\n") == 1
+    assert f"Error: another skuniad run is writing into {out}" in result.output
+    assert not (out / "scores.csv").exists() and not (out / "scores.csv.partial").exists()
+    assert runner.invoke(app, args).exit_code == 0  # free again
+
+
+def test_predict_exits_1_when_no_image_could_be_read(model_file, tmp_path):
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for name in ("a.png", "b.png"):
+        (folder / name).write_bytes(b"not a png")
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(model_file), str(folder), "-o", str(out), "-q"])
+    assert result.exit_code == 1
+    assert "Error: none of the 2 images could be read" in result.output
+    with open(out / "scores.csv", newline="") as f:
+        assert [bool(r["error"]) for r in csv.DictReader(f)] == [True, True]
+
+
+def test_predict_neither_writes_through_links_nor_lets_cells_run_as_formulas(
+    model_file, data_root, tmp_path
+):
+    from shutil import copy
+
+    folder = tmp_path / '=HYPERLINK("http-x","click")'
+    folder.mkdir()
+    copy(data_root / "parts" / "test" / "good" / "000.png", folder)
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out / "scores.csv").symlink_to(victim)
+    (out / "overlays" / "000.png").symlink_to(victim)
+    result = runner.invoke(app, ["predict", str(model_file), str(folder), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert victim.read_text() == "keep me"
+    assert not (out / "scores.csv").is_symlink() and not (out / "overlays" / "000.png").is_symlink()
+    with open(out / "scores.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["category"] == '\'=HYPERLINK("http-x","click")'
+    assert row["path"] == str(folder / "000.png")  # absolute: starts with /, left as it is
+    assert float(row["anomaly_score"]) and row["label"] in ("1", "-1")
+
+
 def test_predict_strict_stops_at_the_first_unreadable_image(model_file, data_root, tmp_path):
     folder, broken = _folder_with_a_broken_image_and_masks(data_root, tmp_path)
     out = tmp_path / "out"
     args = ["predict", str(model_file), str(folder), "-o", str(out), "--no-overlays", "--strict"]
     result = runner.invoke(app, [*args, "--chunk-size", "2", "--batch-size", "1", "-q"])
     assert result.exit_code == 1 and result.output.count("\n") == 1
-    with open(out / "scores.csv", newline="") as f:
+    assert not (out / "scores.csv").exists()  # the rows are not all there: the name says so
+    with open(out / "scores.csv.partial", newline="") as f:
         rows = list(csv.DictReader(f))
     index = len(rows)  # every row before the broken image was written as it was scored
     assert index == 3 and f"Error: image {index}: {broken} is not a readable image" in result.output
