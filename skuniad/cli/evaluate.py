@@ -15,6 +15,7 @@ from skuniad.cli._common import (
     check_meta_options,
     check_weights,
     format_seconds,
+    in_option_words,
     load_detector,
     read_split,
     require_root,
@@ -188,7 +189,9 @@ def evaluate_command(
 
     A category whose anomalous images have no masks is evaluated at image
     level (its pixel metrics read n/a). The data set is checked completely
-    before any training: bad input fails in one line, with nothing written.
+    before any training, and so are the backbone, its weights file, the
+    neighbour window and any checkpoint in --output: bad input fails in one
+    line, with nothing written.
     """
     params = detector_params({**training, "device": device, "precision": precision})
     root = require_root(root, dataset)
@@ -232,6 +235,7 @@ def evaluate_command(
             calibrate_on_test_images,
             calibration_facts,
             check_calibration_split,
+            check_experiment,
             check_test_set,
             evaluate_detector,
             run_block,
@@ -257,6 +261,17 @@ def evaluate_command(
                 network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
                 params = {k: v for k, v in params.items() if k not in network}
             seed_list = list(dict.fromkeys(seed)) if seed else [None]
+            checkpoints = output is not None and checkpoint_every != 0
+            # what would fail after reading every image fails now, with nothing written
+            with in_option_words("use another --output"):
+                check_experiment(
+                    params,
+                    test.category_names,
+                    setting=setting.value,
+                    seeds=seed_list,
+                    output_dir=output if checkpoints else None,
+                    init_model=init_model,
+                )
             models = 1 if setting is Setting.unified else len(train.category_names)
             typer.echo(
                 f"Training {models * len(seed_list)} model(s) ({setting.value} setting, "

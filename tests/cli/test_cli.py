@@ -463,6 +463,88 @@ def test_out_of_range_options_are_usage_errors_before_any_work(
     assert "Training on" not in result.output
 
 
+@pytest.fixture
+def no_training_work(monkeypatch):
+    """Makes a fit fail loudly once it splits the images or extracts features."""
+    import skuniad._fitting
+    import skuniad.detector
+
+    def work(*args, **kwargs):
+        raise AssertionError("the fit started its work: a split, a process group, features")
+
+    monkeypatch.setattr(skuniad.detector, "partition", work)
+    monkeypatch.setattr(skuniad._fitting, "extract_features", work)
+
+
+@pytest.fixture
+def bad_training_files(tmp_path):
+    """Files named by TRAINING_MISTAKES: a garbage weights file and checkpoint, a torch file."""
+    (tmp_path / "garbage.pth").write_bytes(b"not a weights file")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"model": {"weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    return tmp_path
+
+
+# what training found only after reading every image; {dir}: bad_training_files
+TRAINING_MISTAKES = [
+    (["--backbone", "no_such_net"], "unknown or unsupported timm backbone 'no_such_net'"),
+    (["--backbone-weights", "{dir}/missing.pth"], "backbone weights file not found: {dir}"),
+    (["--backbone-weights", "{dir}/garbage.pth"], "cannot read backbone weights from {dir}"),
+    (["--neighbor-size", "7"], "--neighbor-size 7 hides every key of some query on a 4x4 grid"),
+]
+
+
+def _assert_one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        *TRAINING_MISTAKES,
+        (["--checkpoint", "{dir}/garbage.ckpt"], "cannot read the training checkpoint"),
+        (["--checkpoint", "{dir}/other.ckpt"], "other.ckpt is not a skuniad training checkpoint"),
+    ],
+)
+def test_fit_refuses_what_training_would_find_wrong_before_any_work(
+    data_root, bad_training_files, tiny_args, no_training_work, option, message
+):
+    folder = bad_training_files
+    output = folder / "new" / "m.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "1"]
+    option = [part.format(dir=folder) for part in option]
+    result = runner.invoke(app, [*args, *tiny_args, *option])
+    _assert_one_line_error(result, message.format(dir=folder))
+    assert not output.parent.exists()
+    if "checkpoint" in message:
+        assert "pass another --checkpoint" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [*TRAINING_MISTAKES, ([], "model.skuniad.ckpt is not a skuniad training checkpoint")],
+)
+def test_evaluate_refuses_what_training_would_find_wrong_before_any_work(
+    data_root, bad_training_files, tiny_args, no_training_work, option, message
+):
+    folder = bad_training_files
+    output = folder / "results"
+    if not option:  # a file in the way of the model's checkpoint
+        output.mkdir()
+        (output / "model.skuniad.ckpt").write_bytes((folder / "other.ckpt").read_bytes())
+    args = ["evaluate", "--root", str(data_root), "-o", str(output), "--epochs", "1"]
+    option = [part.format(dir=folder) for part in option]
+    result = runner.invoke(app, [*args, *tiny_args, *option])
+    _assert_one_line_error(result, message.format(dir=folder))
+    if option:
+        assert not output.exists()
+    else:
+        assert [p.name for p in output.iterdir()] == ["model.skuniad.ckpt"]
+        assert "use another --output" in result.output
+
+
 def _folder_with_a_broken_image_and_masks(data_root, tmp_path):
     from shutil import copytree
 
