@@ -37,7 +37,8 @@ def render() -> str:
         f"{EXIT_ERROR} a domain error (missing files, bad data set or model file, "
         "invalid parameter), explained in one line; 2 a usage error; "
         f"{EXIT_INTERRUPTED} interrupted with Ctrl-C; {EXIT_TERMINATED} stopped by SIGTERM "
-        "(`skuniad fit` writes the last finished epoch's model first, as on Ctrl-C).",
+        "(`skuniad fit` and `skuniad evaluate` write the last finished epoch's model first, "
+        "as on Ctrl-C).",
         "",
         "| Command | What it does |",
         "|---|---|",

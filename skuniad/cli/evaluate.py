@@ -20,7 +20,7 @@ from skuniad.cli._common import (
     read_split,
     require_root,
 )
-from skuniad.cli._errors import CliError, domain_errors
+from skuniad.cli._errors import EXIT_TERMINATED, CliError, domain_errors
 from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
@@ -115,14 +115,24 @@ def evaluate_command(
         int, typer.Option(min=1, metavar="N", help="With --overlays: overlays per category.")
     ] = 4,
     checkpoint_every: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             metavar="N",
-            help="With --output: each fit checkpoints every N epochs next to its model file "
-            "(0: never); rerunning the same command resumes it.",
+            help="With --output: epochs between checkpoints, instead of --checkpoint-interval; "
+            "0: no checkpoint.",
         ),
-    ] = 5,
+    ] = None,
+    checkpoint_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="With --output: each fit checkpoints next to its model file after at least "
+            "this many seconds of training (and after the last epoch); rerunning the same "
+            "command resumes it.",
+        ),
+    ] = 60.0,
     setting: Annotated[
         Setting,
         typer.Option(
@@ -192,6 +202,9 @@ def evaluate_command(
     before any training, and so are the backbone, its weights file, the
     neighbour window and any checkpoint in --output: bad input fails in one
     line, with nothing written.
+
+    Ctrl-C during a fit writes the model of the last finished epoch to
+    --output and exits with code 130; SIGTERM does the same with code 143.
     """
     params = detector_params({**training, "device": device, "precision": precision})
     root = require_root(root, dataset)
@@ -231,6 +244,7 @@ def evaluate_command(
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with domain_errors():
         _refuse_torchrun()
+        from skuniad import distributed
         from skuniad.evaluation import (
             calibrate_on_test_images,
             calibration_facts,
@@ -279,26 +293,36 @@ def evaluate_command(
                 f"{len(train.category_names)} categories."
             )
             start = time.perf_counter()
-            results = run_experiment(
-                train,
-                test,
-                params,
-                setting=setting.value,
-                seeds=seed_list,
-                eval_every=eval_every,
-                output_dir=output,
-                n_overlays=overlays_per_category if overlays else 0,
-                curve_categories=curve_categories,
-                per_category=per_category,
-                ignore_pixel_metrics=ignore_pixel_metrics,
-                checkpoint_every=checkpoint_every or None,
-                init_model=init_model,
-                run_details={"dataset": described, "model": "trained by this command"},
-                calibrate_with=calibrate_with,
-                objective=objective_name(objective),
-                target=target,
-                verbose=0 if quiet else 1,
-            )
+            with distributed.sigterm_as_interrupt() as terminated:
+                try:
+                    results = run_experiment(
+                        train,
+                        test,
+                        params,
+                        setting=setting.value,
+                        seeds=seed_list,
+                        eval_every=eval_every,
+                        output_dir=output,
+                        n_overlays=overlays_per_category if overlays else 0,
+                        curve_categories=curve_categories,
+                        per_category=per_category,
+                        ignore_pixel_metrics=ignore_pixel_metrics,
+                        checkpoint_every=checkpoint_every or None,
+                        checkpoint_interval=checkpoint_interval if checkpoints else None,
+                        init_model=init_model,
+                        run_details={"dataset": described, "model": "trained by this command"},
+                        calibrate_with=calibrate_with,
+                        objective=objective_name(objective),
+                        target=target,
+                        verbose=0 if quiet else 1,
+                    )
+                except KeyboardInterrupt as exc:
+                    if not terminated[0]:
+                        raise  # Ctrl-C: domain_errors says what was kept, exit 130
+                    if str(exc):  # TrainingInterrupted says what was kept
+                        typer.echo(str(exc), err=True)
+                    typer.echo("Terminated (SIGTERM).", err=True)
+                    raise typer.Exit(EXIT_TERMINATED) from None
             run = results["run"]
             typer.echo(f"Wall time: {format_seconds(time.perf_counter() - start)}, ", nl=False)
             typer.echo(

@@ -167,6 +167,33 @@ def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_p
     assert "I-AUROC std" in result.output
 
 
+@pytest.mark.parametrize(
+    ("options", "every", "interval"),
+    [
+        ([], None, 60.0),  # fit's timer, as skuniad fit
+        (["--checkpoint-interval", "5"], None, 5.0),
+        (["--checkpoint-every", "2"], 2, 60.0),
+        (["--checkpoint-every", "0"], None, None),
+    ],
+)
+def test_evaluate_checkpoints_on_fits_timer_by_default(
+    data_root, tmp_path, tiny_args, monkeypatch, options, every, interval
+):
+    import skuniad.evaluation
+
+    asked = {}
+
+    def run_experiment(*args, **kwargs):
+        asked.update(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(skuniad.evaluation, "run_experiment", run_experiment)
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1"]
+    result = runner.invoke(app, [*args, *tiny_args, *options])
+    assert "Error: recorded" in result.output
+    assert (asked["checkpoint_every"], asked["checkpoint_interval"]) == (every, interval)
+
+
 @pytest.mark.slow
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
@@ -428,6 +455,30 @@ def test_sigterm_writes_the_last_finished_epochs_model_and_exits_143(
     result = runner.invoke(app, [*args, *tiny_args])
     assert result.exit_code == _errors.EXIT_TERMINATED == 143, result.output
     assert UniADDetector.load(output).n_epochs_ == 1
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
+def test_sigterm_during_evaluates_training_keeps_the_model_and_exits_143(
+    data_root, tmp_path, tiny_args, monkeypatch
+):
+    from skuniad import training
+
+    train_epoch, epochs = training._train_epoch, []
+
+    def sigterm_in_epoch_two(*args, **kwargs):
+        epochs.append(len(epochs) + 1)
+        if len(epochs) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", sigterm_in_epoch_two)
+    handler = signal.getsignal(signal.SIGTERM)
+    output = tmp_path / "results"
+    args = ["evaluate", "--root", str(data_root), "-o", str(output), "--epochs", "3"]
+    result = runner.invoke(app, [*args, *tiny_args])
+    assert result.exit_code == _errors.EXIT_TERMINATED, result.output
+    assert "Terminated (SIGTERM)" in result.output
+    assert UniADDetector.load(output / "model.skuniad").n_epochs_ == 1
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
