@@ -38,7 +38,8 @@ def render() -> str:
         "invalid parameter, no readable image, an output folder another run is writing "
         "into), explained in one line; 2 a usage error; "
         f"{EXIT_INTERRUPTED} interrupted with Ctrl-C; {EXIT_TERMINATED} stopped by SIGTERM "
-        "(`skuniad fit` writes the last finished epoch's model first, as on Ctrl-C).",
+        "(`skuniad fit` and `skuniad evaluate` write the last finished epoch's model first, "
+        "as on Ctrl-C).",
         "",
         "| Command | What it does |",
         "|---|---|",

@@ -8,6 +8,9 @@ checkpoint with its own fingerprint.
 
 from __future__ import annotations
 
+import os
+import zipfile
+
 import torch
 
 from skuniad.persistence import atomic_write
@@ -35,22 +38,42 @@ def save_checkpoint(path, fingerprint, curve, model, optimizer, scheduler, devic
         torch.save(checkpoint, temporary)
 
 
-def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device, average=None):
-    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
+def check_checkpoint_file(path) -> None:
+    """Fail now, before any work, when ``path`` exists and is not a checkpoint this skuniad resumes.
+
+    Reads the format only: the file is memory-mapped, its tensors are not read.
+    """
+    if os.path.exists(path):
+        _read_checkpoint(path, mmap=True)
+
+
+def _read_checkpoint(path, mmap: bool = False) -> dict:
+    """The checkpoint's dict, its format and version checked."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if mmap and not zipfile.is_zipfile(path):  # torch.save writes zip files only
+            raise ValueError("it is not a file torch.save writes")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a checkpoint"
         raise ValueError(
             f"cannot read the training checkpoint {path} ({exc}); delete it or set another "
             "checkpoint_path to start afresh"
         ) from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a skuniad training checkpoint")
+        raise ValueError(
+            f"{path} is not a skuniad training checkpoint; delete it or set another "
+            "checkpoint_path to start afresh"
+        )
     if checkpoint.get("format_version") != CHECKPOINT_VERSION:
         raise ValueError(
             f"{path} has checkpoint format version {checkpoint.get('format_version')!r}; "
             f"this skuniad resumes version {CHECKPOINT_VERSION} only"
         )
+    return checkpoint
+
+
+def load_checkpoint(path, fingerprint, model, optimizer, scheduler, device, average=None):
+    """Load the checkpoint at ``path`` into the training objects; return its loss curve."""
+    checkpoint = _read_checkpoint(path)
     saved = checkpoint["fingerprint"]
     differences = [
         f"{key}={saved.get(key)!r} there, {fingerprint.get(key)!r} here"

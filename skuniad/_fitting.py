@@ -1,7 +1,9 @@
 """The machinery behind ``UniADDetector.fit``: which images train, and the training itself.
 
-:func:`partition` splits the images into training and held-out calibration
-images and, under ``torchrun``, this process's share of each;
+:func:`check_training_setup` checks, before any work, what would otherwise
+fail only after feature extraction; :func:`partition` splits the images into
+training and held-out calibration images and, under ``torchrun``, this
+process's share of each;
 :func:`train_networks` builds (or continues) the backbone and reconstruction
 network, caches the backbone features and runs the training loop. The
 estimator keeps only what it sets: fitted attributes and thresholds.
@@ -10,18 +12,37 @@ estimator keeps only what it sets: fitted attributes and thresholds.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
+from skuniad._checkpoint import check_checkpoint_file
 from skuniad._inference import extract_features
 from skuniad._spec import NetworkSpec
 from skuniad._thresholds import check_group_sizes, validation_split
 from skuniad.device import explain_out_of_memory, inference_batch_size
 from skuniad.distributed import DistributedContext, distributed_context, seed_of_rank_zero
-from skuniad.nn.attention import neighbor_mask
 from skuniad.training import TrainingInterrupted, train_reconstruction
+from skuniad.weights import check_weights_file
+
+
+def check_training_setup(params: Mapping, *, warm: bool = False) -> None:
+    """What would fail only after feature extraction, checked before any work.
+
+    ``params`` are the detector's ``get_params()``. A new fit (not ``warm``)
+    needs a backbone timm knows, a readable ``backbone_weights`` file (when
+    one is named) and a neighbour window that leaves keys on the token grid
+    (:meth:`NetworkSpec.check_buildable`); an existing ``checkpoint_path`` file
+    must be a skuniad checkpoint (its format only: whether it belongs to this
+    training is checked when it is resumed). Raises a ValueError (or
+    :class:`~skuniad.weights.BackboneWeightsError`) naming the problem.
+    """
+    if not warm:  # a warm start keeps its fitted, already built networks
+        NetworkSpec.from_params(params).check_buildable()
+        check_weights_file(params["backbone_weights"])
+    if params["checkpoint_path"] is not None:
+        check_checkpoint_file(params["checkpoint_path"])
 
 
 @dataclasses.dataclass
@@ -102,8 +123,6 @@ def train_networks(
         else:
             backbone = spec.build_backbone(params["backbone_weights"])
         backbone.to(device).to(memory_format=torch.channels_last)
-        if spec.neighbor_size is not None:  # a window too large fails now, not after extraction
-            neighbor_mask(*backbone.grid_size(spec.image_size), spec.neighbor_size)
         with explain_out_of_memory("extracting features", params["batch_size"], inference=True):
             features = extract_features(
                 backbone,

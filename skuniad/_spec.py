@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from numbers import Integral, Real
 
 import numpy as np
+import torch
 from sklearn.utils._param_validation import (
     Interval,
     StrOptions,
@@ -36,6 +37,7 @@ from skuniad._choices import (
     RESIZE_MODES,
     UNKNOWN_GROUP_POLICIES,
 )
+from skuniad.nn.attention import neighbor_mask
 from skuniad.nn.backbone import FrozenBackbone
 from skuniad.nn.padding import static_padding_for, use_static_same_padding
 from skuniad.nn.transformer import UniADReconstruction
@@ -254,6 +256,27 @@ class NetworkSpec:
         if padding_size is not None:
             use_static_same_padding(backbone.body, padding_size)
         return backbone
+
+    def token_grid(self) -> tuple[int, int]:
+        """The feature grid ``(h, w)`` at ``image_size``, without weights or values.
+
+        The backbone is built on the meta device (a fraction of a second, even
+        for B4), so the grid is exactly what the fitted one gives.
+        """
+        with torch.device("meta"):
+            backbone = self.build_backbone(None)
+        return backbone.grid_size(self.image_size)
+
+    def check_buildable(self) -> None:
+        """Fail now, not after feature extraction, when these networks cannot be built.
+
+        An unknown backbone, a stage it lacks (``out_indices``), or a
+        ``neighbor_size`` that hides every key of some query on the token grid
+        raise a ValueError.
+        """
+        height, width = self.token_grid()
+        if self.neighbor_size is not None:
+            neighbor_mask(height, width, self.neighbor_size)
 
     def build_model(
         self,

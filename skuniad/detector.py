@@ -14,7 +14,7 @@ from sklearn.utils import Bunch, check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from skuniad import _inference, _thresholds, interop, persistence
-from skuniad._fitting import partition, train_networks
+from skuniad._fitting import check_training_setup, partition, train_networks
 from skuniad._spec import (
     PARAMETER_CONSTRAINTS,
     NetworkSpec,
@@ -374,9 +374,10 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         warn_on_anomalous_labels(y, len(X))
         params = self.get_params()
         check_param_consistency(params)
+        warm = self.warm_start and hasattr(self, "model_")
+        check_training_setup(params, warm=warm)
         seed = int(check_random_state(self.random_state).randint(np.iinfo(np.int32).max))
         part = partition(X, groups, self.validation_fraction, seed, resolve_device(self.device))
-        warm = self.warm_start and hasattr(self, "model_")
         network = NetworkSpec.from_params(params)
         if warm:
             self.network_spec_.check_warm_start(network)

@@ -23,6 +23,7 @@ import os
 import socket
 import threading
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -73,26 +74,48 @@ def bundled_weights_path(backbone: str) -> Path | None:
 
 def load_state_dict_file(path: str | Path, model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Read a weights file without executing code; lukemelas names are converted."""
+    state = _read_state_dict(Path(path))
+    if any(k.startswith("_conv_stem") for k in state):
+        state = rename_lukemelas_efficientnet(state, timm_block_names(model))
+    return state
+
+
+def check_weights_file(backbone_weights: str | Path | None) -> None:
+    """Fail now, before any work, when ``backbone_weights`` names a file that is missing or
+    unreadable, or holds no state dict of tensors.
+
+    ``"imagenet"`` and None pass. Reads the file's index only where its format
+    allows (a safetensors header, a torch zip file memory-mapped), not its tensors.
+    """
+    if backbone_weights is None or backbone_weights == "imagenet":
+        return
+    _read_state_dict(Path(backbone_weights), lazy=True)
+
+
+def _read_state_dict(path: Path, lazy: bool = False) -> dict:
+    """The file's state dict; ``lazy``: safetensors keys only, torch zip files memory-mapped."""
     import torch
 
-    path = Path(path)
     if not path.is_file():
         raise BackboneWeightsError(f"backbone weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
+            from safetensors import safe_open
             from safetensors.torch import load_file
 
+            if lazy:
+                with safe_open(str(path), framework="pt") as opened:
+                    return dict.fromkeys(opened.keys())
             state = load_file(str(path))
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            mmap = lazy and zipfile.is_zipfile(path)  # a legacy (non-zip) torch file reads whole
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:  # noqa: BLE001 - any reader failure means "not a weights file"
         raise BackboneWeightsError(f"cannot read backbone weights from {path}: {exc}") from exc
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise BackboneWeightsError(f"{path} does not hold a state dict of tensors")
-    if any(k.startswith("_conv_stem") for k in state):
-        state = rename_lukemelas_efficientnet(state, timm_block_names(model))
     return state
 
 

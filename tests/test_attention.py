@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -42,6 +44,21 @@ def test_mask_hides_exactly_the_clipped_window(grid):
         hidden = (~allowed[q]).view(height, width).nonzero()
         assert (hidden - torch.tensor([i, j])).abs().max() <= k // 2
     assert allowed.any(dim=1).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 12))
+def test_refused_window_names_the_largest_that_fits(height, width):
+    with pytest.raises(ValueError, match="hides every key") as refused:
+        neighbor_mask(height, width, 2 * max(height, width) + 1)  # larger than the grid
+    named = re.search(r"at most (\d+)", str(refused.value))
+    if named is None:  # a 1x1 grid: no window leaves a key
+        assert max(height, width) == 1
+        return
+    largest = int(named.group(1))
+    neighbor_mask(height, width, largest)
+    with pytest.raises(ValueError, match="hides every key"):
+        neighbor_mask(height, width, largest + 2)
 
 
 def test_mask_on_paper_grid_leaves_147_keys_to_interior_queries():

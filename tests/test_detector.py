@@ -15,6 +15,7 @@ from sklearn.exceptions import NotFittedError
 
 from skuniad import UniADDetector
 from skuniad._thresholds import contamination_threshold
+from skuniad.weights import BackboneWeightsError
 
 
 def test_constructor_stores_arguments_verbatim(tiny_params):
@@ -72,18 +73,35 @@ def test_parameters_are_validated_at_fit(tiny_params, images, param, value, matc
         det.fit(images)
 
 
-def test_neighbor_window_too_large_for_the_grid_fails_before_feature_extraction(
-    tiny_params, images, monkeypatch
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"backbone": "no_such_net"}, "unknown or unsupported timm backbone 'no_such_net'"),
+        ({"neighbor_size": 7}, "hides every key of some query on a 4x4 grid"),  # 64 px: 4x4
+        ({"backbone_weights": "missing.pth"}, "backbone weights file not found: .*missing.pth"),
+        ({"backbone_weights": "garbage.pth"}, "cannot read backbone weights from .*garbage.pth"),
+        ({"checkpoint_path": "garbage.ckpt"}, "cannot read the training checkpoint"),
+        ({"checkpoint_path": "other.ckpt"}, "other.ckpt is not a skuniad training checkpoint"),
+    ],
+)
+def test_what_would_fail_after_feature_extraction_fails_before_it(
+    tiny_params, images, monkeypatch, tmp_path, change, match
 ):
     import skuniad._fitting
+    import skuniad.detector
 
-    def extract(*args, **kwargs):
-        raise AssertionError("features were extracted")
+    def work(*args, **kwargs):
+        raise AssertionError("the fit started its work: a split, a process group, features")
 
-    monkeypatch.setattr(skuniad._fitting, "extract_features", extract)
-    tiny_params["neighbor_size"] = 7  # 64 px at stride 16: a 4x4 grid, all hidden
-    with pytest.raises(ValueError, match="hides every key of some query on a 4x4 grid"):
-        UniADDetector(**tiny_params).fit(images)
+    monkeypatch.setattr(skuniad.detector, "partition", work)
+    monkeypatch.setattr(skuniad._fitting, "extract_features", work)
+    (tmp_path / "garbage.pth").write_bytes(b"not a weights file")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"model": {"weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    files = ("backbone_weights", "checkpoint_path")
+    change = {k: tmp_path / v if k in files else v for k, v in change.items()}
+    with pytest.raises((ValueError, BackboneWeightsError), match=match):
+        UniADDetector(**{**tiny_params, **change}).fit(images)
 
 
 def test_methods_before_fit_raise_not_fitted(images):

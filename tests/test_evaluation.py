@@ -372,6 +372,24 @@ def test_an_interrupted_experiment_keeps_the_model_it_was_training(
     assert UniADDetector.load(tmp_path / "model.skuniad").n_epochs_ == 1
 
 
+def test_experiment_checks_its_fits_before_writing_anything(root, test_set, tmp_path, tiny_params):
+    import torch
+
+    train = load_mvtec(root, "train")
+    output = tmp_path / "new"
+    with pytest.raises(ValueError, match="neighbor_size=7 hides every key"):  # 64 px: 4x4 grid
+        run_experiment(train, test_set, {**tiny_params, "neighbor_size": 7}, output_dir=output)
+    assert not output.exists()
+    output.mkdir()
+    torch.save({"weights": torch.zeros(2)}, output / "model_parts.skuniad.ckpt")
+    with pytest.raises(ValueError, match="model_parts.skuniad.ckpt is not a skuniad training"):
+        run_experiment(
+            train, test_set, tiny_params, setting="separate", output_dir=output,
+            checkpoint_interval=60.0,
+        )  # fmt: skip
+    assert [p.name for p in output.iterdir()] == ["model_parts.skuniad.ckpt"]
+
+
 @pytest.fixture(scope="module")
 def larger_root(tmp_path_factory):
     folder = tmp_path_factory.mktemp("synthetic14")

@@ -6,13 +6,16 @@ printed tables in ``_tables``.
 
 from __future__ import annotations
 
+import re
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from skuniad.cli._errors import CliError
+from skuniad.cli._errors import CliError, one_line
 from skuniad.cli._options import DatasetFormat
 
 app = typer.Typer(
@@ -48,6 +51,22 @@ def check_weights(params: dict[str, Any]) -> None:
     from skuniad.weights import check_weights_available
 
     check_weights_available(params["backbone"], params["backbone_weights"])
+
+
+@contextmanager
+def in_option_words(another_checkpoint: str) -> Iterator[None]:
+    """The library's checks before training, with this command's options in their messages.
+
+    ``another_checkpoint`` replaces "set another checkpoint_path" (e.g. "pass
+    another --checkpoint").
+    """
+    try:
+        yield
+    except ValueError as exc:
+        message = one_line(exc).replace("neighbor_size=None", "--neighbor-size 0")
+        message = re.sub(r"\bneighbor_size=", "--neighbor-size ", message)
+        message = message.replace("set another checkpoint_path", another_checkpoint)
+        raise CliError(message) from None
 
 
 def fit_detector(

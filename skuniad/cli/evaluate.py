@@ -15,11 +15,12 @@ from skuniad.cli._common import (
     check_meta_options,
     check_weights,
     format_seconds,
+    in_option_words,
     load_detector,
     read_split,
     require_root,
 )
-from skuniad.cli._errors import CliError, domain_errors
+from skuniad.cli._errors import EXIT_TERMINATED, CliError, domain_errors
 from skuniad.cli._options import (
     DETECTOR_PARAMS,
     NETWORK_OPTIONS,
@@ -114,14 +115,24 @@ def evaluate_command(
         int, typer.Option(min=1, metavar="N", help="With --overlays: overlays per category.")
     ] = 4,
     checkpoint_every: Annotated[
-        int,
+        int | None,
         typer.Option(
             min=0,
             metavar="N",
-            help="With --output: each fit checkpoints every N epochs next to its model file "
-            "(0: never); rerunning the same command resumes it.",
+            help="With --output: epochs between checkpoints, instead of --checkpoint-interval; "
+            "0: no checkpoint.",
         ),
-    ] = 5,
+    ] = None,
+    checkpoint_interval: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            metavar="SECONDS",
+            help="With --output: each fit checkpoints next to its model file after at least "
+            "this many seconds of training (and after the last epoch); rerunning the same "
+            "command resumes it.",
+        ),
+    ] = 60.0,
     setting: Annotated[
         Setting,
         typer.Option(
@@ -188,7 +199,12 @@ def evaluate_command(
 
     A category whose anomalous images have no masks is evaluated at image
     level (its pixel metrics read n/a). The data set is checked completely
-    before any training: bad input fails in one line, with nothing written.
+    before any training, and so are the backbone, its weights file, the
+    neighbour window and any checkpoint in --output: bad input fails in one
+    line, with nothing written.
+
+    Ctrl-C during a fit writes the model of the last finished epoch to
+    --output and exits with code 130; SIGTERM does the same with code 143.
     """
     params = detector_params({**training, "device": device, "precision": precision})
     root = require_root(root, dataset)
@@ -229,10 +245,12 @@ def evaluate_command(
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
     with domain_errors():
         _refuse_torchrun()
+        from skuniad import distributed
         from skuniad.evaluation import (
             calibrate_on_test_images,
             calibration_facts,
             check_calibration_split,
+            check_experiment,
             check_test_set,
             evaluate_detector,
             run_block,
@@ -258,6 +276,17 @@ def evaluate_command(
                 network = {DETECTOR_PARAMS[name] for name in NETWORK_OPTIONS}
                 params = {k: v for k, v in params.items() if k not in network}
             seed_list = list(dict.fromkeys(seed)) if seed else [None]
+            checkpoints = output is not None and checkpoint_every != 0
+            # what would fail after reading every image fails now, with nothing written
+            with in_option_words("use another --output"):
+                check_experiment(
+                    params,
+                    test.category_names,
+                    setting=setting.value,
+                    seeds=seed_list,
+                    output_dir=output if checkpoints else None,
+                    init_model=init_model,
+                )
             models = 1 if setting is Setting.unified else len(train.category_names)
             typer.echo(
                 f"Training {models * len(seed_list)} model(s) ({setting.value} setting, "
@@ -265,26 +294,36 @@ def evaluate_command(
                 f"{len(train.category_names)} categories."
             )
             start = time.perf_counter()
-            results = run_experiment(
-                train,
-                test,
-                params,
-                setting=setting.value,
-                seeds=seed_list,
-                eval_every=eval_every,
-                output_dir=output,
-                n_overlays=overlays_per_category if overlays else 0,
-                curve_categories=curve_categories,
-                per_category=per_category,
-                ignore_pixel_metrics=ignore_pixel_metrics,
-                checkpoint_every=checkpoint_every or None,
-                init_model=init_model,
-                run_details={"dataset": described, "model": "trained by this command"},
-                calibrate_with=calibrate_with,
-                objective=objective_name(objective),
-                target=target,
-                verbose=0 if quiet else 1,
-            )
+            with distributed.sigterm_as_interrupt() as terminated:
+                try:
+                    results = run_experiment(
+                        train,
+                        test,
+                        params,
+                        setting=setting.value,
+                        seeds=seed_list,
+                        eval_every=eval_every,
+                        output_dir=output,
+                        n_overlays=overlays_per_category if overlays else 0,
+                        curve_categories=curve_categories,
+                        per_category=per_category,
+                        ignore_pixel_metrics=ignore_pixel_metrics,
+                        checkpoint_every=checkpoint_every or None,
+                        checkpoint_interval=checkpoint_interval if checkpoints else None,
+                        init_model=init_model,
+                        run_details={"dataset": described, "model": "trained by this command"},
+                        calibrate_with=calibrate_with,
+                        objective=objective_name(objective),
+                        target=target,
+                        verbose=0 if quiet else 1,
+                    )
+                except KeyboardInterrupt as exc:
+                    if not terminated[0]:
+                        raise  # Ctrl-C: domain_errors says what was kept, exit 130
+                    if str(exc):  # TrainingInterrupted says what was kept
+                        typer.echo(str(exc), err=True)
+                    typer.echo("Terminated (SIGTERM).", err=True)
+                    raise typer.Exit(EXIT_TERMINATED) from None
             run = results["run"]
             typer.echo(f"Wall time: {format_seconds(time.perf_counter() - start)}, ", nl=False)
             typer.echo(

@@ -17,6 +17,7 @@ from skuniad.cli._common import (
     echo_thresholds,
     fit_detector,
     format_seconds,
+    in_option_words,
     load_detector,
     read_split,
 )
@@ -151,9 +152,9 @@ def fit(
             images, groups = _training_images(data_dirs, dataset, category, train_meta), None
         if init_model is None:  # a saved model carries its backbone's weights
             check_weights(params)
-        check_output_file(output)
         _common._tune_runtime(threads)
         from skuniad import UniADDetector, distributed
+        from skuniad._fitting import check_training_setup
 
         fit_settings = dict(
             verbose=0 if quiet else 1,
@@ -172,9 +173,15 @@ def fit(
                 **fit_settings,
                 warm_start=True,
             )
-            typer.echo(f"Continuing {init_model} ({det.n_epochs_} epochs) on {len(images)} images.")
         else:
             det = UniADDetector(**params, **fit_settings)
+        # what would fail after reading every image fails now, with nothing written
+        with in_option_words("pass another --checkpoint"):
+            check_training_setup(det.get_params(), warm=init_model is not None)
+        check_output_file(output)
+        if init_model is not None:
+            typer.echo(f"Continuing {init_model} ({det.n_epochs_} epochs) on {len(images)} images.")
+        else:
             typer.echo(f"Training on {len(images)} images.")
         if fit_settings["checkpoint_path"] is not None and checkpoint.exists():
             typer.echo(f"Resuming from the checkpoint {checkpoint}.")

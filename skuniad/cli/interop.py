@@ -60,7 +60,6 @@ def import_reference(
         from skuniad.datasets import find_images
 
         images = find_images([calibrate]) if calibrate is not None else None
-        check_output_file(output)
         _common._tune_runtime()
         from skuniad import UniADDetector
         from skuniad.evaluation import run_info
@@ -68,6 +67,7 @@ def import_reference(
         det = UniADDetector.from_reference_checkpoint(
             checkpoint, device=device, reference_padding=reference_padding
         )
+        check_output_file(output)  # once the checkpoint is read: a bad one leaves no folder
         info = run_info(det)
         typer.echo(
             f"Imported {checkpoint}: {info['backbone']} at {info['image_size']} px, "

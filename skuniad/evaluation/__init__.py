@@ -3,7 +3,8 @@
 - :func:`evaluate_detector` scores one fitted detector on a test split
   (``_evaluate.py``);
 - :func:`run_experiment` trains and evaluates as the paper's experiments do:
-  a setting, several seeds; :func:`run_block` describes a run for a report
+  a setting, several seeds (:func:`check_experiment` checks its fits before
+  any work); :func:`run_block` describes a run for a report
   (``_experiment.py``);
 - :class:`CurveRecorder` records learning curves during a fit; ``curve.json``
   is written and read by :func:`write_curves` and :func:`read_curves`
@@ -27,6 +28,7 @@ from skuniad.evaluation._experiment import (
     calibration_facts,
     calibration_split,
     check_calibration_split,
+    check_experiment,
     run_block,
     run_experiment,
     run_info,
@@ -61,6 +63,7 @@ __all__ = [
     "calibration_facts",
     "calibration_split",
     "check_calibration_split",
+    "check_experiment",
     "check_test_set",
     "evaluate_detector",
     "image_score_aurocs",

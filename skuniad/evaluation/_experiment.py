@@ -37,6 +37,7 @@ def run_experiment(
     per_category: bool = False,
     ignore_pixel_metrics: bool = False,
     checkpoint_every: int | None = None,
+    checkpoint_interval: float | None = None,
     init_model: str | os.PathLike[str] | None = None,
     run_details: dict[str, Any] | None = None,
     calibrate_with: int | None = None,
@@ -83,6 +84,10 @@ def run_experiment(
         With ``output_dir``, each fit checkpoints every that many epochs to
         ``<model file>.ckpt`` there; running the experiment again resumes
         the fits (see ``UniADDetector(checkpoint_path=...)``).
+    checkpoint_interval : float, optional
+        With ``output_dir`` and no ``checkpoint_every``: each fit checkpoints
+        there on this timer instead (at most once per that many seconds of
+        training, and after the last epoch). Neither given: no checkpoints.
     init_model : str or path-like, optional
         A saved model to continue (a warm start for ``max_epochs`` more
         epochs) instead of training one from scratch; the unified setting
@@ -104,6 +109,9 @@ def run_experiment(
 
     Raises
     ------
+    ValueError
+        Before any training, with nothing written: what :func:`check_experiment`
+        finds wrong.
     skuniad.training.TrainingInterrupted
         Ctrl-C during a fit: with ``output_dir``, the model of the last
         finished epoch is written first, under the name it would have had.
@@ -141,13 +149,22 @@ def run_experiment(
     missing = sorted(set(test.category_names) - set(train.category_names))
     if setting == "separate" and missing:
         raise ValueError(f"the separate setting needs training images of {missing}")
-    folder = None if output_dir is None else Path(output_dir)
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
     if init_model is not None and (setting != "unified" or len(seeds) > 1):
         raise ValueError("init_model continues one model: the unified setting and one seed only")
     if calibrate_with is not None:
         check_calibration_split(test, calibrate_with, objective, target)
+    checkpoints = checkpoint_every is not None or checkpoint_interval is not None
+    check_experiment(
+        params,
+        test.category_names,
+        setting=setting,
+        seeds=seeds,
+        output_dir=output_dir if checkpoints else None,
+        init_model=init_model,
+    )
+    folder = None if output_dir is None else Path(output_dir)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
     groups = [None] if setting == "unified" else test.category_names
     runs = []
     for seed in seeds:
@@ -164,10 +181,11 @@ def run_experiment(
             if verbose > 0:
                 det.set_params(verbose=verbose)
             name = _model_name(category, seed, len(seeds))
-            if folder is not None and checkpoint_every is not None:
-                det.set_params(
-                    checkpoint_path=folder / f"{name}.ckpt", checkpoint_every=checkpoint_every
-                )
+            if folder is not None and checkpoints:
+                det.set_params(checkpoint_path=folder / f"{name}.ckpt")
+                det.set_params(checkpoint_every=checkpoint_every)
+                if checkpoint_interval is not None:
+                    det.set_params(checkpoint_interval=checkpoint_interval)
             recorder = None
             if eval_every is not None:
                 # until the experiment ends, curve.json follows the model being trained
@@ -252,6 +270,40 @@ def run_experiment(
         if eval_every is not None:
             write_curves(results, folder, per_category=curve_categories)
     return results
+
+
+def check_experiment(
+    params: dict[str, Any] | None,
+    categories: Sequence[str],
+    *,
+    setting: str = "unified",
+    seeds: Sequence[int | None] = (None,),
+    output_dir: str | os.PathLike[str] | None = None,
+    init_model: str | os.PathLike[str] | None = None,
+) -> None:
+    """What the experiment's fits would find wrong only after feature extraction, checked now.
+
+    The backbone, the ``backbone_weights`` file and the neighbour window of
+    ``params`` (unless ``init_model`` gives the network), and, when the fits
+    checkpoint to ``output_dir``, any checkpoint file already there (see
+    :func:`skuniad._fitting.check_training_setup`). ``categories`` are the
+    test split's (one model each in the separate setting). Raises a
+    ValueError (or :class:`~skuniad.weights.BackboneWeightsError`); writes nothing.
+    """
+    from skuniad import UniADDetector
+    from skuniad._checkpoint import check_checkpoint_file
+    from skuniad._fitting import check_training_setup
+    from skuniad._spec import check_params
+
+    fit_params = UniADDetector(**{**(params or {}), "checkpoint_path": None}).get_params()
+    check_params(fit_params)
+    check_training_setup(fit_params, warm=init_model is not None)
+    if output_dir is not None:
+        seeds = list(seeds)
+        for category in [None] if setting == "unified" else categories:
+            for seed in seeds:
+                name = _model_name(category, seed, len(seeds))
+                check_checkpoint_file(Path(output_dir) / f"{name}.ckpt")
 
 
 def calibration_facts(images_per_class: int, objective: str, target: float | None) -> dict:

@@ -52,10 +52,12 @@ def neighbor_mask(height: int, width: int, neighbor_size: int) -> torch.Tensor:
     near_cols = (cols[:, None] - cols[None, :]).abs() <= half
     allowed = ~(near_rows & near_cols)
     if not bool(allowed.any(dim=1).all()):
+        # the query at the centre sees a key only beyond max(height, width) // 2 rows or columns
+        largest = 2 * (max(height, width) // 2) - 1
+        fits = f"at most {largest}, " if largest >= 1 else ""
         raise ValueError(
             f"neighbor_size={neighbor_size} hides every key of some query on a "
-            f"{height}x{width} grid; use a window smaller than the grid "
-            f"(at most {2 * max(height, width) - 3}) or neighbor_size=None"
+            f"{height}x{width} grid; use a smaller window ({fits}odd) or neighbor_size=None"
         )
     return allowed
 

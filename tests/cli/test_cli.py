@@ -183,6 +183,33 @@ def test_evaluate_ablation_and_schedule_options_reach_the_model(data_root, tmp_p
     assert "I-AUROC std" in result.output
 
 
+@pytest.mark.parametrize(
+    ("options", "every", "interval"),
+    [
+        ([], None, 60.0),  # fit's timer, as skuniad fit
+        (["--checkpoint-interval", "5"], None, 5.0),
+        (["--checkpoint-every", "2"], 2, 60.0),
+        (["--checkpoint-every", "0"], None, None),
+    ],
+)
+def test_evaluate_checkpoints_on_fits_timer_by_default(
+    data_root, tmp_path, tiny_args, monkeypatch, options, every, interval
+):
+    import skuniad.evaluation
+
+    asked = {}
+
+    def run_experiment(*args, **kwargs):
+        asked.update(kwargs)
+        raise ValueError("recorded")
+
+    monkeypatch.setattr(skuniad.evaluation, "run_experiment", run_experiment)
+    args = ["evaluate", "--root", str(data_root), "-o", str(tmp_path), "--epochs", "1"]
+    result = runner.invoke(app, [*args, *tiny_args, *options])
+    assert "Error: recorded" in result.output
+    assert (asked["checkpoint_every"], asked["checkpoint_interval"]) == (every, interval)
+
+
 @pytest.mark.slow
 def test_demo_writes_data_model_report_and_overlays(tmp_path, monkeypatch):
     monkeypatch.setattr(demo, "DEMO_DATA", dict(n_train=3, n_test=2, image_size=32))
@@ -447,6 +474,30 @@ def test_sigterm_writes_the_last_finished_epochs_model_and_exits_143(
     assert signal.getsignal(signal.SIGTERM) is handler
 
 
+def test_sigterm_during_evaluates_training_keeps_the_model_and_exits_143(
+    data_root, tmp_path, tiny_args, monkeypatch
+):
+    from skuniad import training
+
+    train_epoch, epochs = training._train_epoch, []
+
+    def sigterm_in_epoch_two(*args, **kwargs):
+        epochs.append(len(epochs) + 1)
+        if len(epochs) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return train_epoch(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", sigterm_in_epoch_two)
+    handler = signal.getsignal(signal.SIGTERM)
+    output = tmp_path / "results"
+    args = ["evaluate", "--root", str(data_root), "-o", str(output), "--epochs", "3"]
+    result = runner.invoke(app, [*args, *tiny_args])
+    assert result.exit_code == _errors.EXIT_TERMINATED, result.output
+    assert "Terminated (SIGTERM)" in result.output
+    assert UniADDetector.load(output / "model.skuniad").n_epochs_ == 1
+    assert signal.getsignal(signal.SIGTERM) is handler
+
+
 def test_fit_continues_a_saved_model_with_init_model(model_file, data_root, tmp_path):
     output = tmp_path / "more.skuniad"
     args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "2"]
@@ -477,6 +528,88 @@ def test_out_of_range_options_are_usage_errors_before_any_work(
     assert result.exit_code == 2, result.output
     assert message in _plain(result.output)
     assert "Training on" not in result.output
+
+
+@pytest.fixture
+def no_training_work(monkeypatch):
+    """Makes a fit fail loudly once it splits the images or extracts features."""
+    import skuniad._fitting
+    import skuniad.detector
+
+    def work(*args, **kwargs):
+        raise AssertionError("the fit started its work: a split, a process group, features")
+
+    monkeypatch.setattr(skuniad.detector, "partition", work)
+    monkeypatch.setattr(skuniad._fitting, "extract_features", work)
+
+
+@pytest.fixture
+def bad_training_files(tmp_path):
+    """Files named by TRAINING_MISTAKES: a garbage weights file and checkpoint, a torch file."""
+    (tmp_path / "garbage.pth").write_bytes(b"not a weights file")
+    (tmp_path / "garbage.ckpt").write_bytes(b"not a checkpoint")
+    torch.save({"model": {"weight": torch.zeros(2)}}, tmp_path / "other.ckpt")
+    return tmp_path
+
+
+# what training found only after reading every image; {dir}: bad_training_files
+TRAINING_MISTAKES = [
+    (["--backbone", "no_such_net"], "unknown or unsupported timm backbone 'no_such_net'"),
+    (["--backbone-weights", "{dir}/missing.pth"], "backbone weights file not found: {dir}"),
+    (["--backbone-weights", "{dir}/garbage.pth"], "cannot read backbone weights from {dir}"),
+    (["--neighbor-size", "7"], "--neighbor-size 7 hides every key of some query on a 4x4 grid"),
+]
+
+
+def _assert_one_line_error(result, message):
+    assert result.exit_code == 1, result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ") and message in line, line
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        *TRAINING_MISTAKES,
+        (["--checkpoint", "{dir}/garbage.ckpt"], "cannot read the training checkpoint"),
+        (["--checkpoint", "{dir}/other.ckpt"], "other.ckpt is not a skuniad training checkpoint"),
+    ],
+)
+def test_fit_refuses_what_training_would_find_wrong_before_any_work(
+    data_root, bad_training_files, tiny_args, no_training_work, option, message
+):
+    folder = bad_training_files
+    output = folder / "new" / "m.skuniad"
+    args = ["fit", str(data_root), "--dataset", "mvtec", "-o", str(output), "--epochs", "1"]
+    option = [part.format(dir=folder) for part in option]
+    result = runner.invoke(app, [*args, *tiny_args, *option])
+    _assert_one_line_error(result, message.format(dir=folder))
+    assert not output.parent.exists()
+    if "checkpoint" in message:
+        assert "pass another --checkpoint" in result.output
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [*TRAINING_MISTAKES, ([], "model.skuniad.ckpt is not a skuniad training checkpoint")],
+)
+def test_evaluate_refuses_what_training_would_find_wrong_before_any_work(
+    data_root, bad_training_files, tiny_args, no_training_work, option, message
+):
+    folder = bad_training_files
+    output = folder / "results"
+    if not option:  # a file in the way of the model's checkpoint
+        output.mkdir()
+        (output / "model.skuniad.ckpt").write_bytes((folder / "other.ckpt").read_bytes())
+    args = ["evaluate", "--root", str(data_root), "-o", str(output), "--epochs", "1"]
+    option = [part.format(dir=folder) for part in option]
+    result = runner.invoke(app, [*args, *tiny_args, *option])
+    _assert_one_line_error(result, message.format(dir=folder))
+    if option:
+        assert not output.exists()
+    else:
+        assert [p.name for p in output.iterdir()] == ["model.skuniad.ckpt"]
+        assert "use another --output" in result.output
 
 
 def _folder_with_a_broken_image_and_masks(data_root, tmp_path):

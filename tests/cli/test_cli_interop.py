@@ -58,6 +58,17 @@ def test_cli_import_without_calibration_says_so(cli, reference, tmp_path):
     assert not hasattr(det, "offset_") and det.static_padding_size is None
 
 
+def test_cli_import_reads_the_checkpoint_before_creating_the_output_folder(cli, tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("hello")
+    output = tmp_path / "new" / "m.skuniad"
+    result = cli("import-reference", text, "-o", output)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    (line,) = result.output.splitlines()
+    assert line.startswith("Error: ") and "is not a UniAD reference checkpoint" in line
+    assert not output.parent.exists()
+
+
 def test_cli_refuses_bad_input(cli, tmp_path, fitted_tiny):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
