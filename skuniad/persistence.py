@@ -37,10 +37,12 @@ fitted with.
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -74,8 +76,20 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     The file is flushed to disk before ``os.replace``, so ``path`` holds
     either its old content or the complete new one, never a partial write.
     On any failure (KeyboardInterrupt included) the temporary file is removed.
+    Temporary files of earlier writes to ``path`` that a killed process left
+    are reported with a warning, never deleted: one may be the only complete
+    copy of its content.
     """
     path = Path(path)
+    leftovers = sorted(path.parent.glob(f".{glob.escape(path.name)}.*.tmp"))
+    if leftovers:
+        warnings.warn(
+            f"{len(leftovers)} temporary file(s) of an interrupted earlier write to {path} "
+            f"remain ({', '.join(p.name for p in leftovers)}): each may hold a complete copy; "
+            "keep or delete them yourself",
+            UserWarning,
+            stacklevel=3,
+        )
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:12]}.tmp")
     try:
         yield temporary

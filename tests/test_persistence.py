@@ -498,3 +498,16 @@ def test_a_damaged_or_edited_file_fails_its_integrity_check(saved, tmp_path):
     undigested = {"skuniad": header["skuniad"]}  # as written before digests
     save_file(tensors, str(tmp_path / "old.skuniad"), metadata=undigested)
     assert UniADDetector.load(tmp_path / "old.skuniad").n_epochs_ >= 1
+
+
+def test_a_leftover_temporary_file_is_reported_and_kept(tmp_path):
+    from skuniad.persistence import atomic_write
+
+    target = tmp_path / "model.skuniad"
+    leftover = tmp_path / ".model.skuniad.0123456789ab.tmp"  # a save killed before its rename
+    leftover.write_bytes(b"complete copy")
+    (tmp_path / ".other.skuniad.0123456789ab.tmp").write_bytes(b"")  # another target's
+    with pytest.warns(UserWarning, match=r"1 temporary file\(s\) .*\.model\.skuniad\.0123"):
+        with atomic_write(target) as temporary:
+            temporary.write_bytes(b"new")
+    assert target.read_bytes() == b"new" and leftover.read_bytes() == b"complete copy"
