@@ -156,9 +156,10 @@ def plot(args: argparse.Namespace) -> None:
         folder, _, label = item.partition(":")
         curve = read_curves(folder)[0]  # the first seed's
         minutes = np.asarray(curve["fit_seconds"]) / 60
+        x = minutes if args.x == "minutes" else np.asarray(curve["epoch"])
         for key, ax in axes.items():
             ax.plot(
-                minutes,
+                x,
                 100 * np.asarray(curve["mean"][key], dtype=float),
                 marker="o",
                 label=label or folder,
@@ -178,7 +179,8 @@ def plot(args: argparse.Namespace) -> None:
                 label=f"nearest neighbour ({baseline['seconds'] / 60:.1f} min)",
             )
         name = key.replace("_auroc", "")
-        ax.set(xlabel="fit minutes (training only)", ylabel=f"mean {name} AUROC (%)")
+        xlabel = "fit minutes (training only)" if args.x == "minutes" else "epoch"
+        ax.set(xlabel=xlabel, ylabel=f"mean {name} AUROC (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +204,15 @@ def main() -> None:
     speed.add_argument("--images", type=int, default=256)
     speed.add_argument("--repeats", type=int, default=3)
     speed.add_argument("--threads", type=int, default=1)
-    drawing = commands.add_parser("plot", help="curves against fit minutes")
+    drawing = commands.add_parser("plot", help="curves against fit minutes or epochs")
     drawing.add_argument("runs", nargs="+", help="FOLDER:LABEL, a folder holding curve.json")
     drawing.add_argument("--baseline", type=Path, help="JSON written by the nn sub-command")
+    drawing.add_argument(
+        "--x",
+        choices=("minutes", "epoch"),
+        default="minutes",
+        help="x axis: fit minutes (runs on a quiet machine) or epochs (runs that shared it)",
+    )
     drawing.add_argument("-o", "--output", type=Path, required=True, help="PNG to write")
     args = parser.parse_args()
     {"nn": nearest_neighbour, "batch": batch_speed, "plot": plot}[args.command](args)
