@@ -19,9 +19,9 @@ list of ``[group, image_threshold, pixel_threshold]``, the group a JSON
 string or integer, as set by ``groups=``; empty without groups. Format 1
 files have none and load with empty group tables.
 
-A second header key, ``"skuniad_sha256"``, holds :func:`content_digest` of
-the metadata text and the tensors; a file whose digest no longer matches
-(damaged, or edited without recomputing it) is refused. Files written before
+The metadata's ``"sha256"`` entry holds :func:`content_digest` of the rest of
+the metadata (as sorted-key JSON) and of the tensors; a file whose digest no
+longer matches (damaged, or edited without recomputing it) is refused. Files written before
 digests have none and load as before: the digest finds damage and careless
 edits, it does not authenticate the author.
 
@@ -60,7 +60,7 @@ FORMAT = "skuniad"
 # 2: per-group thresholds; an older reader would silently apply the pooled ones instead
 FORMAT_VERSION = 2
 METADATA_KEY = "skuniad"
-DIGEST_KEY = "skuniad_sha256"
+DIGEST_KEY = "sha256"
 """Header key of the SHA-256 of the metadata and every tensor; files from before it have none."""
 LEGACY_DEFAULTS = {"resize": "float", "static_padding_size": None}
 """Parameters whose default changed when they were added: their value for older files."""
@@ -195,8 +195,10 @@ def save_detector(detector, path: str | os.PathLike) -> None:
         },
     }
     tensors = module_tensors(detector)
-    text = json.dumps(metadata, sort_keys=True)
-    header = {METADATA_KEY: text, DIGEST_KEY: content_digest(text, tensors)}
+    # inside the one metadata entry: safetensors writes several in a random order, and the
+    # same model must give the same bytes
+    digest = content_digest(json.dumps(metadata, sort_keys=True), tensors)
+    header = {METADATA_KEY: json.dumps({**metadata, DIGEST_KEY: digest}, sort_keys=True)}
     with atomic_write(path) as temporary:
         save_file(tensors, temporary, metadata=header)
     # the checkpoint of the finished training was kept until the model file was safe
@@ -309,8 +311,10 @@ def _read(path: Path) -> tuple[dict, dict[str, torch.Tensor], tuple[str, str] | 
     missing = [k for k in ("params", "fitted", "backbone") if not isinstance(metadata.get(k), dict)]
     if missing:
         raise ModelFileError(f"{path}: the skuniad metadata lacks {missing}")
-    digest = header.get(DIGEST_KEY)
-    return metadata, tensors, None if digest is None else (digest, header[METADATA_KEY])
+    if DIGEST_KEY not in metadata:
+        return metadata, tensors, None
+    digest = metadata.pop(DIGEST_KEY)
+    return metadata, tensors, (digest, json.dumps(metadata, sort_keys=True))
 
 
 def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) -> None:
