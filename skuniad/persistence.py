@@ -324,9 +324,9 @@ def _check_finite(path: Path, metadata: dict, tensors: dict[str, torch.Tensor]) 
         "offset_": fitted.get("offset_"),
         "pixel_threshold_": fitted.get("pixel_threshold_"),
         **{
-            f"threshold of group {g!r}": v
+            f"{kind} threshold of group {g!r}": v
             for g, *pair in fitted.get("group_thresholds", [])
-            for v in pair
+            for kind, v in zip(("image", "pixel"), pair, strict=True)
         },
         **{f"backbone mean {i}": v for i, v in enumerate(norm.get("mean", []))},
         **{f"backbone std {i}": v for i, v in enumerate(norm.get("std", []))},

@@ -320,6 +320,14 @@ def test_cuda_fitted_model_loads_in_a_process_without_cuda(tiny_params, images, 
         (lambda m: m["fitted"].update(offset_=float("nan")), "offset_ is nan"),
         (lambda m: m["fitted"].update(pixel_threshold_=float("inf")), "pixel_threshold_ is inf"),
         (lambda m: m["backbone"].update(std=[0.0, 0.2, 0.2]), "std must be positive"),
+        (
+            lambda m: m["fitted"].update(group_thresholds=[["good", float("nan"), 1.0]]),
+            "image threshold of group 'good' is nan",
+        ),
+        (
+            lambda m: m["fitted"].update(group_thresholds=[["good", 1.0, float("nan")]]),
+            "pixel threshold of group 'good' is nan",
+        ),
     ],
 )
 def test_a_model_file_that_would_score_nan_is_refused(saved, tmp_path, change, message):
