@@ -403,7 +403,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         self.thresholds_ = self._calibration_table(
             features, part.context, part.calibration_groups, held_out=part.held_out is not None
         )
-        self._finished_checkpoint = self.checkpoint_path if interrupted is None else None
+        persistence.keep_until_saved(self, self.checkpoint_path if interrupted is None else None)
         if interrupted is not None:
             # a library re-raises: a loop (GridSearchCV, cross_val_score) must not go on
             # with a half-trained model; the CLI catches this and keeps it on purpose

@@ -43,6 +43,7 @@ import json
 import os
 import uuid
 import warnings
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +100,26 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+# a finished fit's checkpoint, kept until its model file is written: detector -> path.
+# Keyed by the object itself, so copies (pickles, clones) never delete the run's checkpoint.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def keep_until_saved(detector, checkpoint) -> None:
+    """Remember the ``checkpoint`` that ``detector``'s finished fit leaves (None: forget)."""
+    if checkpoint is None:
+        _KEPT.pop(detector, None)
+    else:
+        _KEPT[detector] = checkpoint
+
+
+def release_after_save(detector) -> None:
+    """``detector``'s model file is written: delete the checkpoint its fit kept, if any."""
+    checkpoint = _KEPT.pop(detector, None)
+    if checkpoint is not None:
+        Path(checkpoint).unlink(missing_ok=True)
 
 
 def available_device(device: torch.device) -> torch.device:
@@ -201,10 +222,7 @@ def save_detector(detector, path: str | os.PathLike) -> None:
     header = {METADATA_KEY: json.dumps({**metadata, DIGEST_KEY: digest}, sort_keys=True)}
     with atomic_write(path) as temporary:
         save_file(tensors, temporary, metadata=header)
-    # the checkpoint of the finished training was kept until the model file was safe
-    finished = detector.__dict__.pop("_finished_checkpoint", None)
-    if finished is not None:
-        Path(finished).unlink(missing_ok=True)
+    release_after_save(detector)  # the finished training's checkpoint, kept until now
 
 
 def load_detector(cls, path: str | os.PathLike, device: torch.device):
@@ -364,7 +382,6 @@ def _what_instead(path: Path, error: Exception) -> str:
 
 def pickle_state(detector, state: dict) -> dict:
     """``__getstate__``: the networks as CPU state dicts (a GPU-fitted model unpickles anywhere)."""
-    state.pop("_finished_checkpoint", None)  # a copy must not delete the run's checkpoint
     if "model_" in state:
         del state["backbone_"], state["model_"]
         state["_module_tensors"] = module_tensors(detector)
