@@ -457,11 +457,11 @@ def calibrate_table(
     def held_out_of(group) -> tuple[np.ndarray, np.ndarray]:
         if held_out is None:
             return np.empty(0), np.empty(0)
-        kept = [
-            group is None or g == group
-            for g in held_out["groups"] or [None] * len(held_out["scores"])
-        ]
-        return np.asarray(held_out["scores"])[kept], np.asarray(held_out["map_maxima"])[kept]
+        scores, maxima = np.asarray(held_out["scores"]), np.asarray(held_out["map_maxima"])
+        if group is None:  # the pooled thresholds count every held-out image
+            return scores, maxima
+        kept = np.array([g == group for g in held_out["groups"] or []], dtype=bool)
+        return (scores[kept], maxima[kept]) if kept.size else (np.empty(0), np.empty(0))
 
     def part(members: np.ndarray, where: str, group=None):
         _check_class_counts(labels[members], objective, where)
