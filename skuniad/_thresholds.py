@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Mapping
+from numbers import Real
 
 import numpy as np
 
@@ -286,8 +288,8 @@ def decision_thresholds(
 
 
 # ------------------------------------------------------------ labelled calibration
-def check_objective(objective: str, target) -> None:
-    """A one-line ValueError for an unknown objective or a target it cannot use."""
+def check_objective(objective: str, target, defect_rate=None) -> None:
+    """A one-line ValueError for an unknown objective, or a target or defect rate it cannot use."""
     if objective not in CALIBRATION_OBJECTIVES:
         raise ValueError(
             f"objective must be one of {', '.join(map(repr, CALIBRATION_OBJECTIVES))}, "
@@ -301,6 +303,17 @@ def check_objective(objective: str, target) -> None:
             )
     elif target is not None:
         raise ValueError(f"objective={objective!r} takes no target, got target={target!r}")
+    if defect_rate is None:
+        return
+    if objective != "f1":
+        raise ValueError(f"defect_rate is for objective='f1', not {objective!r}")
+    rates = defect_rate.values() if isinstance(defect_rate, Mapping) else [defect_rate]
+    for rate in rates:
+        if isinstance(rate, bool) or not isinstance(rate, Real) or not 0 < rate < 1:
+            raise ValueError(
+                "defect_rate must be a share in (0, 1), or a mapping of groups to such shares; "
+                f"got {rate!r}"
+            )
 
 
 def _just_below(value, dtype) -> float:
@@ -332,6 +345,42 @@ def f1_threshold(labels, values, weights=None) -> float:
     return _just_below(distinct[best], values.dtype)
 
 
+def smoothed_f1_threshold(defect_values, normal_values, defect_rate: float) -> float:
+    """The threshold of highest F1 at ``defect_rate``, each class's values kernel-smoothed.
+
+    From a handful of defects, the F1 of raw counts jumps at every value and
+    where its maximum falls is largely chance. Here the share of each class
+    above ``t`` is that of a Gaussian kernel density on its values (bandwidth
+    by the normal-reference rule, 1.06 sd n^-1/5; a class of equal values
+    keeps its step), and F1 at defect rate p, recall R and false-alarm rate A
+    is 2pR / (pR + p + (1 - p)A). Candidates: 2048 evenly spaced thresholds
+    from the highest value to well below the lowest (flag everything); ties
+    go to the higher threshold.
+    """
+    defects = np.asarray(defect_values, dtype=np.float64).ravel()
+    normals = np.asarray(normal_values, dtype=np.float64).ravel()
+    widths = [1.06 * np.std(v) * len(v) ** -0.2 for v in (defects, normals)]
+    values = np.r_[defects, normals]
+    lowest = values.min() - 4 * max(widths)
+    candidates = np.r_[np.linspace(values.max(), lowest, 2047), np.nextafter(lowest, -np.inf)]
+    recall = _share_above(defects, candidates, widths[0])
+    false_alarms = _share_above(normals, candidates, widths[1])
+    p = defect_rate
+    f1 = 2 * p * recall / (p * recall + p + (1 - p) * false_alarms)
+    return float(candidates[int(np.argmax(f1))])
+
+
+def _share_above(values: np.ndarray, thresholds: np.ndarray, width: float) -> np.ndarray:
+    """For each threshold, the share of ``values`` above it, smoothed by a kernel of ``width``."""
+    from scipy.special import ndtr  # imported here: scipy takes a second to load
+
+    total = np.zeros(len(thresholds))
+    for start in range(0, len(values), 4096):  # bounded memory for many values
+        above = values[None, start : start + 4096] - thresholds[:, None]
+        total += (above > 0 if width == 0 else ndtr(above / width)).sum(axis=1)
+    return total / len(values)
+
+
 def false_alarm_threshold(normal_values, target: float) -> float:
     """The lowest ``t`` with at most ``target`` of ``normal_values`` above it."""
     ordered = np.sort(np.asarray(normal_values).ravel())[::-1]
@@ -353,27 +402,25 @@ def _achieved(labels, flagged) -> dict:
 
 
 def _labelled_thresholds(
-    scores, map_maxima, labels, pixels, objective: str, target, contamination, held_out
+    scores, map_maxima, labels, pixels, objective: str, target, contamination, held_out, rate
 ) -> tuple[tuple[float, float], dict]:
     """One part's (image, pixel) thresholds and what they achieve on its images.
 
     ``pixels``: ``(masks, maps)`` of its images with masks, at input size, or
     None. ``held_out``: ``(scores, map_maxima)`` of more normal images, which
     ``"false_alarms"`` counts with the given ones and ``"f1"`` uses for its
-    false-alarm rate (weighted so that the normal images keep their share).
+    false-alarm rate. ``rate``: the defect rate ``"f1"`` aims at (None: the
+    share of defective images in ``labels``).
     """
     normal = labels == 0
     extra_scores, extra_maxima = held_out
     if objective == "contamination":
         image = contamination_threshold(scores[normal], contamination)
     elif objective == "f1":
-        n_normal = np.sum(normal) + len(extra_scores)
-        weights = np.r_[
-            np.where(normal, np.sum(normal) / n_normal, 1.0),
-            np.full(len(extra_scores), np.sum(normal) / n_normal),
-        ]
-        image = f1_threshold(
-            np.r_[labels, np.zeros(len(extra_scores))], np.r_[scores, extra_scores], weights
+        image = smoothed_f1_threshold(
+            scores[~normal],
+            np.r_[scores[normal], extra_scores],
+            np.mean(~normal) if rate is None else rate,
         )
     elif objective == "false_alarms":
         image = false_alarm_threshold(np.r_[scores[normal], extra_scores], target)
@@ -436,6 +483,7 @@ def calibrate_table(
     pixels=None,
     unknown_group: str = "error",
     held_out: dict | None = None,
+    defect_rate=None,
 ) -> ThresholdTable:
     """Thresholds chosen for ``objective`` on labelled calibration images, pooled and per group.
 
@@ -448,7 +496,9 @@ def calibrate_table(
     of a class the objective needs raises, or with ``unknown_group="pooled"``
     keeps the pooled thresholds, with a warning. ``held_out``: a table's
     :attr:`ThresholdTable.held_out`, more normal images for ``"false_alarms"``
-    and ``"f1"`` (each group's own); the new table keeps it.
+    and ``"f1"`` (each group's own); the new table keeps it. ``defect_rate``:
+    ``"f1"``'s defect rate, one share or a mapping of groups to shares (a part
+    without one: its own share of defective images).
     """
     scores = np.asarray(scores, dtype=np.float64)
     map_maxima = np.asarray(map_maxima)
@@ -480,6 +530,7 @@ def calibrate_table(
             target,
             contamination,
             held_out_of(group),
+            defect_rate.get(group) if isinstance(defect_rate, Mapping) else defect_rate,
         )
 
     pooled, pooled_achieved = part(np.ones(len(scores), dtype=bool), "the calibration set")
@@ -504,11 +555,24 @@ def calibrate_table(
 
 
 def check_calibration_inputs(
-    y, masks, groups, sizes: list[tuple[int, int]], objective: str, unknown_group: str
+    y,
+    masks,
+    groups,
+    sizes: list[tuple[int, int]],
+    objective: str,
+    unknown_group: str,
+    defect_rate=None,
 ) -> tuple[np.ndarray, list | None]:
     """``calibrate``'s labels and masks, checked (with the class counts) before any work."""
     labels = check_calibration_labels(y, len(sizes), objective)
     check_calibration_set(labels, groups, objective, unknown_group)
+    if isinstance(defect_rate, Mapping):
+        strangers = [g for g in defect_rate if groups is None or g not in set(groups)]
+        if strangers:
+            raise ValueError(
+                f"defect_rate names group(s) {', '.join(map(repr, strangers))} that no "
+                "calibration image belongs to"
+            )
     return labels, check_calibration_masks(masks, sizes, labels)
 
 

@@ -54,14 +54,12 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     image_size : int, default=224
         Images are resized (aspect not kept) to ``image_size`` squared.
     resize : {"pil-uint8", "float"}, default="pil-uint8"
-        How images are resized. ``"pil-uint8"``, the reference
-        implementation's: the 8-bit RGB image is resized with Pillow's
-        bilinear filter and then scaled to [0, 1] (16-bit and float images
-        are rounded to 8 bits first; files are decoded at full resolution).
-        ``"float"``: the image is scaled to [0, 1] first and resized in
-        float32 with torch's antialiased bilinear interpolation, keeping
-        16-bit precision; huge JPEGs are decoded at a reduced scale. Both
-        give the same pixels for images already ``image_size`` squared.
+        ``"pil-uint8"`` (the reference's): the 8-bit RGB image is resized by
+        Pillow's bilinear filter, then scaled to [0, 1] (16-bit and float images
+        rounded to 8 bits first; files decoded at full resolution). ``"float"``:
+        scaled to [0, 1], then resized in float32 by torch's antialiased bilinear
+        filter, keeping 16-bit precision (huge JPEGs decoded at a reduced
+        scale). Both agree on images already ``image_size`` squared.
     static_padding_size : "auto", int or None, default="auto"
         TF "same" padding of the backbone's strided convolutions. An int S:
         every one pads as it would on an S x S input, fixed, as the reference
@@ -109,56 +107,48 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         the last step of ``max_epochs``; for short fits (docs/results.md,
         "Epochs to quality").
     ema_decay : float in (0, 1) or None, default=None
-        Score with an exponential moving average of the weights, updated every
-        optimizer step (decay ``min(ema_decay, (1 + t) / (10 + t))`` at step t); None: off.
+        Score with a moving average of the weights (decay at optimizer step t:
+        ``min(ema_decay, (1 + t) / (10 + t))``); None: off.
     warm_start : bool, default=False
-        When True and the detector is fitted, ``fit`` continues from the
-        current ``model_`` weights (reusing ``backbone_``) for ``max_epochs``
-        more epochs with a new optimizer and schedule; ``loss_curve_`` and
-        ``n_epochs_`` accumulate. Parameters that change the network's
-        shapes raise a ValueError.
+        When True and the detector is fitted, ``fit`` continues from ``model_``
+        (reusing ``backbone_``) for ``max_epochs`` more epochs with a new optimizer
+        and schedule; ``loss_curve_`` and ``n_epochs_`` accumulate. Parameters
+        that change the network's shapes raise a ValueError.
     cache_dtype : {"float32", "float16", "bfloat16"}, default="float32"
-        Storage of the backbone features, computed once per fit and reused
-        every epoch. float32 trains exactly as recomputing them would; the
-        16-bit options halve the memory.
+        Storage of the backbone features, computed once per fit and reused every
+        epoch: float32 trains exactly as recomputing them; 16 bits halve the memory.
     cache_max_gb : float or None, default=4.0
         A larger feature cache is memory-mapped from a temporary file.
     checkpoint_path : str or path or None, default=None
-        Crash-recovery file: the training state (weights, optimizer,
-        schedule, RNG states, loss curve) is written there atomically during
-        training and after the last epoch. A later ``fit`` with the same path,
-        training parameters and number of images resumes from it,
-        bit-identically on CPU; ``device`` and ``precision`` may change. A
-        checkpoint of another training raises a ValueError naming the
-        differences (image contents are not compared). It outlives ``fit``
-        until :meth:`save` has written the model. Not saved in model files.
+        Crash-recovery file of the training state (weights, optimizer, schedule,
+        RNG states, loss curve), written atomically during training and after
+        the last epoch. A later ``fit`` with the same path, training parameters
+        and number of images resumes from it, bit-identically on CPU (``device``
+        and ``precision`` may change); another training's raises a ValueError
+        naming the differences (image contents are not compared). Kept until
+        :meth:`save` has written the model; not saved in model files.
     checkpoint_every : int or None, default=None
         Epochs between checkpoints; None: at most one per ``checkpoint_interval``.
     checkpoint_interval : float, default=60.0
         Least seconds of training between two checkpoints.
     contamination : "auto" or float in (0, 0.5], default="auto"
-        Sets ``offset_`` and ``pixel_threshold_`` from the calibration images
-        (the training images, the held-out ones with ``validation_fraction``,
-        or those given to :meth:`calibrate`), all assumed normal.
-        ``"auto"``: three robust standard deviations (1.4826 x MAD) beyond
-        the median calibration value (why: docs/user-guide.md, "Thresholds").
-        A float: that fraction of calibration images falls on the anomalous
-        side, as in ``IsolationForest``; on normal images, the false-alarm rate.
+        Sets ``offset_`` and ``pixel_threshold_`` from normal calibration images
+        (the training images, the held-out ones with ``validation_fraction``, or
+        :meth:`calibrate`'s). ``"auto"``: three robust standard deviations (1.4826
+        x MAD) above the median (docs/user-guide.md, "Thresholds"). A float: that
+        share of them on the anomalous side (``IsolationForest``'s rule).
     validation_fraction : float in (0, 1) or None, default=None
         None: thresholds from the training images (the paper trains on all).
         A float: that share of the normal images (of each group), drawn with
         ``random_state``, is held out of training to set the thresholds (a
         model scores its own training images low); 5 images per part at least.
     unknown_group : {"pooled", "error"}, default="pooled"
-        What ``predict``, ``decision_function`` and ``predict_masks`` do with
-        an image whose group has no threshold of its own: use the pooled
-        one (``offset_``, ``pixel_threshold_``), or raise a ValueError.
+        For an image whose group has no threshold of its own: use the pooled
+        ones (``offset_``, ``pixel_threshold_``), or raise a ValueError.
     device : str, default="auto"
-        ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"``,
-        ``"cuda:1"``...; resolved in ``fit``.
+        ``"auto"`` (CUDA if available, else CPU), ``"cpu"``, ``"cuda:1"``...
     precision : {"auto", "bf16", "fp32"}, default="auto"
-        ``"auto"``: bf16 autocast on CUDA and on CPUs with AVX-512/AMX bf16,
-        fp32 elsewhere.
+        ``"auto"``: bf16 autocast on CUDA and AVX-512/AMX-bf16 CPUs, else fp32.
     compile : bool, default=False
         Run the reconstruction network (not the backbone) through
         ``torch.compile`` in ``fit`` and scoring: the same maths, other
@@ -183,11 +173,11 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     image_threshold_ : float
         ``-offset_``: the image anomaly score (``-score_samples``, the
         ``anomaly_score`` of ``skuniad predict``) above which ``predict``
-        answers -1. A read-only view of ``offset_``.
+        answers -1.
     pixel_threshold_ : float
-        Anomaly-map value above which ``predict_masks`` marks a pixel. Set so
-        that the per-image maximum of the calibration maps stays below it
-        (same rule as ``offset_``): a normal image should get an empty mask.
+        Anomaly-map value above which ``predict_masks`` marks a pixel, set by
+        ``offset_``'s rule on the calibration maps' maxima: normal images get
+        empty masks.
     group_image_thresholds_ : dict
         Group label -> image threshold (anomaly-score units, as
         ``image_threshold_``), from each group's calibration images, when
@@ -693,7 +683,15 @@ class UniADDetector(OutlierMixin, BaseEstimator):
     # ------------------------------------ calibration, reference checkpoints, ONNX
     @releasing_device_memory
     def calibrate(
-        self, X, y=None, *, groups=None, masks=None, objective="contamination", target=None
+        self,
+        X,
+        y=None,
+        *,
+        groups=None,
+        masks=None,
+        objective="contamination",
+        target=None,
+        defect_rate=None,
     ) -> UniADDetector:
         """Set the thresholds without training, from normal or labelled images.
 
@@ -715,19 +713,22 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             ``"recall"``, the pixel threshold is chosen on these pixels;
             otherwise it follows the image rule on the normal images' maps.
         objective : {"contamination", "f1", "false_alarms", "recall"}
-            ``"contamination"``: ``fit``'s rule on the normal images.
-            ``"f1"``: the threshold of highest F1 (anomalib's default).
-            ``"false_alarms"``: the lowest threshold flagging at most
-            ``target`` of the normal images, counting those ``fit`` held out
-            (``validation_fraction``), as ``"f1"`` does for its false alarms.
-            ``"recall"``: the highest threshold catching at least ``target``
-            of the defective ones.
-            With ``groups``, per group; a group with too few images of a
-            class needed (5) raises, or with ``unknown_group="pooled"`` keeps
-            the pooled thresholds with a warning. What was chosen and what it
-            achieved on these images: ``thresholds_.calibration``.
+            ``"contamination"``: ``fit``'s rule on the normal images. ``"f1"``:
+            the highest F1 (anomalib's default) at ``defect_rate``, each
+            class's scores kernel-smoothed (steadier from a few defects).
+            ``"false_alarms"``: flag at most ``target`` of the normal images,
+            counting those ``fit`` held out (``validation_fraction``), as
+            ``"f1"`` does. ``"recall"``: catch at least ``target`` of the
+            defective ones. With ``groups``, per group; a group with too few
+            images of a class needed (5) raises, or with
+            ``unknown_group="pooled"`` keeps the pooled thresholds with a
+            warning. The choice and what it achieved on these images:
+            ``thresholds_.calibration``.
         target : float in (0, 1), default=None
             For ``"false_alarms"`` and ``"recall"``.
+        defect_rate : float in (0, 1) or dict of group to float, default=None
+            For ``"f1"``: the share of defective images where the thresholds
+            will be used (F1 depends on it); None: their share in ``y``.
 
         Returns
         -------
@@ -736,7 +737,7 @@ class UniADDetector(OutlierMixin, BaseEstimator):
         check_is_fitted(self, "model_")
         X = check_images(X)
         groups = _thresholds.check_groups(groups, len(X))
-        _thresholds.check_objective(objective, target)
+        _thresholds.check_objective(objective, target, defect_rate)
         held_out = getattr(self, "thresholds_", None) and self.thresholds_.held_out
         if y is None and masks is None and objective == "contamination":
             table = self._calibration_table(self._scorer().extract(X), groups=groups)
@@ -744,17 +745,16 @@ class UniADDetector(OutlierMixin, BaseEstimator):
             return self
         sizes = [image_size(x, i) for i, x in enumerate(X)]
         labels, masks = _thresholds.check_calibration_inputs(
-            y, masks, groups, sizes, objective, self.unknown_group
+            y, masks, groups, sizes, objective, self.unknown_group, defect_rate
         )  # all before any work
         scorer = self._scorer()
-        scores, map_maxima = scorer.calibration_values(scorer.extract(X))
         self.thresholds_ = _thresholds.calibrate_table(
-            scores,
-            map_maxima,
+            *scorer.calibration_values(scorer.extract(X)),
             labels,
             groups,
             objective=objective,
             target=target,
+            defect_rate=defect_rate,
             contamination=self.contamination,
             pixels=None if masks is None else scorer.masked_pixels(X, masks),
             unknown_group=self.unknown_group,

@@ -12,6 +12,7 @@ from skuniad._thresholds import (
     f1_threshold,
     false_alarm_threshold,
     recall_threshold,
+    smoothed_f1_threshold,
 )
 from skuniad.metrics import operating_point
 
@@ -31,6 +32,41 @@ def test_f1_threshold_reaches_the_best_f1_of_any_threshold(rows):
     values = np.array([value for _, value in rows], dtype=np.float32) / 4
     best = max(_f1(labels, values > t) for t in np.r_[values, -1.0])
     assert _f1(labels, values > f1_threshold(labels, values)) == pytest.approx(best)
+
+
+scores = st.lists(st.floats(-50, 50), min_size=2, max_size=30)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores, scores, st.floats(0.05, 0.95), st.floats(0.1, 10), st.floats(-100, 100))
+def test_smoothed_f1_threshold_moves_with_the_scores_units(defects, normals, rate, scale, shift):
+    defects, normals = np.array(defects), np.array(normals)
+    t = smoothed_f1_threshold(defects, normals, rate)
+    moved = smoothed_f1_threshold(defects * scale + shift, normals * scale + shift, rate)
+    spread = np.ptp(np.r_[defects, normals]) * scale + 1
+    assert moved == pytest.approx(t * scale + shift, abs=1e-6 * spread)
+
+
+@settings(max_examples=60, deadline=None)
+@given(scores, scores, st.floats(0.05, 0.9), st.floats(0.01, 0.09))
+def test_smoothed_f1_threshold_is_lower_for_a_higher_defect_rate(defects, normals, rate, more):
+    # a higher defect rate weighs recall more against false alarms: never a higher threshold
+    higher = smoothed_f1_threshold(defects, normals, rate + more)
+    assert higher <= smoothed_f1_threshold(defects, normals, rate)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(0, 1), min_size=5, max_size=30), st.integers(5, 30), st.floats(0.1, 0.9))
+def test_smoothed_f1_threshold_separates_well_separated_classes(normals, n_defects, rate):
+    normals = np.array(normals)
+    defects = np.linspace(20, 21, n_defects)  # far above every normal value
+    t = smoothed_f1_threshold(defects, normals, rate)
+    assert normals.max() < t < defects.min()
+
+
+def test_smoothed_f1_threshold_takes_a_step_for_a_class_of_equal_values():
+    assert 1 <= smoothed_f1_threshold([3.0, 3.0, 3.0], [1.0, 1.0], 0.5) < 3
+    assert smoothed_f1_threshold([2.0, 2.0], [2.0, 2.0], 0.5) < 2  # no ranking: flag all
 
 
 @settings(max_examples=60, deadline=None)
@@ -67,7 +103,7 @@ def test_f1_objective_sets_the_best_f1_threshold_and_reports_it(labelled):
     det, X, y = labelled
     scores = -det.score_samples(X)
     calibrated = det.calibrate(X, y, objective="f1")
-    assert calibrated.image_threshold_ == f1_threshold(y, scores)
+    assert calibrated.image_threshold_ == smoothed_f1_threshold(scores[6:], scores[:6], 0.5)
     report = calibrated.thresholds_.calibration
     assert report["objective"] == "f1" and report["pooled"]["pixel"] is None
     flagged = calibrated.predict(X) == -1
@@ -109,6 +145,9 @@ def test_masks_choose_the_pixel_threshold_on_defect_pixels(labelled, tmp_path):
         (dict(objective="best"), "objective must be one of"),
         (dict(objective="f1", masks=[np.zeros((3, 3), bool)] * 12), "mask 0 has shape"),
         (dict(objective="f1", y=[0] * 10 + [1] * 2), "has 2 defective calibration images"),
+        (dict(objective="recall", target=0.9, defect_rate=0.1), "defect_rate is for"),
+        (dict(objective="f1", defect_rate=1.0), r"defect_rate must be a share in \(0, 1\)"),
+        (dict(objective="f1", defect_rate={"a": 0.1}), r"names group\(s\) 'a' that no"),
     ],
 )
 def test_bad_calibration_input_fails_before_any_work(labelled, monkeypatch, kwargs, message):
@@ -186,10 +225,8 @@ def test_false_alarms_and_f1_count_the_held_out_normals(held_out_fit, labelled):
     det.calibrate(X, y, objective="false_alarms", target=0.2)
     assert det.image_threshold_ == false_alarm_threshold(np.r_[scores[:6], extra], 0.2)
     assert det.thresholds_.held_out is not None  # kept for the next calibration
-    det.calibrate(X, y, objective="f1")
-    weights = np.r_[np.full(6, 6 / 16), np.ones(6), np.full(10, 6 / 16)]
-    expected = f1_threshold(np.r_[y, np.zeros(10)], np.r_[scores, extra], weights)
-    assert det.image_threshold_ == expected
+    det.calibrate(X, y, objective="f1")  # the defect rate stays the given images' share
+    assert det.image_threshold_ == smoothed_f1_threshold(scores[6:], np.r_[scores[:6], extra], 0.5)
     det.calibrate(X[:6])  # normal images only: the contamination rule, the held-out ones kept
     assert det.thresholds_.held_out == held_out_fit[0].thresholds_.held_out
 
@@ -209,3 +246,18 @@ def test_per_group_calibration_counts_each_groups_own_held_out_normals(held_out_
             s for s, g in zip(held_out["scores"], held_out["groups"], strict=True) if g == group
         ]
         assert det.group_image_thresholds_[group] == false_alarm_threshold(np.r_[mine, extra], 0.3)
+
+
+def test_f1_aims_at_the_defect_rate_given_pooled_or_per_group(labelled):
+    det, X, y = labelled
+    scores = -det.score_samples(X)
+    det.calibrate(X, y, objective="f1", defect_rate=0.9)
+    assert det.image_threshold_ == smoothed_f1_threshold(scores[6:], scores[:6], 0.9)
+    X, y, scores = np.r_[X, X], np.r_[y, y], np.r_[scores, scores]  # 6 of each class per group
+    groups = np.array(["a", "b"] * 12)
+    det.calibrate(X, y, groups=groups, objective="f1", defect_rate={"a": 0.2})
+    for group, rate in (("a", 0.2), ("b", 0.5)):  # b: its own share of defective images
+        mine = groups == group
+        expected = smoothed_f1_threshold(scores[mine & (y == 1)], scores[mine & (y == 0)], rate)
+        assert det.group_image_thresholds_[group] == expected
+    assert det.image_threshold_ == smoothed_f1_threshold(scores[y == 1], scores[y == 0], 0.5)

@@ -337,6 +337,14 @@ def calibrate(
     ] = None,
     objective: ObjectiveOption = Objective.contamination,
     target: TargetOption = None,
+    defect_rate: Annotated[
+        float | None,
+        typer.Option(
+            metavar="P",
+            help="With --objective f1: the share of defective images where the model will "
+            "be used, in (0, 1) (F1 depends on it); default: their share among these images.",
+        ),
+    ] = None,
     dataset: Annotated[DataKind, typer.Option(help="How to read DATA_DIR.")] = DataKind.folder,
     category: Annotated[
         list[str] | None,
@@ -353,7 +361,7 @@ def calibrate(
 
     With normal images only (DATA_DIR, --normal) the rule is fit's (the
     model's contamination). With --defects, --objective chooses: f1 (the
-    best F1), false-alarms --target X (at most that share of the good images
+    best F1 at --defect-rate), false-alarms --target X (at most that share of the good images
     flagged) or recall --target X (at least that share of the defective ones
     caught); the recall, false alarms and F1 this gives on these images are
     printed and kept in the model ('skuniad info'). Every threshold is
@@ -382,6 +390,7 @@ def calibrate(
             masks=mask_list,
             objective=objective_name(objective),
             target=target,
+            defect_rate=defect_rate,
         )
         det.save(output)
         n_defects = sum(labels)

@@ -360,8 +360,10 @@ def calibrate_on_test_images(
     Per category, ``images_per_class`` defective and as many good images
     (:func:`calibration_split`) set the thresholds with ``objective`` and
     ``target`` (:meth:`~skuniad.UniADDetector.calibrate`; their masks, where
-    there are any, choose the pixel threshold). Report metrics on the returned
-    images only.
+    there are any, choose the pixel threshold). ``"f1"`` aims at each
+    category's share of defective images among the returned ones (its
+    ``defect_rate``: what a line would take from its known defect rate), as the
+    F1 reported on them depends on it. Report metrics on the returned images only.
     """
     from skuniad.datasets import load_mask
 
@@ -378,8 +380,14 @@ def calibrate_on_test_images(
         masks=masks,
         objective=objective,
         target=target,
+        defect_rate=defect_rates(reported) if objective == "f1" else None,
     )
     return reported
+
+
+def defect_rates(test: AnomalyDataset) -> dict:
+    """Each category's share of defective images in ``test``."""
+    return {c: float(np.mean(test.subset(c).labels)) for c in test.category_names}
 
 
 def _requested_detector(params: dict[str, Any], init_model: str | os.PathLike[str] | None) -> Any:

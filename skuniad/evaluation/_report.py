@@ -226,6 +226,11 @@ def results_markdown(results: dict[str, Any], title: str = "skuniad evaluation")
             f"and {calibration['images_per_class']} good test images drawn with the seed "
             f"(objective {calibration['objective']}{target}); those images are left out of "
             "every metric above."
+            + (
+                " F1 aimed at each category's share of defective images among those reported."
+                if calibration["objective"] == "f1"
+                else ""
+            )
         )
     if "setting" in results:
         notes.append(f"Setting: {results['setting']}; image score: {results['image_score']}.")

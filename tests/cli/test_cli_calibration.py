@@ -85,7 +85,30 @@ def test_calibrate_refuses_an_objective_without_what_it_needs(mvtec, tmp_path):
          "--objective", "false-alarms", "--target", "2"],
     )  # fmt: skip
     assert result.exit_code == 1 and "target in (0, 1)" in result.output
+    result = runner.invoke(
+        app,
+        ["calibrate", str(model), "-o", str(out), "--defects", str(root / "grain" / "test"),
+         "--objective", "recall", "--target", "0.5", "--defect-rate", "0.1"],
+    )  # fmt: skip
+    assert result.exit_code == 1 and "defect_rate is for objective='f1'" in result.output
     assert not out.exists()
+
+
+def test_calibrate_f1_aims_at_the_defect_rate_given(mvtec, tmp_path):
+    root, model = mvtec
+    out = tmp_path / "calibrated.skuniad"
+    grain = root / "grain" / "test"
+    result = runner.invoke(
+        app,
+        ["calibrate", str(model), "-o", str(out), "--defects", str(grain), "--objective", "f1",
+         "--defect-rate", "0.05", "-q"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    test = load_mvtec(root, "test").subset("grain")
+    expected = UniADDetector.load(model).calibrate(
+        test.paths, test.labels, objective="f1", defect_rate=0.05
+    )
+    assert UniADDetector.load(out).image_threshold_ == expected.image_threshold_
 
 
 def test_evaluate_a_model_calibrated_on_k_test_images(mvtec, tmp_path):
