@@ -19,6 +19,14 @@ Several such JSON files (one per draw, ``--seed``) make one summary table::
 Per draw: the ``f1`` objective's mean F1 beside the best any threshold reaches
 (and the gap), and the false alarms of ``false_alarms 0.05`` in each category
 (its count of reported good images in the header).
+
+Why ``f1`` smooths and aims at a defect rate: the test images are scored once
+and, over many draws (``--seed`` 0, 1, ...), four ways of choosing the F1
+threshold on the same calibration images are compared by their gap to the best
+F1 on the reported images: raw counts or kernel-smoothed scores, each at the
+calibration images' defect share (0.5) or at the reported images' (per category)::
+
+    python benchmarks/operating_point.py rules MODEL ROOT [--calibrate-with 10] [--draws 100]
 """
 
 from __future__ import annotations
@@ -67,9 +75,77 @@ def summarize(paths: list[Path]) -> None:
     print(f"\nmean gap {np.mean(gaps):.1f} points over {len(paths)} draws")
 
 
+def compare_rules(argv: list[str]) -> None:
+    """The four F1 rules' gaps to the best F1, over ``--draws`` calibration draws."""
+    parser = argparse.ArgumentParser(description="compare the F1 threshold rules")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("root", type=Path)
+    parser.add_argument("--calibrate-with", type=int, default=10)
+    parser.add_argument("--draws", type=int, default=100)
+    args = parser.parse_args(argv)
+
+    from skuniad import UniADDetector
+    from skuniad._thresholds import f1_threshold, smoothed_f1_threshold
+    from skuniad.datasets import load_mvtec
+    from skuniad.evaluation import calibration_split
+    from skuniad.metrics import f1_max, operating_point
+
+    def counted(defects, normals, rate):  # raw counts, weighted to the defect rate
+        weights = np.r_[np.full(len(defects), rate / (1 - rate) * len(normals) / len(defects)),
+                        np.ones(len(normals))]  # fmt: skip
+        labels = np.r_[np.ones(len(defects)), np.zeros(len(normals))]
+        return f1_threshold(labels, np.r_[defects, normals], weights)
+
+    rules = {"counts": counted, "smoothed": smoothed_f1_threshold}
+    print(f"{machine()}\n")
+    model = UniADDetector.load(args.model, device="cpu")
+    test = load_mvtec(args.root, "test")
+    position = {path: i for i, path in enumerate(test.paths)}
+    scores = -model.score_samples(test.paths)
+    held_out = model.thresholds_.held_out or {"scores": [], "groups": []}
+    held_scores, held_groups = np.asarray(held_out["scores"]), np.asarray(held_out["groups"])
+    gaps: dict[str, list[list[float]]] = {}
+    for seed in range(args.draws):
+        calibration, reported = calibration_split(test, args.calibrate_with, seed)
+        per_rule: dict[str, list[float]] = {}
+        for category in test.category_names:
+            mine = calibration.subset(category)
+            values = scores[[position[p] for p in mine.paths]]
+            defects = values[mine.labels == 1]
+            normals = np.r_[values[mine.labels == 0], held_scores[held_groups == category]]
+            shown = reported.subset(category)
+            shown_scores = scores[[position[p] for p in shown.paths]]
+            best = f1_max(shown.labels, shown_scores)
+            for share in ("calibration", "reported"):
+                rate = 0.5 if share == "calibration" else float(np.mean(shown.labels))
+                for name, rule in rules.items():
+                    flagged = shown_scores > rule(defects, normals, rate)
+                    f1 = operating_point(shown.labels, flagged)["f1"]
+                    per_rule.setdefault(f"{name}, {share} share", []).append(100 * (best - f1))
+        for name, category_gaps in per_rule.items():
+            gaps.setdefault(name, []).append(category_gaps)
+    print(f"{args.draws} draws of {args.calibrate_with} defective and good images per category")
+    names = " | ".join(test.category_names)
+    print(f"\n| rule | mean gap | draws within 5 | 90th percentile | {names} |")
+    print("|---|---:|---:|---:|" + "---:|" * len(test.category_names))
+    for name, table in gaps.items():
+        table = np.array(table)  # (draws, categories)
+        means = table.mean(axis=1)
+        cells = [
+            f"{means.mean():.1f}",
+            f"{np.mean(means <= 5):.0%}",
+            f"{np.percentile(means, 90):.1f}",
+        ]
+        cells += [f"{v:.1f}" for v in table.mean(axis=0)]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["summarize"]:
         summarize([Path(p) for p in sys.argv[2:]])
+        return
+    if sys.argv[1:2] == ["rules"]:
+        compare_rules(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
