@@ -12,6 +12,7 @@ tensor's name, shape and dtype is compared with theirs before a real network
 from __future__ import annotations
 
 import dataclasses
+import math
 from numbers import Integral, Real
 from pathlib import Path
 
@@ -34,6 +35,18 @@ def _is_int(value) -> bool:
 
 def _is_number(value) -> bool:
     return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _is_held_out(held_out) -> bool:
+    """The values of the normal images ``fit`` held out, as a model file keeps them."""
+    if not isinstance(held_out, dict) or not isinstance(held_out.get("scores"), list):
+        return False
+    scores, maxima, groups = (held_out.get(k) for k in ("scores", "map_maxima", "groups"))
+    columns = [maxima] + ([] if groups is None else [groups])
+    if not all(isinstance(c, list) and len(c) == len(scores) for c in columns):
+        return False
+    numbers = all(_is_number(v) and math.isfinite(v) for v in scores + maxima)
+    return numbers and all(isinstance(g, str) or _is_int(g) for g in groups or [])
 
 
 def check_fitted(path: Path, metadata: dict) -> None:
@@ -77,6 +90,13 @@ def check_fitted(path: Path, metadata: dict) -> None:
             refuse("an entry of fitted.group_thresholds", entry, "[group, image, pixel]")
     if groups and offset is None:
         raise ModelFileError(f"{path}: fitted.group_thresholds are set but offset_ is null")
+    held_out = fitted.get("held_out")
+    if held_out is not None and not _is_held_out(held_out):
+        refuse(
+            "fitted.held_out",
+            held_out,
+            "{scores, map_maxima: lists of finite numbers, groups: null or one per score}",
+        )
     for name in ("mean", "std"):
         values = norm.get(name)
         if not (isinstance(values, list) and len(values) == 3 and all(map(_is_number, values))):

@@ -239,24 +239,8 @@ class ThresholdTable:
             *thresholds,
             groups,
             calibration if isinstance(calibration, dict) else None,
-            _checked_held_out(fitted.get("held_out")),
+            fitted.get("held_out"),  # checked on load (_model_checks.check_fitted)
         )
-
-
-def _checked_held_out(held_out) -> dict | None:
-    """A model file's held-out values, or None when absent or not well formed."""
-    if not isinstance(held_out, dict):
-        return None
-    scores, maxima, groups = (held_out.get(k) for k in ("scores", "map_maxima", "groups"))
-    lists = [scores, maxima] + ([] if groups is None else [groups])
-    if not all(isinstance(v, list) and len(v) == len(scores) for v in lists):
-        return None
-    numbers = [
-        v for v in scores + maxima if isinstance(v, (int, float)) and not isinstance(v, bool)
-    ]
-    if len(numbers) != 2 * len(scores) or not np.all(np.isfinite(numbers)):
-        return None
-    return {"scores": scores, "map_maxima": maxima, "groups": groups}
 
 
 def decision_thresholds(

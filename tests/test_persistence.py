@@ -406,6 +406,16 @@ def _set(section, **values):
         (_set("fitted", group_thresholds=[[["a"], 1, 2]]), r"group_thresholds is \[\['a'\]"),
         (_set("fitted", group_thresholds=[["a", 1.0]]), r"group_thresholds is \['a', 1.0\]"),
         (_set("fitted", offset_="abc"), "fitted.offset_ is 'abc'"),
+        (_set("fitted", held_out=5), "fitted.held_out is 5, not {scores, map_maxima"),
+        (_set("fitted", held_out={"scores": [1.0], "map_maxima": []}), "fitted.held_out is"),
+        (
+            _set("fitted", held_out={"scores": [float("nan")], "map_maxima": [1.0]}),
+            "fitted.held_out is .*lists of finite numbers",
+        ),
+        (
+            _set("fitted", held_out={"scores": [1.0], "map_maxima": [1.0], "groups": [[1]]}),
+            "groups: null or one per score",
+        ),
         (_set("fitted", loss_curve_=["a"]), "fitted.loss_curve_"),
         (_set("fitted", feature_shape_=[192, 10**5, 10**5]), "a grid of 1 to 16384 tokens"),
         (_set("backbone", std=[0.2]), r"backbone.std is \[0.2\], not 3 numbers"),
