@@ -64,6 +64,12 @@ def test_smoothed_f1_threshold_separates_well_separated_classes(normals, n_defec
     assert normals.max() < t < defects.min()
 
 
+def test_one_far_defect_does_not_blur_the_smoothed_f1_threshold():
+    normals = np.linspace(0, 1, 20)
+    defects = np.r_[np.linspace(10, 11, 9), 1000.0]  # the spread comes from the quartiles
+    assert 1 < smoothed_f1_threshold(defects, normals, 0.8) < 10
+
+
 def test_smoothed_f1_threshold_takes_a_step_for_a_class_of_equal_values():
     assert 1 <= smoothed_f1_threshold([3.0, 3.0, 3.0], [1.0, 1.0], 0.5) < 3
     assert smoothed_f1_threshold([2.0, 2.0], [2.0, 2.0], 0.5) < 2  # no ranking: flag all
