@@ -408,16 +408,15 @@ def _labelled_thresholds(
     if objective == "contamination":
         image = contamination_threshold(scores[normal], contamination)
     elif objective == "f1":
-        image = smoothed_f1_threshold(
-            scores[~normal],
-            np.r_[scores[normal], extra_scores],
-            np.mean(~normal) if rate is None else rate,
-        )
+        rate = float(np.mean(~normal) if rate is None else rate)
+        image = smoothed_f1_threshold(scores[~normal], np.r_[scores[normal], extra_scores], rate)
     elif objective == "false_alarms":
         image = false_alarm_threshold(np.r_[scores[normal], extra_scores], target)
     else:
         image = recall_threshold(scores[~normal], target)
     achieved = {"image": _achieved(labels, scores > image), "pixel": None}
+    if objective == "f1":
+        achieved["defect_rate"] = rate
     if pixels is not None:  # every pixel with ground truth, pooled
         truth = np.concatenate([mask.ravel() for mask in pixels[0]])
         values = np.concatenate([image_map.ravel() for image_map in pixels[1]])

@@ -262,6 +262,9 @@ def test_f1_aims_at_the_defect_rate_given_pooled_or_per_group(labelled):
     X, y, scores = np.r_[X, X], np.r_[y, y], np.r_[scores, scores]  # 6 of each class per group
     groups = np.array(["a", "b"] * 12)
     det.calibrate(X, y, groups=groups, objective="f1", defect_rate={"a": 0.2})
+    report = det.thresholds_.calibration  # the rate each part aimed at, kept with the model
+    assert [(g, part["defect_rate"]) for g, part in report["groups"]] == [("a", 0.2), ("b", 0.5)]
+    assert report["pooled"]["defect_rate"] == 0.5
     for group, rate in (("a", 0.2), ("b", 0.5)):  # b: its own share of defective images
         mine = groups == group
         expected = smoothed_f1_threshold(scores[mine & (y == 1)], scores[mine & (y == 0)], rate)

@@ -162,6 +162,8 @@ def echo_calibration(calibration: dict | None) -> None:
     typer.echo(f"Calibrated for {calibration['objective']}{target}; on the calibration images:")
     parts = [(None, calibration["pooled"]), *calibration["groups"]]
     for group, achieved in parts:
+        rate = achieved.get("defect_rate")  # "f1" only
+        aim = "" if rate is None else f" (aimed at a defect rate of {100 * rate:.1f} %)"
         for level in ("image", "pixel"):
             if achieved[level] is None:
                 continue
@@ -170,6 +172,7 @@ def echo_calibration(calibration: dict | None) -> None:
                 f"  {'all' if group is None else group} {level}s: "
                 f"recall {100 * values['recall']:.1f} %, false alarms "
                 f"{100 * values['false_alarm_rate']:.1f} %, F1 {100 * values['f1']:.1f} %"
+                + (aim if level == "image" else "")
             )
 
 

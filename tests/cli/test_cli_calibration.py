@@ -109,6 +109,8 @@ def test_calibrate_f1_aims_at_the_defect_rate_given(mvtec, tmp_path):
         test.paths, test.labels, objective="f1", defect_rate=0.05
     )
     assert UniADDetector.load(out).image_threshold_ == expected.image_threshold_
+    info = runner.invoke(app, ["info", str(out)])
+    assert "(aimed at a defect rate of 5.0 %)" in info.output
 
 
 def test_evaluate_a_model_calibrated_on_k_test_images(mvtec, tmp_path):
