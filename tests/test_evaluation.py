@@ -187,6 +187,47 @@ def test_curve_points_are_the_evaluation_of_the_model_at_that_epoch(
     assert json.loads((tmp_path / "curve.json").read_text()) == {"runs": [curve]}
 
 
+def test_a_fit_resumed_from_its_checkpoint_keeps_the_curve_of_the_epochs_before(
+    root, test_set, tmp_path, tiny_params
+):
+    from skuniad.evaluation import CurveRecorder
+
+    train = load_mvtec(root, "train").paths
+    path = tmp_path / "curve.json"
+    params = {**tiny_params, "max_epochs": 4, "precision": "fp32", "checkpoint_every": 1}
+    params["checkpoint_path"] = tmp_path / "fit.ckpt"
+    first = CurveRecorder(test_set, every=1, last=4, path=path)
+
+    def stop_after_two(det, epoch, loss):
+        first(det, epoch, loss)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        UniADDetector(**params).fit(train, on_epoch_end=stop_after_two)
+    resumed = CurveRecorder(test_set, every=1, last=4, path=path)
+    det = UniADDetector(**params).fit(train, on_epoch_end=resumed)
+    curve = resumed.curve
+    assert curve["epoch"] == [1, 2, 3, 4]
+    assert curve["loss_curve"] == pytest.approx(det.loss_curve_)
+    for key in ("epoch", "loss", "fit_seconds"):  # epochs 1-2 (checkpointed) from the first run
+        assert curve[key][:2] == first.curve[key]
+    assert curve["mean"]["image_auroc"][:2] == first.curve["mean"]["image_auroc"]
+    assert curve["fit_seconds"] == sorted(curve["fit_seconds"])  # the clock goes on
+    assert json.loads(path.read_text()) == {"runs": [curve]}
+
+
+def test_a_curve_file_that_cannot_be_continued_is_started_again_with_a_warning(test_set, tmp_path):
+    from skuniad.evaluation import CurveRecorder
+
+    path = tmp_path / "curve.json"
+    path.write_text("{not json")
+    recorder = CurveRecorder(test_set, every=5, last=10, path=path)
+    with pytest.warns(UserWarning, match="curve before epoch 3 could not be kept"):
+        recorder(None, 3, 0.5)  # not a scoring epoch: only the loss is recorded
+    assert recorder.curve["loss_curve"] == [0.5] and recorder.curve["epoch"] == []
+
+
 def test_read_curves_reads_a_finished_experiment_a_running_fit_and_the_old_bare_curve(tmp_path):
     from skuniad.evaluation import read_curves
 

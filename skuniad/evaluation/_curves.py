@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,9 @@ class CurveRecorder:
         Rewrite this JSON file with the curve so far after every point, so
         that a long run can be followed (and is not lost if stopped). It has
         the layout of a finished experiment's ``curve.json``, the one curve
-        under ``"runs"`` (see :func:`read_curves`).
+        under ``"runs"`` (see :func:`read_curves`). A fit resumed from its
+        checkpoint starts past epoch 1: the file's points of the epochs
+        before are kept, and ``fit_seconds`` goes on from the last of them.
 
     Attributes
     ----------
@@ -75,6 +78,8 @@ class CurveRecorder:
 
     def __call__(self, det: Any, epoch: int, loss: float) -> None:
         entered = time.perf_counter()
+        if not self.curve["loss_curve"] and epoch > 1:
+            self._keep_earlier_points(epoch)
         self.curve["loss_curve"].append(loss)
         if epoch % self.every and epoch != self.last:
             return
@@ -92,6 +97,38 @@ class CurveRecorder:
             with open_output(self.path) as f:
                 f.write(json.dumps({"runs": [self.curve]}, indent=2) + "\n")
         self._scoring_seconds += time.perf_counter() - entered
+
+    def _keep_earlier_points(self, epoch: int) -> None:
+        """The points before ``epoch`` of the curve this file holds from the fit now resumed."""
+        if self.path is None or not self.path.is_file():
+            return
+
+        def before(values: list) -> list:
+            return [values[i] for i in kept]
+
+        try:
+            (earlier,) = json.loads(self.path.read_text())["runs"]
+            kept = [i for i, e in enumerate(earlier["epoch"]) if e < epoch]
+            if set(earlier["categories"]) != set(self.curve["categories"]):
+                raise ValueError("its categories differ")
+            points = {key: before(earlier[key]) for key in ("epoch", "loss", "fit_seconds")}
+            points["categories"] = {
+                category: {key: before(values) for key, values in rows.items()}
+                for category, rows in earlier["categories"].items()
+            }
+            points["mean"] = {key: before(values) for key, values in earlier["mean"].items()}
+            points["loss_curve"] = [float(v) for v in earlier["loss_curve"][: epoch - 1]]
+        except (OSError, ValueError, KeyError, TypeError, IndexError) as exc:
+            warnings.warn(
+                f"{self.path}: the curve before epoch {epoch} could not be kept ({exc}); "
+                "the file starts again at this epoch",
+                UserWarning,
+                stacklevel=3,
+            )
+            return
+        self.curve.update(points)
+        if points["fit_seconds"]:
+            self._start -= points["fit_seconds"][-1]
 
     def _score(self, det: Any, category: str) -> dict[str, float]:
         from skuniad._inference import extract_features, reconstruction_maps
