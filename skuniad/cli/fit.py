@@ -363,8 +363,9 @@ def calibrate(
     model's contamination). With --defects, --objective chooses: f1 (the
     best F1 at --defect-rate), false-alarms --target X (at most that share
     of the good images flagged) or recall --target X (at least that share
-    of the defective ones caught); the recall, false alarms and F1 this gives on these images are
-    printed and kept in the model ('skuniad info'). Every threshold is
+    of the defective ones caught); the recall, false alarms and F1 this
+    gives on these images are printed and kept in the model ('skuniad
+    info'). Every threshold is
     replaced, per category too with --per-category (categories from the
     folders: the one above train/test in an MVTec layout, else each DATA_DIR's
     name). The weights are unchanged.
