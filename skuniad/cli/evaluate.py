@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from skuniad._outputs import folder_lock
 from skuniad.cli import _common
 from skuniad.cli._common import (
     MODEL_SUFFIX,
@@ -243,7 +245,7 @@ def evaluate_command(
         raise typer.BadParameter("--eval-every needs --output", param_hint="--eval-every")
     if overlays and output is None:
         raise typer.BadParameter("--overlays needs --output", param_hint="--overlays")
-    with domain_errors():
+    with domain_errors(), contextlib.ExitStack() as held:
         _refuse_torchrun()
         from skuniad import distributed
         from skuniad.evaluation import (
@@ -287,6 +289,7 @@ def evaluate_command(
                     output_dir=output if checkpoints else None,
                     init_model=init_model,
                 )
+            _lock_output(held, output)
             models = 1 if setting is Setting.unified else len(train.category_names)
             typer.echo(
                 f"Training {models * len(seed_list)} model(s) ({setting.value} setting, "
@@ -338,6 +341,7 @@ def evaluate_command(
             if given_options(ctx, ["batch_size"]):
                 det.set_params(batch_size=training["batch_size"])
             det.set_params(compile=training["compile"])
+            _lock_output(held, output)
             if calibration is not None:
                 test = calibrate_on_test_images(
                     det,
@@ -375,6 +379,13 @@ def evaluate_command(
                 typer.echo(f"Learning curves: {output / 'curve.json'}, {output / 'curve.png'}")
             if model is None:
                 typer.echo(f"Models: {output}/model*{MODEL_SUFFIX}")
+
+
+def _lock_output(held: contextlib.ExitStack, output: Path | None) -> None:
+    """Hold ``output`` until the command ends: a second run into it is refused, not mixed in."""
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        held.enter_context(folder_lock(output))
 
 
 def _refuse_torchrun() -> None:

@@ -680,6 +680,24 @@ def test_predict_into_a_folder_another_run_writes_is_refused(model_file, data_ro
     assert runner.invoke(app, args).exit_code == 0  # free again
 
 
+def test_evaluate_into_a_folder_another_run_writes_is_refused(
+    model_file, data_root, tiny_args, tmp_path
+):
+    from skuniad._outputs import folder_lock
+
+    out = tmp_path / "out"
+    out.mkdir()
+    scoring = ["evaluate", "--root", str(data_root), "--model", str(model_file), "-o", str(out)]
+    training = ["evaluate", "--root", str(data_root), *tiny_args, "--epochs", "1", "-o", str(out)]
+    with folder_lock(out):  # as a first run still writing into out holds it
+        for args in (scoring, training):
+            result = runner.invoke(app, args)
+            assert result.exit_code == 1, result.output
+            assert f"Error: another skuniad run is writing into {out}" in result.output
+    assert [p.name for p in out.iterdir()] == [".skuniad.lock"]  # nothing else written
+    assert runner.invoke(app, [*scoring, "-q"]).exit_code == 0  # free again
+
+
 def test_predict_exits_1_when_no_image_could_be_read(model_file, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
