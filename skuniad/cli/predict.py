@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -185,6 +186,7 @@ def predict(
         csv_path.unlink(missing_ok=True)  # never a complete-looking file beside this run's
         rows: list[tuple[str, ...]] = []
         failed: list[str] = []
+        unscored: list[str] = []  # read, but the model gave no finite score
         with open_output(partial, newline="") as f, progress_bar(not quiet) as progress:
             writer = csv.writer(f)
             writer.writerow(
@@ -218,6 +220,8 @@ def predict(
                         writer.writerow([spreadsheet_safe(cell) for cell in cells])
                         continue
                     score = -chunk.score_samples[i]
+                    if not math.isfinite(score):
+                        unscored.append(str(path))
                     label = "" if chunk.predict is None else str(chunk.predict[i])
                     overlay = mask = ""
                     if overlays:
@@ -267,6 +271,12 @@ def predict(
                 typer.echo(f"  {line}", err=True)
             if len(failed) > 10:
                 typer.echo(f"  ... and {len(failed) - 10} more", err=True)
+        if unscored:
+            typer.echo(
+                f"{len(unscored)} images got no finite anomaly score (e.g. {unscored[0]}): "
+                "labelled -1; the model file may be damaged (check it on images it knows)",
+                err=True,
+            )
         if failed and not rows:
             raise CliError(f"none of the {len(paths)} images could be read (see {csv_path})")
         typer.echo(f"Scores: {csv_path}")

@@ -698,6 +698,24 @@ def test_evaluate_into_a_folder_another_run_writes_is_refused(
     assert runner.invoke(app, [*scoring, "-q"]).exit_code == 0  # free again
 
 
+def test_predict_warns_when_the_model_gives_no_finite_score(model_file, data_root, tmp_path):
+    import torch
+
+    det = UniADDetector.load(model_file)
+    with torch.no_grad():  # finite weights, so the file loads, whose products overflow
+        det.model_.input_proj.weight.mul_(1e30)
+    damaged = tmp_path / "damaged.skuniad"
+    det.save(damaged)
+    image = data_root / "parts" / "test" / "good" / "000.png"
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["predict", str(damaged), str(image), "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    assert f"1 images got no finite anomaly score (e.g. {image}): labelled -1" in result.output
+    with open(out / "scores.csv", newline="") as f:
+        (row,) = csv.DictReader(f)
+    assert row["anomaly_score"] == "nan" and row["label"] == "-1"
+
+
 def test_predict_exits_1_when_no_image_could_be_read(model_file, tmp_path):
     folder = tmp_path / "broken"
     folder.mkdir()
