@@ -557,7 +557,8 @@ def check_calibration_inputs(
     labels = check_calibration_labels(y, len(sizes), objective)
     check_calibration_set(labels, groups, objective, unknown_group)
     if isinstance(defect_rate, Mapping):
-        strangers = [g for g in defect_rate if groups is None or g not in set(groups)]
+        known = set() if groups is None else set(groups)
+        strangers = [g for g in defect_rate if g not in known]
         if strangers:
             raise ValueError(
                 f"defect_rate names group(s) {', '.join(map(repr, strangers))} that no "

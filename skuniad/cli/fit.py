@@ -365,10 +365,10 @@ def calibrate(
     of the good images flagged) or recall --target X (at least that share
     of the defective ones caught); the recall, false alarms and F1 this
     gives on these images are printed and kept in the model ('skuniad
-    info'). Every threshold is
-    replaced, per category too with --per-category (categories from the
-    folders: the one above train/test in an MVTec layout, else each DATA_DIR's
-    name). The weights are unchanged.
+    info'). Every threshold is replaced, per category too with
+    --per-category (categories from the folders: the one above train/test
+    in an MVTec layout, else each DATA_DIR's name). The weights are
+    unchanged.
     """
     with domain_errors():
         images, labels, groups, mask_list = _calibration_images(
